@@ -1,0 +1,8 @@
+-- lap_anomaly: the old system's anomaly score, per car and lap: how far this lap's
+-- (mean speed, mean RPM) is from the previous lap's. NULL on a car's first lap.
+-- Reads lap_stats, so a row comes out as soon as a lap closes.
+SELECT session, driver, lap, mean_speed, mean_rpm,
+       sqrt(power(mean_speed - lag(mean_speed) OVER w, 2)
+          + power(mean_rpm - lag(mean_rpm) OVER w, 2)) AS anomaly_score
+FROM lap_stats
+WINDOW w AS (PARTITION BY session, driver ORDER BY lap)

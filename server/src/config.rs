@@ -1,0 +1,287 @@
+//! Server configuration: command-line flags (also readable from `PITWALL_*` environment
+//! variables), over an optional TOML file (`--config pitwall.toml`), over defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use serde::Deserialize;
+
+use crate::engine::{EngineConfig, WatermarkConfig};
+use crate::error::{Error, Result};
+use crate::ingest::decode::{DecodeConfig, PayloadFormat};
+use crate::ingest::kafka::{KafkaConfig, StartAt};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pitwall-server", version, about = "Pitwall: continuous SQL over live telemetry, served over Arrow Flight")]
+pub struct ServerArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long, env = "PITWALL_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub flight: FlightArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers. Without it the server replays the bundled session in-process.
+    #[arg(long, env = "PITWALL_BROKERS")]
+    pub brokers: Option<String>,
+    /// Topic to consume.
+    #[arg(long, env = "PITWALL_TOPIC")]
+    pub topic: Option<String>,
+    /// Consumer group.
+    #[arg(long, env = "PITWALL_GROUP")]
+    pub group: Option<String>,
+    /// Where a new consumer group starts.
+    #[arg(long, value_enum)]
+    pub start: Option<StartAt>,
+    /// Any librdkafka consumer setting, key=value (repeatable).
+    #[arg(long = "kafka-opt", value_name = "KEY=VALUE")]
+    #[serde(default)]
+    pub kafka_opt: Vec<String>,
+    /// Most rows in one micro-batch.
+    #[arg(long)]
+    pub batch_rows: Option<usize>,
+    /// Longest wait for a micro-batch to fill, in ms.
+    #[arg(long)]
+    pub batch_ms: Option<u64>,
+    /// Also republish dead letters to this topic.
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+    /// Pace of the embedded replay (no --brokers), as a multiple of real time.
+    #[arg(long)]
+    pub embedded_speed: Option<f64>,
+    /// Play the embedded session once instead of looping.
+    #[arg(long)]
+    #[serde(default)]
+    pub embedded_once: bool,
+}
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeArgs {
+    /// Payload encoding.
+    #[arg(long, value_enum)]
+    pub format: Option<PayloadFormat>,
+    /// Larger payloads are dead-lettered.
+    #[arg(long)]
+    pub max_message_bytes: Option<usize>,
+    /// Session of messages that name none.
+    #[arg(long)]
+    pub default_session: Option<String>,
+    /// Session start (RFC 3339) for messages with SessionTime but no Date, when it cannot be
+    /// learnt from the stream.
+    #[arg(long)]
+    pub session_start: Option<String>,
+    /// Extra JSON names, WIRE=column (repeatable; they win over the FastF1 defaults).
+    #[arg(long = "json-name", value_name = "WIRE=COLUMN")]
+    #[serde(default)]
+    pub json_name: Vec<String>,
+    /// Columns a message must carry (default: speed, rpm).
+    #[arg(long = "require", value_name = "COLUMN")]
+    pub require: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineArgs {
+    /// Directory of continuous queries (*.sql, name = file stem).
+    #[arg(long, env = "PITWALL_QUERIES_DIR")]
+    pub queries_dir: Option<PathBuf>,
+    /// Allowed lateness of event time, in ms.
+    #[arg(long)]
+    pub lateness_ms: Option<i64>,
+    /// A partition idle this long (ms) stops holding the watermark back; all idle, the
+    /// watermark advances with processing time.
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// A car's open lap closes after this much event time (ms) without samples.
+    #[arg(long)]
+    pub lap_gap_ms: Option<i64>,
+    /// Result rows each query keeps for late subscribers.
+    #[arg(long)]
+    pub result_buffer_rows: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlightArgs {
+    /// Address of the Arrow Flight / Flight SQL endpoint (port 0 = any free port).
+    #[arg(long, env = "PITWALL_FLIGHT_ADDR")]
+    pub flight_addr: Option<SocketAddr>,
+    /// Bearer token required on every call.
+    #[arg(long, env = "PITWALL_TOKEN")]
+    pub token: Option<String>,
+    /// TLS certificate (PEM); with --tls-key, the endpoint speaks TLS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Batches a subscriber may have buffered before it is dropped.
+    #[arg(long)]
+    pub subscriber_buffer: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageArgs {
+    /// Where the archive and dead letters live: a local path or an object-store URL.
+    #[arg(long, env = "PITWALL_DATA_DIR")]
+    pub data_dir: Option<String>,
+}
+
+/// The TOML file: the same settings, grouped.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    kafka: KafkaArgs,
+    #[serde(default)]
+    decode: DecodeArgs,
+    #[serde(default)]
+    engine: EngineArgs,
+    #[serde(default)]
+    flight: FlightArgs,
+    #[serde(default)]
+    storage: StorageArgs,
+    /// JSON wire name -> column.
+    #[serde(default)]
+    json_names: BTreeMap<String, String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// None = embedded replay of the bundled session.
+    pub kafka: Option<KafkaConfig>,
+    pub embedded_speed: f64,
+    pub embedded_loop: bool,
+    pub decode: DecodeConfig,
+    pub engine: EngineConfig,
+    pub queries_dir: Option<PathBuf>,
+    pub flight_addr: SocketAddr,
+    pub token: Option<String>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub subscriber_buffer: usize,
+    pub data_dir: Option<String>,
+}
+
+fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| Error::Config(format!("{what} {s:?}: expected KEY=VALUE")))
+        })
+        .collect()
+}
+
+impl Config {
+    /// Flags over the file named by `--config` (if any) over defaults.
+    pub fn resolve(args: ServerArgs) -> Result<Self> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?
+            }
+            None => FileConfig::default(),
+        };
+        let (k, fk) = (args.kafka, file.kafka);
+        let (d, fd) = (args.decode, file.decode);
+        let (e, fe) = (args.engine, file.engine);
+        let (f, ff) = (args.flight, file.flight);
+
+        let decode_defaults = DecodeConfig::default();
+        let mut json_names: Vec<(String, String)> = pairs(&d.json_name, "--json-name")?;
+        json_names.extend(pairs(&fd.json_name, "json_name")?);
+        json_names.extend(file.json_names.into_iter());
+        for (w, c) in decode_defaults.json_names.iter() {
+            if !json_names.iter().any(|(x, _)| x == w) {
+                json_names.push((w.clone(), c.clone()));
+            }
+        }
+        let session_start_ms = match d.session_start.or(fd.session_start) {
+            Some(s) => Some(
+                chrono::DateTime::parse_from_rfc3339(&s)
+                    .map_err(|e| Error::Config(format!("--session-start {s:?}: {e}")))?
+                    .timestamp_millis(),
+            ),
+            None => None,
+        };
+        let decode = DecodeConfig {
+            format: d.format.or(fd.format).unwrap_or(decode_defaults.format),
+            max_message_bytes: d.max_message_bytes.or(fd.max_message_bytes).unwrap_or(decode_defaults.max_message_bytes),
+            default_session: d.default_session.or(fd.default_session).unwrap_or(decode_defaults.default_session),
+            session_start_ms,
+            json_names,
+            required: d.require.or(fd.require).unwrap_or(decode_defaults.required),
+        };
+
+        let mut kafka_opts = pairs(&fk.kafka_opt, "kafka_opt")?;
+        kafka_opts.extend(pairs(&k.kafka_opt, "--kafka-opt")?);
+        let kafka = k.brokers.or(fk.brokers).map(|brokers| KafkaConfig {
+            brokers,
+            topic: k.topic.clone().or(fk.topic.clone()).unwrap_or_else(|| "telemetry".into()),
+            group_id: k.group.clone().or(fk.group.clone()).unwrap_or_else(|| "pitwall".into()),
+            start: k.start.or(fk.start).unwrap_or(StartAt::Earliest),
+            options: kafka_opts,
+            max_batch_rows: k.batch_rows.or(fk.batch_rows).unwrap_or(16 * 1024),
+            max_batch_wait: Duration::from_millis(k.batch_ms.or(fk.batch_ms).unwrap_or(50)),
+            dead_letter_topic: k.dead_letter_topic.clone().or(fk.dead_letter_topic.clone()),
+        });
+
+        let engine_defaults = EngineConfig::default();
+        let batch_ms = k.batch_ms.or(fk.batch_ms).unwrap_or(50);
+        let engine = EngineConfig {
+            watermark: WatermarkConfig {
+                lateness_ms: e.lateness_ms.or(fe.lateness_ms).unwrap_or(engine_defaults.watermark.lateness_ms),
+                idle_timeout: e
+                    .idle_timeout_ms
+                    .or(fe.idle_timeout_ms)
+                    .map(Duration::from_millis)
+                    .unwrap_or(engine_defaults.watermark.idle_timeout),
+            },
+            lap_gap_ms: e.lap_gap_ms.or(fe.lap_gap_ms).unwrap_or(engine_defaults.lap_gap_ms),
+            result_buffer_rows: e.result_buffer_rows.or(fe.result_buffer_rows).unwrap_or(engine_defaults.result_buffer_rows),
+            result_channel_batches: engine_defaults.result_channel_batches,
+            tick: Duration::from_millis(batch_ms.clamp(5, 1000)),
+        };
+        let tls = match (f.tls_cert.or(ff.tls_cert), f.tls_key.or(ff.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(Error::Config("TLS needs both --tls-cert and --tls-key".into())),
+        };
+        Ok(Config {
+            kafka,
+            embedded_speed: k.embedded_speed.or(fk.embedded_speed).unwrap_or(1.0),
+            embedded_loop: !(k.embedded_once || fk.embedded_once),
+            decode,
+            engine,
+            queries_dir: e.queries_dir.or(fe.queries_dir).or_else(default_queries_dir),
+            flight_addr: f.flight_addr.or(ff.flight_addr).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
+            token: f.token.or(ff.token),
+            tls,
+            subscriber_buffer: f.subscriber_buffer.or(ff.subscriber_buffer).unwrap_or(64),
+            data_dir: args.storage.data_dir.or(file.storage.data_dir).or_else(|| Some("pitwall-data".into())),
+        })
+    }
+}
+
+/// `./queries` when it exists (running from the repository), else none (the built-in defaults).
+fn default_queries_dir() -> Option<PathBuf> {
+    let p = PathBuf::from("queries");
+    p.is_dir().then_some(p)
+}

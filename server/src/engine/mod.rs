@@ -1,0 +1,585 @@
+//! The engine: continuous SQL queries over the micro-batch stream.
+//!
+//! Each micro-batch first moves the watermark, then flows through the queries in dependency
+//! order: a query reads the stream `telemetry` or the rows another query emitted in the same
+//! step. What a query emits is published on its [`ResultStream`]. The engine runs as one task
+//! that owns all query state; control requests (submit, replace, parameters, ...) reach it
+//! through an [`EngineHandle`], between micro-batches.
+
+pub mod compile;
+pub mod definition;
+pub mod functions;
+pub mod guard;
+pub mod pipeline;
+pub mod results;
+pub mod splice;
+pub mod watermark;
+pub mod windows;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::execution::TaskContext;
+use pitwall_proto::schema::{col, telemetry_schema};
+use tokio::sync::{mpsc, oneshot};
+
+pub use self::compile::Compiler;
+pub use self::definition::QueryDef;
+pub use self::results::{ResultBatch, ResultStream};
+use self::definition::{literal_text, parse_literal};
+use self::pipeline::Pipeline;
+pub use self::watermark::{WatermarkConfig, Watermarks};
+use crate::error::{Error, Result};
+use crate::ingest::MicroBatch;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub watermark: WatermarkConfig,
+    /// A car's open lap closes after this much event time without samples from it.
+    pub lap_gap_ms: i64,
+    /// Rows each query keeps for subscribers who start from the buffer.
+    pub result_buffer_rows: usize,
+    /// Batches a subscriber may fall behind before it is dropped.
+    pub result_channel_batches: usize,
+    /// How often the watermark is re-evaluated when no data arrives.
+    pub tick: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            watermark: WatermarkConfig::default(),
+            lap_gap_ms: 10_000,
+            result_buffer_rows: 100_000,
+            result_channel_batches: 1024,
+            tick: Duration::from_millis(50),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryStatus {
+    Running,
+    Paused,
+    Failed,
+}
+
+/// What clients see of a query.
+#[derive(Debug, Clone)]
+pub struct QueryInfo {
+    pub name: String,
+    pub sql: String,
+    pub status: QueryStatus,
+    pub schema: SchemaRef,
+    pub rows_emitted: u64,
+    pub batches_emitted: u64,
+    pub last_error: Option<String>,
+    pub params: Vec<(String, String)>,
+    pub input: String,
+    pub kind: String,
+    pub late_rows_dropped: u64,
+    pub open_windows: u64,
+    pub subscribers: usize,
+    pub emit_latency_ms: LatencySummary,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatencySummary {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Engine-wide counters, shared with the stats endpoint.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub watermark_ms: AtomicI64,
+    pub max_event_ms: AtomicI64,
+    pub late_rows: AtomicU64,
+    pub steps: AtomicU64,
+}
+
+struct RunningQuery {
+    def: QueryDef,
+    pipeline: Pipeline,
+    status: QueryStatus,
+    results: Arc<ResultStream>,
+    rows_emitted: u64,
+    batches_emitted: u64,
+    last_error: Option<String>,
+    latencies_ms: VecDeque<f64>,
+}
+
+impl RunningQuery {
+    fn info(&self) -> QueryInfo {
+        let mut lat: Vec<f64> = self.latencies_ms.iter().copied().collect();
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| if lat.is_empty() { 0.0 } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
+        QueryInfo {
+            name: self.def.name.clone(),
+            sql: self.def.sql.clone(),
+            status: self.status,
+            schema: self.pipeline.compiled().output_schema.clone(),
+            rows_emitted: self.rows_emitted,
+            batches_emitted: self.batches_emitted,
+            last_error: self.last_error.clone(),
+            params: self.def.params.iter().map(|(k, v)| (k.clone(), literal_text(v))).collect(),
+            input: self.pipeline.compiled().input.clone(),
+            kind: self.pipeline.compiled().kind.clone(),
+            late_rows_dropped: self.pipeline.late_rows(),
+            open_windows: self.pipeline.open_windows() as u64,
+            subscribers: self.results.subscribers(),
+            emit_latency_ms: LatencySummary { p50: pct(0.5), p99: pct(0.99), max: lat.last().copied().unwrap_or(0.0) },
+        }
+    }
+}
+
+/// Result streams by query name, readable without going through the engine task.
+pub type ResultRegistry = Arc<RwLock<HashMap<String, Arc<ResultStream>>>>;
+
+/// What one engine step emitted, per query (the archive takes these).
+pub type StepOutput = Vec<(String, Vec<RecordBatch>)>;
+
+pub struct Engine {
+    config: EngineConfig,
+    compiler: Compiler,
+    queries: BTreeMap<String, RunningQuery>,
+    order: Vec<String>,
+    watermarks: Watermarks,
+    stats: Arc<EngineStats>,
+    registry: ResultRegistry,
+    task_ctx: Arc<TaskContext>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        let compiler = Compiler::new(telemetry_schema(), config.lap_gap_ms)?;
+        let task_ctx = compiler.state().task_ctx();
+        Ok(Self {
+            watermarks: Watermarks::new(config.watermark),
+            config,
+            compiler,
+            queries: BTreeMap::new(),
+            order: Vec::new(),
+            stats: Arc::default(),
+            registry: Arc::default(),
+            task_ctx,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<EngineStats> {
+        self.stats.clone()
+    }
+
+    pub fn registry(&self) -> ResultRegistry {
+        self.registry.clone()
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermarks.current()
+    }
+
+    pub fn list(&self) -> Vec<QueryInfo> {
+        self.order.iter().filter_map(|n| self.queries.get(n)).map(RunningQuery::info).collect()
+    }
+
+    pub fn info(&self, name: &str) -> Result<QueryInfo> {
+        Ok(self.get(name)?.info())
+    }
+
+    fn get(&self, name: &str) -> Result<&RunningQuery> {
+        self.queries.get(name).ok_or_else(|| self.not_found(name))
+    }
+
+    fn not_found(&self, name: &str) -> Error {
+        let names: Vec<&str> = self.order.iter().map(String::as_str).collect();
+        Error::NotFound(format!("no query named {name}; running: {}", names.join(", ")))
+    }
+
+    /// Adds and starts a query.
+    pub async fn submit(&mut self, def: QueryDef) -> Result<QueryInfo> {
+        if self.queries.contains_key(&def.name) {
+            return Err(Error::AlreadyExists(format!(
+                "a query named {} already runs: replace it, or drop it first",
+                def.name
+            )));
+        }
+        let compiled = self.compiler.compile(&def).await?;
+        let schema = compiled.output_schema.clone();
+        self.compiler.register_output(&def.name, schema.clone())?;
+        let results = Arc::new(ResultStream::new(
+            schema,
+            self.config.result_buffer_rows,
+            self.config.result_channel_batches,
+        ));
+        self.registry.write().expect("registry lock").insert(def.name.clone(), results.clone());
+        let name = def.name.clone();
+        self.queries.insert(
+            name.clone(),
+            RunningQuery {
+                def,
+                pipeline: Pipeline::new(compiled),
+                status: QueryStatus::Running,
+                results,
+                rows_emitted: 0,
+                batches_emitted: 0,
+                last_error: None,
+                latencies_ms: VecDeque::new(),
+            },
+        );
+        self.reorder()?;
+        tracing::info!(query = %name, "query started");
+        self.info(&name)
+    }
+
+    /// New SQL for a running query: its subscribers stay connected; queries reading it are
+    /// recompiled against its new output.
+    pub async fn replace(&mut self, name: &str, sql: &str) -> Result<QueryInfo> {
+        let current = self.get(name)?;
+        let mut def = QueryDef::parse(name, sql)?;
+        for (k, v) in &current.def.params {
+            def.params.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        let compiled = self.compiler.compile(&def).await?;
+        if self.reads_transitively(&compiled.input, name) {
+            return Err(Error::Refused(format!("{name} cannot read {}: that would be a cycle", compiled.input)));
+        }
+        let schema = compiled.output_schema.clone();
+        let q = self.queries.get_mut(name).expect("checked above");
+        q.def = def;
+        q.pipeline = Pipeline::new(compiled);
+        q.status = QueryStatus::Running;
+        q.last_error = None;
+        q.results.set_schema(schema.clone());
+        self.compiler.register_output(name, schema)?;
+        self.reorder()?;
+        self.recompile_readers(name).await;
+        tracing::info!(query = %name, "query replaced");
+        self.info(name)
+    }
+
+    fn reads_transitively(&self, input: &str, target: &str) -> bool {
+        let mut cur = input.to_string();
+        for _ in 0..=self.queries.len() {
+            if cur == target {
+                return true;
+            }
+            match self.queries.get(&cur) {
+                Some(q) => cur = q.pipeline.compiled().input.clone(),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    async fn recompile_readers(&mut self, upstream: &str) {
+        let readers: Vec<String> = self
+            .order
+            .iter()
+            .filter(|n| self.queries[*n].pipeline.compiled().input == upstream)
+            .cloned()
+            .collect();
+        for reader in readers {
+            let def = self.queries[&reader].def.clone();
+            match self.compiler.compile(&def).await {
+                Ok(compiled) => {
+                    let schema = compiled.output_schema.clone();
+                    let q = self.queries.get_mut(&reader).expect("listed");
+                    q.pipeline = Pipeline::new(compiled);
+                    q.results.set_schema(schema.clone());
+                    let _ = self.compiler.register_output(&reader, schema);
+                }
+                Err(e) => {
+                    let q = self.queries.get_mut(&reader).expect("listed");
+                    q.status = QueryStatus::Failed;
+                    q.last_error = Some(format!("after {upstream} changed: {e}"));
+                    tracing::warn!(query = %reader, error = %e, "reader of a replaced query failed to recompile");
+                }
+            }
+        }
+    }
+
+    pub fn drop_query(&mut self, name: &str) -> Result<()> {
+        self.get(name)?;
+        let readers: Vec<&str> = self
+            .queries
+            .values()
+            .filter(|q| q.pipeline.compiled().input == name)
+            .map(|q| q.def.name.as_str())
+            .collect();
+        if !readers.is_empty() {
+            return Err(Error::Refused(format!("{} reads {name}: drop it first", readers.join(", "))));
+        }
+        self.queries.remove(name);
+        self.registry.write().expect("registry lock").remove(name);
+        self.compiler.deregister_output(name)?;
+        self.reorder()?;
+        tracing::info!(query = %name, "query dropped");
+        Ok(())
+    }
+
+    pub fn set_status(&mut self, name: &str, paused: bool) -> Result<QueryInfo> {
+        let q = self.queries.get_mut(name).ok_or_else(|| Error::NotFound(format!("no query named {name}")))?;
+        if q.status == QueryStatus::Failed && !paused {
+            // Resuming a failed query retries it with fresh state.
+            q.last_error = None;
+        }
+        q.status = if paused { QueryStatus::Paused } else { QueryStatus::Running };
+        self.info(name)
+    }
+
+    /// Changes parameters of a running query from the next micro-batch on; its window state
+    /// is kept.
+    pub async fn set_params(&mut self, name: &str, params: &[(String, String)]) -> Result<QueryInfo> {
+        let q = self.get(name)?;
+        let mut def = q.def.clone();
+        for (k, v) in params {
+            let k = k.trim_start_matches('$');
+            if !def.params.contains_key(k) {
+                let known: Vec<&str> = def.params.keys().map(String::as_str).collect();
+                return Err(Error::Refused(format!(
+                    "{name} has no parameter ${k}; it has: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
+            let value = parse_literal(v).map_err(|e| Error::Refused(format!("{k}: {e}")))?;
+            def.params.insert(k.to_string(), value);
+        }
+        let compiled = self.compiler.compile(&def).await?;
+        let q = self.queries.get_mut(name).expect("checked above");
+        q.def = def;
+        q.pipeline.replace_plan(compiled);
+        tracing::info!(query = %name, ?params, "parameters set");
+        self.info(name)
+    }
+
+    fn reorder(&mut self) -> Result<()> {
+        let mut order: Vec<String> = Vec::new();
+        let mut remaining: Vec<String> = self.queries.keys().cloned().collect();
+        while !remaining.is_empty() {
+            let before = remaining.len();
+            remaining.retain(|n| {
+                let input = &self.queries[n].pipeline.compiled().input;
+                if input == "telemetry" || order.contains(input) {
+                    order.push(n.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            if remaining.len() == before {
+                return Err(Error::Refused(format!("queries {} read each other in a cycle", remaining.join(", "))));
+            }
+        }
+        self.order = order;
+        Ok(())
+    }
+
+    /// One step: account for a micro-batch (if any), move the watermark, run every query.
+    pub async fn step(&mut self, batch: Option<&MicroBatch>, now: Instant) -> StepOutput {
+        let before = self.watermarks.current();
+        let mut input: Vec<RecordBatch> = Vec::new();
+        if let Some(b) = batch {
+            if b.rows.num_rows() > 0 {
+                if let (Some(wm), Some(ts)) = (before, b.rows.column_by_name(col::TS)) {
+                    let late = ts.as_primitive::<TimestampMillisecondType>().values().iter().filter(|t| **t < wm).count();
+                    self.stats.late_rows.fetch_add(late as u64, Ordering::Relaxed);
+                }
+                input.push(b.rows.clone());
+            }
+            for p in &b.partitions {
+                if let Some(ts) = p.max_ts {
+                    self.watermarks.observe(p.partition, ts, now);
+                }
+            }
+        }
+        let wm = self.watermarks.advance(now);
+        let idle = self.watermarks.input_idle(now);
+        if let Some(wm) = wm {
+            self.stats.watermark_ms.store(wm, Ordering::Relaxed);
+        }
+        if let Some(m) = self.watermarks.max_event_time() {
+            self.stats.max_event_ms.store(m, Ordering::Relaxed);
+        }
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let mut emitted: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+        let mut outputs = Vec::new();
+        for name in &self.order {
+            let q = self.queries.get_mut(name).expect("ordered queries exist");
+            if q.status != QueryStatus::Running {
+                continue;
+            }
+            let source = q.pipeline.compiled().input.clone();
+            let rows: &[RecordBatch] = if source == "telemetry" {
+                &input
+            } else {
+                emitted.get(&source).map(Vec::as_slice).unwrap_or(&[])
+            };
+            match q.pipeline.process(rows, wm, idle, &self.task_ctx).await {
+                Ok(out) => {
+                    for b in &out {
+                        q.rows_emitted += b.num_rows() as u64;
+                        q.batches_emitted += 1;
+                        q.results.publish(b.clone(), wm);
+                    }
+                    if let (Some(b), false) = (batch, out.is_empty()) {
+                        q.latencies_ms.push_back(b.ready_at.elapsed().as_secs_f64() * 1000.0);
+                        if q.latencies_ms.len() > 1000 {
+                            q.latencies_ms.pop_front();
+                        }
+                    }
+                    if !out.is_empty() {
+                        outputs.push((name.clone(), out.clone()));
+                    }
+                    emitted.insert(name.clone(), out);
+                }
+                Err(e) => {
+                    tracing::error!(query = %name, error = %e, "query failed; the others go on");
+                    q.status = QueryStatus::Failed;
+                    q.last_error = Some(e.to_string());
+                }
+            }
+        }
+        outputs
+    }
+}
+
+/// A request to the engine task.
+pub enum Command {
+    List(oneshot::Sender<Vec<QueryInfo>>),
+    Show(String, oneshot::Sender<Result<QueryInfo>>),
+    Submit(QueryDef, oneshot::Sender<Result<QueryInfo>>),
+    Replace(String, String, oneshot::Sender<Result<QueryInfo>>),
+    Drop(String, oneshot::Sender<Result<()>>),
+    SetStatus(String, bool, oneshot::Sender<Result<QueryInfo>>),
+    SetParams(String, Vec<(String, String)>, oneshot::Sender<Result<QueryInfo>>),
+}
+
+/// Cloneable access to the engine task.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    pub registry: ResultRegistry,
+    pub stats: Arc<EngineStats>,
+}
+
+impl EngineHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Error::EngineStopped)?;
+        rx.await.map_err(|_| Error::EngineStopped)
+    }
+
+    pub async fn list(&self) -> Result<Vec<QueryInfo>> {
+        self.ask(Command::List).await
+    }
+    pub async fn show(&self, name: &str) -> Result<QueryInfo> {
+        self.ask(|tx| Command::Show(name.to_string(), tx)).await?
+    }
+    pub async fn submit(&self, def: QueryDef) -> Result<QueryInfo> {
+        self.ask(|tx| Command::Submit(def, tx)).await?
+    }
+    pub async fn replace(&self, name: &str, sql: &str) -> Result<QueryInfo> {
+        self.ask(|tx| Command::Replace(name.to_string(), sql.to_string(), tx)).await?
+    }
+    pub async fn drop_query(&self, name: &str) -> Result<()> {
+        self.ask(|tx| Command::Drop(name.to_string(), tx)).await?
+    }
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<QueryInfo> {
+        self.ask(|tx| Command::SetStatus(name.to_string(), paused, tx)).await?
+    }
+    pub async fn set_params(&self, name: &str, params: Vec<(String, String)>) -> Result<QueryInfo> {
+        self.ask(|tx| Command::SetParams(name.to_string(), params, tx)).await?
+    }
+
+    pub fn results(&self, name: &str) -> Option<Arc<ResultStream>> {
+        self.registry.read().expect("registry lock").get(name).cloned()
+    }
+}
+
+/// Receives each step's input and output, e.g. the archive.
+pub trait StepSink: Send {
+    fn on_step(&mut self, batch: Option<&MicroBatch>, outputs: &StepOutput, watermark: Option<i64>);
+}
+
+impl Engine {
+    /// Creates the handle and the channel the task listens on.
+    pub fn handle(&self) -> (EngineHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(64);
+        (EngineHandle { tx, registry: self.registry.clone(), stats: self.stats.clone() }, rx)
+    }
+
+    async fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::List(tx) => {
+                let _ = tx.send(self.list());
+            }
+            Command::Show(n, tx) => {
+                let _ = tx.send(self.info(&n));
+            }
+            Command::Submit(def, tx) => {
+                let _ = tx.send(self.submit(def).await);
+            }
+            Command::Replace(n, sql, tx) => {
+                let _ = tx.send(self.replace(&n, &sql).await);
+            }
+            Command::Drop(n, tx) => {
+                let _ = tx.send(self.drop_query(&n));
+            }
+            Command::SetStatus(n, paused, tx) => {
+                let _ = tx.send(self.set_status(&n, paused));
+            }
+            Command::SetParams(n, p, tx) => {
+                let _ = tx.send(self.set_params(&n, &p).await);
+            }
+        }
+    }
+
+    /// Runs until `shutdown` fires: micro-batches as they come, a tick when none do, and
+    /// control requests in between.
+    pub async fn run(
+        mut self,
+        mut batches: mpsc::Receiver<MicroBatch>,
+        mut commands: mpsc::Receiver<Command>,
+        mut sink: Option<Box<dyn StepSink>>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut input_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(cmd) = commands.recv() => self.handle_command(cmd).await,
+                b = batches.recv(), if input_open => match b {
+                    Some(b) => {
+                        let out = self.step(Some(&b), Instant::now()).await;
+                        if let Some(s) = sink.as_mut() {
+                            s.on_step(Some(&b), &out, self.watermark());
+                        }
+                    }
+                    None => {
+                        tracing::info!("input ended; windows close as the watermark advances");
+                        input_open = false;
+                    }
+                },
+                _ = tick.tick() => {
+                    let out = self.step(None, Instant::now()).await;
+                    if let Some(s) = sink.as_mut() {
+                        if !out.is_empty() {
+                            s.on_step(None, &out, self.watermark());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,419 @@
+//! Runs a compiled query over micro-batches: feeds each stage, keeps its window state, and
+//! decides what is emitted when.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, TimestampMillisecondType};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::compile::{AggregatePlan, CompiledQuery, StagePlan, WindowFnPlan, WindowKey};
+use super::windows::{LapWindows, TimeWindows, WindowKind};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Default)]
+struct AggregateState {
+    time: Option<TimeWindows>,
+    laps: Option<LapWindows>,
+}
+
+#[derive(Debug, Default)]
+struct WindowFnState {
+    /// Rows waiting for the watermark (raw input is released in event-time order).
+    held: Vec<RecordBatch>,
+    released_through: Option<i64>,
+    /// Last rows of each partition, with their sequence numbers: context for the next rows.
+    retained: Option<RecordBatch>,
+    /// Rows already in `retained` that still wait for following rows before they are emitted.
+    pending: HashSet<u64>,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+enum StageState {
+    Aggregate(AggregateState),
+    WindowFn(WindowFnState),
+}
+
+/// A compiled query plus the state of its stages.
+pub struct Pipeline {
+    compiled: CompiledQuery,
+    states: Vec<StageState>,
+    late_rows: u64,
+}
+
+impl Pipeline {
+    pub fn new(compiled: CompiledQuery) -> Self {
+        let states = compiled.stages.iter().map(new_state).collect();
+        Self { compiled, states, late_rows: 0 }
+    }
+
+    pub fn compiled(&self) -> &CompiledQuery {
+        &self.compiled
+    }
+
+    /// Swaps in a recompiled plan (new parameter values), keeping window state when the
+    /// stages are the same kind; otherwise the state starts afresh.
+    pub fn replace_plan(&mut self, compiled: CompiledQuery) {
+        let same_shape = compiled.stages.len() == self.compiled.stages.len()
+            && compiled.stages.iter().zip(&self.compiled.stages).all(|(a, b)| match (a, b) {
+                (StagePlan::Aggregate(x), StagePlan::Aggregate(y)) => x.window == y.window,
+                (StagePlan::WindowFn(_), StagePlan::WindowFn(_)) => true,
+                _ => false,
+            });
+        if !same_shape {
+            self.states = compiled.stages.iter().map(new_state).collect();
+        }
+        self.compiled = compiled;
+    }
+
+    pub fn late_rows(&self) -> u64 {
+        self.late_rows
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.states
+            .iter()
+            .map(|s| match s {
+                StageState::Aggregate(a) => {
+                    a.time.as_ref().map_or(0, |t| t.open_windows()) + a.laps.as_ref().map_or(0, |l| l.open_windows())
+                }
+                StageState::WindowFn(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Feeds new input rows (any may be empty), closes what the watermark allows, and returns
+    /// the rows to emit. `idle` says the whole input has gone quiet.
+    pub async fn process(
+        &mut self,
+        input: &[RecordBatch],
+        watermark: Option<i64>,
+        idle: bool,
+        ctx: &Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut rows: Vec<RecordBatch> = input
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| match &self.compiled.input_projection {
+                Some(p) => b.project(p),
+                None => Ok(b.clone()),
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        if let (Some(bottom), false) = (&self.compiled.bottom, rows.is_empty()) {
+            rows = bottom.run(rows, ctx.clone()).await?;
+        }
+        for (stage, state) in self.compiled.stages.iter().zip(self.states.iter_mut()) {
+            rows.retain(|b| b.num_rows() > 0);
+            rows = match (stage, state) {
+                (StagePlan::Aggregate(plan), StageState::Aggregate(state)) => {
+                    aggregate_step(plan, state, rows, watermark, &mut self.late_rows, ctx).await?
+                }
+                (StagePlan::WindowFn(plan), StageState::WindowFn(state)) => {
+                    window_step(plan, state, rows, watermark, idle, &mut self.late_rows, ctx).await?
+                }
+                _ => unreachable!("states are built from the stages"),
+            };
+        }
+        rows.retain(|b| b.num_rows() > 0);
+        Ok(rows)
+    }
+}
+
+fn new_state(stage: &StagePlan) -> StageState {
+    match stage {
+        StagePlan::Aggregate(a) => StageState::Aggregate(match a.window {
+            WindowKind::Tumbling { size_ms } | WindowKind::Hopping { size_ms, .. } => {
+                AggregateState { time: Some(TimeWindows::new(size_ms)), laps: None }
+            }
+            WindowKind::Lap { gap_ms } => AggregateState { time: None, laps: Some(LapWindows::new(gap_ms)) },
+        }),
+        StagePlan::WindowFn(_) => StageState::WindowFn(WindowFnState::default()),
+    }
+}
+
+fn eval(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
+}
+
+/// Milliseconds since the epoch of a timestamp array of any unit (nulls stay null).
+fn millis(a: &ArrayRef) -> Result<ArrayRef> {
+    match a.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Ok(a.clone()),
+        DataType::Timestamp(_, tz) => Ok(cast(a, &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()))?),
+        other => Err(Error::QueryFailed {
+            query: String::new(),
+            message: format!("a window's time column must be a timestamp, not {other}"),
+        }),
+    }
+}
+
+fn ms_values(a: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    let a = millis(a)?;
+    Ok(a.as_primitive::<TimestampMillisecondType>().iter().collect())
+}
+
+fn int_values(a: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    let a = cast(a, &DataType::Int64)?;
+    Ok(a.as_primitive::<Int64Type>().iter().collect())
+}
+
+/// Encodes key columns so equal keys give equal bytes.
+fn row_keys(columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
+    if columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let converter = RowConverter::new(columns.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
+    let rows = converter.convert_columns(columns)?;
+    Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+}
+
+/// Splits a batch into groups of rows with equal keys, in first-seen order.
+fn group_rows<K: std::hash::Hash + Eq + Clone>(batch: &RecordBatch, keys: &[K]) -> Result<Vec<(K, RecordBatch)>> {
+    let mut order: Vec<K> = Vec::new();
+    let mut groups: HashMap<K, Vec<u32>> = HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        groups
+            .entry(k.clone())
+            .or_insert_with(|| {
+                order.push(k.clone());
+                Vec::new()
+            })
+            .push(i as u32);
+    }
+    order
+        .into_iter()
+        .map(|k| {
+            let idx = UInt32Array::from(groups.remove(&k).expect("grouped"));
+            Ok((k, take_record_batch(batch, &idx)?))
+        })
+        .collect()
+}
+
+async fn aggregate_step(
+    plan: &AggregatePlan,
+    state: &mut AggregateState,
+    rows: Vec<RecordBatch>,
+    watermark: Option<i64>,
+    late_rows: &mut u64,
+    ctx: &Arc<TaskContext>,
+) -> Result<Vec<RecordBatch>> {
+    // 1. Drop rows of windows already closed (late) and rows with no window.
+    let mut kept = Vec::with_capacity(rows.len());
+    for batch in rows {
+        let keep: BooleanArray = match &plan.key {
+            WindowKey::Time { start, .. } => {
+                let time = state.time.as_ref().expect("time state");
+                let starts = ms_values(&eval(start, &batch)?)?;
+                starts
+                    .iter()
+                    .map(|s| match s {
+                        Some(s) if time.is_late(*s) => {
+                            *late_rows += 1;
+                            Some(false)
+                        }
+                        Some(_) => Some(true),
+                        None => Some(false),
+                    })
+                    .collect()
+            }
+            WindowKey::Lap { car, lap, ts, .. } => {
+                let laps = state.laps.as_mut().expect("lap state");
+                let cars = row_keys(&car.iter().map(|e| eval(e, &batch)).collect::<Result<Vec<_>>>()?)?;
+                let lap_values = int_values(&eval(lap, &batch)?)?;
+                let ts_values = ms_values(&eval(ts, &batch)?)?;
+                (0..batch.num_rows())
+                    .map(|i| match (lap_values[i], ts_values[i]) {
+                        (Some(l), Some(t)) => {
+                            laps.observe(&cars[i], l, t);
+                            if laps.is_late(&cars[i], l) {
+                                *late_rows += 1;
+                                Some(false)
+                            } else {
+                                Some(true)
+                            }
+                        }
+                        _ => Some(false), // samples with no lap are not in lap windows
+                    })
+                    .collect()
+            }
+        };
+        let batch = if keep.false_count() == 0 { batch } else { filter_record_batch(&batch, &keep)? };
+        if batch.num_rows() > 0 {
+            kept.push(batch);
+        }
+    }
+    // 2. Partial aggregation of the new rows, buffered per window.
+    if !kept.is_empty() {
+        for partial in plan.partial.run(kept, ctx.clone()).await? {
+            if partial.num_rows() == 0 {
+                continue;
+            }
+            match &plan.key {
+                WindowKey::Time { start_col, .. } => {
+                    let starts = ms_values(partial.column(*start_col))?;
+                    let time = state.time.as_mut().expect("time state");
+                    for (start, rows) in group_rows(&partial, &starts)? {
+                        if let Some(start) = start {
+                            time.insert(start, rows);
+                        }
+                    }
+                }
+                WindowKey::Lap { car_cols, lap_col, .. } => {
+                    let cars = row_keys(&car_cols.iter().map(|&c| partial.column(c).clone()).collect::<Vec<_>>())?;
+                    let lap_values = int_values(partial.column(*lap_col))?;
+                    let keys: Vec<(Vec<u8>, Option<i64>)> = cars.into_iter().zip(lap_values).collect();
+                    let laps = state.laps.as_mut().expect("lap state");
+                    for ((car, lap), rows) in group_rows(&partial, &keys)? {
+                        if let Some(lap) = lap {
+                            laps.insert(&car, lap, rows);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // 3. Close what the watermark passed; finish their aggregation.
+    let Some(wm) = watermark else { return Ok(Vec::new()) };
+    let closed: Vec<RecordBatch> = match (&mut state.time, &mut state.laps) {
+        (Some(t), _) => t.close(wm).into_iter().flat_map(|(_, b)| b).collect(),
+        (None, Some(l)) => l.close(wm).into_iter().flat_map(|(_, _, b)| b).collect(),
+        (None, None) => Vec::new(),
+    };
+    if closed.is_empty() {
+        return Ok(Vec::new());
+    }
+    plan.finish.run(closed, ctx.clone()).await
+}
+
+async fn window_step(
+    plan: &WindowFnPlan,
+    state: &mut WindowFnState,
+    rows: Vec<RecordBatch>,
+    watermark: Option<i64>,
+    idle: bool,
+    late_rows: &mut u64,
+    ctx: &Arc<TaskContext>,
+) -> Result<Vec<RecordBatch>> {
+    // 1. Raw input waits for the watermark so that each partition sees its rows in order.
+    let released: Vec<RecordBatch> = match &plan.gate_ts {
+        None => rows,
+        Some(gate) => {
+            for batch in rows {
+                let ts = ms_values(&eval(gate, &batch)?)?;
+                let keep: BooleanArray = ts
+                    .iter()
+                    .map(|t| match (t, state.released_through) {
+                        (Some(t), Some(r)) if *t <= r => {
+                            *late_rows += 1;
+                            Some(false)
+                        }
+                        (None, _) => Some(false),
+                        _ => Some(true),
+                    })
+                    .collect();
+                let batch = filter_record_batch(&batch, &keep)?;
+                if batch.num_rows() > 0 {
+                    state.held.push(batch);
+                }
+            }
+            let Some(wm) = watermark else { return Ok(Vec::new()) };
+            let mut released = Vec::new();
+            let mut still = Vec::new();
+            for batch in std::mem::take(&mut state.held) {
+                let ts = ms_values(&eval(gate, &batch)?)?;
+                let due: BooleanArray = ts.iter().map(|t| Some(t.is_some_and(|t| t <= wm))).collect();
+                let not_due = datafusion::arrow::compute::not(&due)?;
+                let (a, b) = (filter_record_batch(&batch, &due)?, filter_record_batch(&batch, &not_due)?);
+                if a.num_rows() > 0 {
+                    released.push(a);
+                }
+                if b.num_rows() > 0 {
+                    still.push(b);
+                }
+            }
+            state.held = still;
+            state.released_through = Some(state.released_through.map_or(wm, |r| r.max(wm)));
+            released
+        }
+    };
+    let flush = idle && !state.pending.is_empty();
+    if released.is_empty() && !flush {
+        return Ok(Vec::new());
+    }
+    // 2. Number the new rows, then run the window operator over context + new rows.
+    let first_new = state.next_seq;
+    let window_input: SchemaRef = plan.window.input_schema();
+    let mut input = Vec::new();
+    if let Some(r) = state.retained.take() {
+        input.push(r);
+    }
+    for batch in released {
+        let n = batch.num_rows() as u64;
+        let seq = UInt64Array::from_iter_values(state.next_seq..state.next_seq + n);
+        state.next_seq += n;
+        let mut cols = batch.columns().to_vec();
+        cols.push(Arc::new(seq));
+        input.push(RecordBatch::try_new(window_input.clone(), cols)?);
+    }
+    let out = plan.window.run(input, ctx.clone()).await?;
+    let out = concat_batches(&plan.window.schema(), &out)?;
+    // 3. Partition runs (the operator sorts by partition, then order): emit rows with enough
+    //    following context, keep the last rows of each partition as the next context.
+    let parts = row_keys(&plan.partition_by.iter().map(|e| eval(e, &out)).collect::<Result<Vec<_>>>()?)?;
+    let seqs = out.column(plan.seq_index).as_primitive::<datafusion::arrow::datatypes::UInt64Type>().clone();
+    let keep_rows = plan.preceding + plan.following;
+    let (mut emit, mut retain) = (Vec::new(), Vec::new());
+    let n = out.num_rows();
+    let mut start = 0;
+    while start < n {
+        let mut end = start + 1;
+        while end < n && (parts.is_empty() || parts[end] == parts[start]) {
+            end += 1;
+        }
+        if parts.is_empty() {
+            end = n;
+        }
+        for i in start..end {
+            let seq = seqs.value(i);
+            let ready = end - 1 - i >= plan.following || flush;
+            let new = seq >= first_new;
+            if ready && (new || state.pending.remove(&seq)) {
+                emit.push(i as u32);
+            } else if !ready && new {
+                state.pending.insert(seq);
+            }
+            if end - i <= keep_rows {
+                retain.push(i as u32);
+            }
+        }
+        start = end;
+    }
+    let context_cols: Vec<usize> = (0..=plan.seq_index).collect();
+    if !retain.is_empty() {
+        let r = take_record_batch(&out.project(&context_cols)?, &UInt32Array::from(retain))?;
+        state.retained = Some(RecordBatch::try_new(window_input, r.columns().to_vec())?);
+    }
+    if emit.is_empty() {
+        return Ok(Vec::new());
+    }
+    let emitted = take_record_batch(&out, &UInt32Array::from(emit))?;
+    let cols: Vec<ArrayRef> = emitted
+        .columns()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != plan.seq_index)
+        .map(|(_, c)| c.clone())
+        .collect();
+    let emitted = RecordBatch::try_new(plan.upper_input_schema.clone(), cols)?;
+    match &plan.upper {
+        Some(upper) => upper.run(vec![emitted], ctx.clone()).await,
+        None => Ok(vec![emitted]),
+    }
+}

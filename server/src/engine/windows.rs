@@ -1,0 +1,230 @@
+//! Window assignment and closing: which buffered partial aggregates a window holds, and when
+//! the watermark closes it.
+//!
+//! Time windows (`date_bin`, hopping windows) close for every group at once, when the
+//! watermark reaches their end. Lap windows close per car, when the watermark passes the first
+//! sample of a later lap of that car (the lap's end), or when the car has sent nothing for the
+//! inactivity gap in event time (it retired, or the stream ended).
+
+use std::collections::{BTreeMap, HashMap};
+
+use datafusion::arrow::array::RecordBatch;
+
+/// What a stage's window is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// `date_bin(size, ts)`: windows `[start, start + size)`.
+    Tumbling { size_ms: i64 },
+    /// `unnest(hop(ts, slide, size))`: overlapping windows `[start, start + size)`.
+    Hopping { slide_ms: i64, size_ms: i64 },
+    /// `GROUP BY driver, lap`: one window per car and lap.
+    Lap { gap_ms: i64 },
+}
+
+impl WindowKind {
+    pub fn describe(&self) -> String {
+        match self {
+            WindowKind::Tumbling { size_ms } => format!("tumbling window {}", fmt_ms(*size_ms)),
+            WindowKind::Hopping { slide_ms, size_ms } => {
+                format!("hopping window {} every {}", fmt_ms(*size_ms), fmt_ms(*slide_ms))
+            }
+            WindowKind::Lap { gap_ms } => format!("lap window (gap {})", fmt_ms(*gap_ms)),
+        }
+    }
+}
+
+pub fn fmt_ms(ms: i64) -> String {
+    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+}
+
+/// Buffered partial aggregates of open time windows.
+#[derive(Debug, Default)]
+pub struct TimeWindows {
+    size_ms: i64,
+    /// window start -> partial rows
+    open: BTreeMap<i64, Vec<RecordBatch>>,
+    /// Every window ending at or before this is closed (the watermark at the last close).
+    closed_through: Option<i64>,
+}
+
+impl TimeWindows {
+    pub fn new(size_ms: i64) -> Self {
+        Self { size_ms, ..Default::default() }
+    }
+
+    /// True when a row of the window starting at `start` arrives too late.
+    pub fn is_late(&self, start: i64) -> bool {
+        self.closed_through.is_some_and(|c| start + self.size_ms <= c)
+    }
+
+    pub fn insert(&mut self, start: i64, rows: RecordBatch) {
+        self.open.entry(start).or_default().push(rows);
+    }
+
+    /// Removes and returns the windows the watermark has closed, oldest first.
+    pub fn close(&mut self, watermark: i64) -> Vec<(i64, Vec<RecordBatch>)> {
+        let mut closed = Vec::new();
+        while let Some(entry) = self.open.first_entry() {
+            if *entry.key() + self.size_ms > watermark {
+                break;
+            }
+            let start = *entry.key();
+            closed.push((start, entry.remove()));
+        }
+        self.closed_through = Some(self.closed_through.map_or(watermark, |c| c.max(watermark)));
+        closed
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+}
+
+/// One lap of one car: its partial rows and the event-time span of its samples.
+#[derive(Debug, Default)]
+struct LapWindow {
+    rows: Vec<RecordBatch>,
+    min_ts: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct CarLaps {
+    open: BTreeMap<i64, LapWindow>,
+    /// Laps up to and including this one are closed.
+    closed_upto: Option<i64>,
+    last_ts: i64,
+}
+
+/// Buffered partial aggregates of open lap windows, per car (`car` is an opaque key: the
+/// encoded driver and session values).
+#[derive(Debug, Default)]
+pub struct LapWindows {
+    gap_ms: i64,
+    cars: HashMap<Vec<u8>, CarLaps>,
+}
+
+impl LapWindows {
+    pub fn new(gap_ms: i64) -> Self {
+        Self { gap_ms, cars: HashMap::new() }
+    }
+
+    /// Records that `car` sent a sample of `lap` at `ts` (progress, not data).
+    pub fn observe(&mut self, car: &[u8], lap: i64, ts: i64) {
+        let c = match self.cars.get_mut(car) {
+            Some(c) => c,
+            None => self.cars.entry(car.to_vec()).or_default(),
+        };
+        c.last_ts = c.last_ts.max(ts);
+        if c.closed_upto.is_some_and(|u| lap <= u) {
+            return;
+        }
+        let w = c.open.entry(lap).or_default();
+        w.min_ts = Some(w.min_ts.map_or(ts, |m| m.min(ts)));
+    }
+
+    pub fn is_late(&self, car: &[u8], lap: i64) -> bool {
+        self.cars.get(car).and_then(|c| c.closed_upto).is_some_and(|u| lap <= u)
+    }
+
+    pub fn insert(&mut self, car: &[u8], lap: i64, rows: RecordBatch) {
+        let c = match self.cars.get_mut(car) {
+            Some(c) => c,
+            None => self.cars.entry(car.to_vec()).or_default(),
+        };
+        c.open.entry(lap).or_default().rows.push(rows);
+    }
+
+    /// Removes and returns the laps the watermark has closed.
+    pub fn close(&mut self, watermark: i64) -> Vec<(Vec<u8>, i64, Vec<RecordBatch>)> {
+        let mut closed = Vec::new();
+        for (car, c) in self.cars.iter_mut() {
+            let inactive = c.last_ts + self.gap_ms <= watermark;
+            // A lap ends where the next lap seen for this car starts.
+            let laps: Vec<i64> = c.open.keys().copied().collect();
+            let mut close_upto = None;
+            for (i, lap) in laps.iter().enumerate() {
+                let end = laps[i + 1..].iter().filter_map(|l| c.open[l].min_ts).min();
+                if inactive || end.is_some_and(|e| e <= watermark) {
+                    close_upto = Some(*lap);
+                }
+            }
+            if let Some(upto) = close_upto {
+                let keep = c.open.split_off(&(upto + 1));
+                for (lap, w) in std::mem::replace(&mut c.open, keep) {
+                    if !w.rows.is_empty() {
+                        closed.push((car.clone(), lap, w.rows));
+                    }
+                }
+                c.closed_upto = Some(c.closed_upto.map_or(upto, |u| u.max(upto)));
+            }
+        }
+        closed.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        closed
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.cars.values().map(|c| c.open.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::Int32Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn rows(n: i32) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int32, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![n]))]).unwrap()
+    }
+
+    #[test]
+    fn tumbling_windows_close_at_their_end() {
+        let mut w = TimeWindows::new(1000);
+        w.insert(0, rows(1));
+        w.insert(1000, rows(2));
+        assert!(w.close(999).is_empty());
+        let closed = w.close(1000);
+        assert_eq!(closed.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0]);
+        assert!(w.is_late(0));
+        assert!(!w.is_late(1000));
+        assert_eq!(w.close(5000).len(), 1);
+        assert!(w.is_late(3000), "an empty window is closed too once the watermark passed it");
+    }
+
+    #[test]
+    fn laps_close_when_the_next_lap_starts_before_the_watermark() {
+        let mut w = LapWindows::new(10_000);
+        let car = b"VER".as_slice();
+        for (lap, ts) in [(1, 0), (1, 500), (2, 1000), (2, 1500)] {
+            w.observe(car, lap, ts);
+            w.insert(car, lap, rows(lap as i32));
+        }
+        assert!(w.close(999).is_empty(), "lap 1 ends at 1000");
+        let closed = w.close(1000);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].1, 1);
+        assert!(w.is_late(car, 1));
+        assert!(!w.is_late(car, 2));
+        // No later lap: lap 2 closes after the inactivity gap.
+        assert!(w.close(11_499).is_empty());
+        assert_eq!(w.close(11_500).len(), 1);
+    }
+
+    #[test]
+    fn cars_close_independently() {
+        let mut w = LapWindows::new(60_000);
+        w.observe(b"A", 1, 0);
+        w.insert(b"A", 1, rows(1));
+        w.observe(b"A", 2, 100);
+        w.observe(b"B", 1, 0);
+        w.insert(b"B", 1, rows(1));
+        let closed = w.close(200);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].0, b"A".to_vec());
+        assert_eq!(w.open_windows(), 2);
+    }
+}

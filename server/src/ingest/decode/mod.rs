@@ -1,0 +1,192 @@
+//! Decoding: Kafka payloads to rows of the canonical telemetry schema.
+//!
+//! JSON payloads go through arrow-json into a batch of *wire columns* (the FastF1 names, as
+//! configured), Protobuf payloads through prost into the same wire columns; [`normalize`] then
+//! turns wire columns into canonical ones: aliases coalesced, the driver taken from the
+//! message key when absent, the event time from `Date`, else the session start plus
+//! `SessionTime`, else the Kafka record timestamp. A message that fails any step is a
+//! [`BadMessage`] with a reason; the others go on.
+
+pub mod json;
+pub mod normalize;
+pub mod protobuf;
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use serde::Deserialize;
+
+use pitwall_proto::schema::JSON_WIRE_NAMES;
+
+/// How payloads are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PayloadFormat {
+    /// By the `pitwall-format` header, else `{` means JSON and anything else Protobuf.
+    Auto,
+    Json,
+    Protobuf,
+    ProtobufBatch,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecodeConfig {
+    pub format: PayloadFormat,
+    /// Larger payloads are dead-lettered as `oversize`.
+    pub max_message_bytes: usize,
+    /// Session of messages that name none.
+    pub default_session: String,
+    /// Start of every session whose start cannot be learnt from a message carrying both
+    /// `Date` and `SessionTime` (ms since the epoch).
+    pub session_start_ms: Option<i64>,
+    /// JSON wire name -> canonical column, earlier entries winning when several are present.
+    pub json_names: Vec<(String, String)>,
+    /// Canonical columns a row must have (besides driver and event time).
+    pub required: Vec<String>,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            format: PayloadFormat::Auto,
+            max_message_bytes: 1 << 20,
+            default_session: "live".into(),
+            session_start_ms: None,
+            json_names: JSON_WIRE_NAMES.iter().map(|(w, c)| (w.to_string(), c.to_string())).collect(),
+            required: vec!["speed".into(), "rpm".into()],
+        }
+    }
+}
+
+/// One Kafka message as ingest received it.
+#[derive(Debug, Clone, Copy)]
+pub struct RawMessage<'a> {
+    pub payload: &'a [u8],
+    pub key: Option<&'a [u8]>,
+    pub partition: i32,
+    pub offset: i64,
+    /// Kafka record timestamp, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+    /// Value of the `pitwall-format` header.
+    pub format_header: Option<&'a [u8]>,
+}
+
+/// Why a message was rejected (the label it is counted under).
+pub mod reason {
+    pub const OVERSIZE: &str = "oversize";
+    pub const EMPTY: &str = "empty";
+    pub const NOT_JSON: &str = "not_json";
+    pub const TRUNCATED: &str = "truncated";
+    pub const NOT_ONE_OBJECT: &str = "not_one_object";
+    pub const WRONG_TYPE: &str = "wrong_type";
+    pub const MISSING_FIELD: &str = "missing_field";
+    pub const BAD_PROTOBUF: &str = "bad_protobuf";
+    pub const BAD_TIME: &str = "bad_time";
+}
+
+/// A rejected message (index into the decoded slice) and why.
+#[derive(Debug, Clone)]
+pub struct BadMessage {
+    pub index: usize,
+    pub reason: &'static str,
+    pub error: String,
+}
+
+/// The result of decoding a slice of messages.
+#[derive(Debug)]
+pub struct Decoded {
+    /// Valid rows, canonical schema.
+    pub rows: RecordBatch,
+    /// For each row, the index of the message it came from.
+    pub row_message: Vec<usize>,
+    pub bad: Vec<BadMessage>,
+}
+
+/// Columns decoded from some messages, before normalization: for each canonical column, the
+/// candidate arrays in priority order (aliases), typed as the canonical column, except
+/// `session_time`, which may also be text (`"0 days 01:02:08.731000"` or `"3728.731"`).
+#[derive(Debug, Default)]
+pub struct WireRows {
+    pub len: usize,
+    pub columns: HashMap<&'static str, Vec<ArrayRef>>,
+    /// For each row, the index of the message it came from.
+    pub row_message: Vec<usize>,
+}
+
+/// Decodes messages; remembers session starts it learns.
+pub struct Decoder {
+    config: DecodeConfig,
+    json: json::JsonDecoder,
+    session_starts: HashMap<String, i64>,
+}
+
+impl Decoder {
+    pub fn new(config: DecodeConfig) -> crate::error::Result<Self> {
+        let json = json::JsonDecoder::new(&config.json_names)?;
+        Ok(Self { config, json, session_starts: HashMap::new() })
+    }
+
+    pub fn config(&self) -> &DecodeConfig {
+        &self.config
+    }
+
+    pub fn decode(&mut self, messages: &[RawMessage<'_>]) -> crate::error::Result<Decoded> {
+        let mut bad = Vec::new();
+        let (mut json_idx, mut proto_idx, mut batch_idx) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, m) in messages.iter().enumerate() {
+            if m.payload.len() > self.config.max_message_bytes {
+                bad.push(BadMessage {
+                    index: i,
+                    reason: reason::OVERSIZE,
+                    error: format!("{} bytes, more than the {} allowed", m.payload.len(), self.config.max_message_bytes),
+                });
+                continue;
+            }
+            match self.format_of(m) {
+                PayloadFormat::Json => json_idx.push(i),
+                PayloadFormat::ProtobufBatch => batch_idx.push(i),
+                _ => proto_idx.push(i),
+            }
+        }
+        let mut parts = Vec::new();
+        if !json_idx.is_empty() {
+            let payloads: Vec<&[u8]> = json_idx.iter().map(|&i| messages[i].payload).collect();
+            let (wire, bad_json) = self.json.decode(&payloads)?;
+            bad.extend(bad_json.into_iter().map(|mut b| {
+                b.index = json_idx[b.index];
+                b
+            }));
+            for mut w in wire {
+                w.row_message.iter_mut().for_each(|r| *r = json_idx[*r]);
+                parts.push(w);
+            }
+        }
+        for (idx, batched) in [(&proto_idx, false), (&batch_idx, true)] {
+            if idx.is_empty() {
+                continue;
+            }
+            let (wire, bad_proto) = protobuf::decode(messages, idx, batched)?;
+            bad.extend(bad_proto);
+            parts.extend(wire);
+        }
+        normalize::normalize(parts, messages, &self.config, &mut self.session_starts, bad)
+    }
+
+    fn format_of(&self, m: &RawMessage<'_>) -> PayloadFormat {
+        match self.config.format {
+            PayloadFormat::Auto => match m.format_header {
+                Some(b"json") => PayloadFormat::Json,
+                Some(b"protobuf") => PayloadFormat::Protobuf,
+                Some(b"protobuf-batch") => PayloadFormat::ProtobufBatch,
+                _ => match m.payload.iter().find(|b| !b.is_ascii_whitespace()) {
+                    Some(b'{') | None => PayloadFormat::Json,
+                    Some(_) => PayloadFormat::Protobuf,
+                },
+            },
+            fixed => fixed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,70 @@
+//! Ingest: the first leg of the data path. Telemetry arrives as Kafka messages (or from the
+//! embedded replay of the bundled session), is gathered into micro-batches bounded by rows and
+//! by time, decoded straight into Arrow record batches of the canonical schema, and handed to
+//! the engine. Messages that cannot be decoded never stop a batch: they are counted by reason
+//! and written to the dead-letter sink.
+
+pub mod dead_letter;
+pub mod decode;
+pub mod embedded;
+pub mod kafka;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use datafusion::arrow::array::RecordBatch;
+
+/// The rows of one partition in a micro-batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSlice {
+    pub partition: i32,
+    /// Offsets of the first and last message taken from this partition (inclusive).
+    pub first_offset: i64,
+    pub last_offset: i64,
+    /// Highest event time among its valid rows (None if all were bad).
+    pub max_ts: Option<i64>,
+}
+
+/// A batch of decoded rows from one poll cycle.
+#[derive(Debug, Clone)]
+pub struct MicroBatch {
+    pub topic: String,
+    /// Valid rows in the canonical telemetry schema.
+    pub rows: RecordBatch,
+    pub partitions: Vec<PartitionSlice>,
+    /// When the batch was complete (decoded and ready for the engine).
+    pub ready_at: Instant,
+}
+
+/// Counters of what ingest has seen, shared with the stats endpoint.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    pub rows: AtomicU64,
+    pub micro_batches: AtomicU64,
+    bad: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl IngestStats {
+    pub fn add_bad(&self, reason: &'static str, n: u64) {
+        *self.bad.lock().expect("stats lock").entry(reason).or_default() += n;
+    }
+
+    pub fn bad_by_reason(&self) -> Vec<(String, u64)> {
+        self.bad.lock().expect("stats lock").iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    pub fn bad_total(&self) -> u64 {
+        self.bad.lock().expect("stats lock").values().sum()
+    }
+
+    pub fn count(&self, messages: u64, bytes: u64, rows: u64) {
+        self.messages.fetch_add(messages, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.micro_batches.fetch_add(1, Ordering::Relaxed);
+    }
+}
