@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
+use crate::session::{Session, parse_lap_range};
 use anyhow::{Context, Result, bail};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use crate::session::{Session, parse_lap_range};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConvertArgs {
@@ -64,4 +64,3 @@ pub fn run(args: &ConvertArgs) -> Result<String> {
         size
     ))
 }
-

@@ -59,7 +59,11 @@ impl Fleet {
             .expect("driver is utf8");
         let base_driver_idx: Vec<u16> = driver_col
             .iter()
-            .map(|d| drivers.binary_search(&d.unwrap_or("").to_string()).unwrap_or(0) as u16)
+            .map(|d| {
+                drivers
+                    .binary_search(&d.unwrap_or("").to_string())
+                    .unwrap_or(0) as u16
+            })
             .collect();
         let base_ts = session.ts().values().to_vec();
         let n_drivers = drivers.len();
@@ -80,9 +84,19 @@ impl Fleet {
             };
             let names = drivers
                 .iter()
-                .map(|d| if k == 0 { Arc::from(d.as_str()) } else { Arc::from(format!("{d}-{}", k + 1)) })
+                .map(|d| {
+                    if k == 0 {
+                        Arc::from(d.as_str())
+                    } else {
+                        Arc::from(format!("{d}-{}", k + 1))
+                    }
+                })
                 .collect();
-            copies.push(Copy { rows, offset_ms: k as i64 * VIRTUAL_CAR_OFFSET_MS, names });
+            copies.push(Copy {
+                rows,
+                offset_ms: k as i64 * VIRTUAL_CAR_OFFSET_MS,
+                names,
+            });
         }
         let (first, last) = session.time_span().expect("non-empty");
         let span_ms = last - first + (n_copies as i64 - 1) * VIRTUAL_CAR_OFFSET_MS + LOOP_GAP_MS;
@@ -112,7 +126,8 @@ impl Fleet {
         self.heap.clear();
         for (k, c) in self.copies.iter().enumerate() {
             if let Some(&r) = c.rows.first() {
-                self.heap.push(Reverse((self.base_ts[r as usize] + c.offset_ms, k)));
+                self.heap
+                    .push(Reverse((self.base_ts[r as usize] + c.offset_ms, k)));
             }
         }
     }
@@ -128,13 +143,16 @@ impl Fleet {
         }
         let mut picks: Vec<(usize, u32)> = Vec::with_capacity(max_rows);
         while picks.len() < max_rows {
-            let Some(Reverse((_, k))) = self.heap.pop() else { break };
+            let Some(Reverse((_, k))) = self.heap.pop() else {
+                break;
+            };
             let copy = &self.copies[k];
             let row = copy.rows[self.cursors[k]];
             picks.push((k, row));
             self.cursors[k] += 1;
             if let Some(&next) = copy.rows.get(self.cursors[k]) {
-                self.heap.push(Reverse((self.base_ts[next as usize] + copy.offset_ms, k)));
+                self.heap
+                    .push(Reverse((self.base_ts[next as usize] + copy.offset_ms, k)));
             }
         }
         if picks.is_empty() {
@@ -151,26 +169,33 @@ impl Fleet {
         let mut cols: Vec<ArrayRef> = taken.columns().to_vec();
         if self.copies.len() > 1 || self.round > 0 {
             let ts = TimestampMillisecondArray::from_iter_values(
-                picks.iter().map(|(k, r)| self.base_ts[*r as usize] + shift(*k)),
+                picks
+                    .iter()
+                    .map(|(k, r)| self.base_ts[*r as usize] + shift(*k)),
             )
             .with_timezone("UTC");
             let st_idx = schema.index_of(col::SESSION_TIME)?;
-            let st = cols[st_idx].as_any().downcast_ref::<Float64Array>().expect("f64");
+            let st = cols[st_idx]
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("f64");
             let st: Float64Array = st
                 .iter()
                 .zip(picks)
                 .map(|(v, (k, _))| v.map(|v| v + shift(*k) as f64 / 1000.0))
                 .collect();
-            let drivers = StringArray::from_iter_values(
-                picks.iter().map(|(k, r)| &*self.copies[*k].names[self.base_driver_idx[*r as usize] as usize]),
-            );
+            let drivers =
+                StringArray::from_iter_values(picks.iter().map(|(k, r)| {
+                    &*self.copies[*k].names[self.base_driver_idx[*r as usize] as usize]
+                }));
             cols[schema.index_of(col::TS)?] = Arc::new(ts);
             cols[st_idx] = Arc::new(st);
             cols[schema.index_of(col::DRIVER)?] = Arc::new(drivers);
         }
         if self.round > 0 {
             let name = format!("{}-r{}", self.session, self.round + 1);
-            cols[schema.index_of(col::SESSION)?] = Arc::new(StringArray::from(vec![name.as_str(); picks.len()]));
+            cols[schema.index_of(col::SESSION)?] =
+                Arc::new(StringArray::from(vec![name.as_str(); picks.len()]));
         }
         debug_assert!(cols.iter().all(|c| c.len() == picks.len()));
         Ok(RecordBatch::try_new(schema, cols)?)

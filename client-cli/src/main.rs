@@ -1,59 +1,146 @@
-//! `pitwall`: the command-line client. Replays recorded telemetry into Kafka, and (through
-//! Arrow Flight) watches, controls and queries a running Pitwall server.
+//! `pitwall`: the command-line client. Replays recorded telemetry into Kafka, and through
+//! Arrow Flight watches, controls and queries a running Pitwall server.
 
+mod client;
+mod commands;
 mod convert;
 mod fleet;
+mod output;
 mod replay;
 mod session;
 mod wire;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
+use crate::client::{Client, ServerAddress};
+use crate::output::Format;
+
 #[derive(Parser)]
-#[command(name = "pitwall", version, about = "Live telemetry analysis: replay, watch, query")]
+#[command(
+    name = "pitwall",
+    version,
+    about = "Live telemetry analysis: replay, watch, control, query"
+)]
 struct Cli {
     /// Pitwall server (Arrow Flight) URL.
-    #[arg(long, global = true, env = "PITWALL_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "PITWALL_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     server: String,
     /// Bearer token, when the server requires one.
     #[arg(long, global = true, env = "PITWALL_TOKEN")]
     token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// server.
+    #[arg(long, global = true, env = "PITWALL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// List the continuous queries (or `queries show NAME`).
+    Queries {
+        #[command(subcommand)]
+        show: Option<QueriesCommand>,
+    },
+    /// Start a continuous query from a .sql file.
+    Submit { name: String, file: PathBuf },
+    /// Give a running query new SQL; its subscribers stay connected.
+    Replace { name: String, file: PathBuf },
+    /// Stop and remove a query.
+    Drop { name: String },
+    /// Pause a query (its input is skipped until it resumes).
+    Pause { name: String },
+    /// Resume a paused or failed query.
+    Resume { name: String },
+    /// Set query parameters, e.g. `set over_rev threshold=11500`.
+    Set {
+        name: String,
+        #[arg(required = true, value_name = "PARAM=VALUE")]
+        params: Vec<String>,
+    },
+    /// Stream a query's results as they are emitted.
+    Watch(commands::WatchArgs),
+    /// Run ad-hoc read-only SQL over recent results (and the archive).
+    Sql {
+        query: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Server statistics: ingest, bad messages, watermark, per-query latency.
+    Stats,
     /// Publish a recorded session to a Kafka topic.
     Replay(replay::ReplayArgs),
     /// Convert a FastF1 export into a Parquet file in the Pitwall schema.
     Convert(convert::ConvertArgs),
 }
 
+#[derive(Subcommand)]
+enum QueriesCommand {
+    /// One query in detail.
+    Show { name: String },
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let addr = ServerAddress {
+        url: cli.server.clone(),
+        token: cli.token.clone(),
+        tls_ca: cli.tls_ca.clone(),
+    };
+    match cli.command {
+        Command::Replay(args) => {
+            let s = replay::run(&args).await?;
+            println!(
+                "published {} rows ({} bytes) to {} in {:.2} s: {:.0} rows/s",
+                s.rows,
+                s.bytes,
+                args.topic,
+                s.elapsed.as_secs_f64(),
+                s.rate()
+            );
+            Ok(())
+        }
+        Command::Convert(args) => {
+            println!("{}", convert::run(&args)?);
+            Ok(())
+        }
+        other => {
+            let mut c = Client::connect(&addr).await?;
+            use pitwall_proto::actions as a;
+            match other {
+                Command::Queries { show: None } => commands::list(&mut c).await,
+                Command::Queries {
+                    show: Some(QueriesCommand::Show { name }),
+                } => commands::show(&mut c, &name).await,
+                Command::Submit { name, file } => {
+                    commands::submit(&mut c, &name, &file, false).await
+                }
+                Command::Replace { name, file } => {
+                    commands::submit(&mut c, &name, &file, true).await
+                }
+                Command::Drop { name } => commands::simple(&mut c, a::DROP, &name).await,
+                Command::Pause { name } => commands::simple(&mut c, a::PAUSE, &name).await,
+                Command::Resume { name } => commands::simple(&mut c, a::RESUME, &name).await,
+                Command::Set { name, params } => commands::set(&mut c, &name, &params).await,
+                Command::Watch(args) => commands::watch(&mut c, &args).await,
+                Command::Sql { query, format } => commands::sql(&mut c, &query, format).await,
+                Command::Stats => commands::stats(&mut c).await,
+                Command::Replay(_) | Command::Convert(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Replay(args) => {
-                let s = replay::run(&args).await?;
-                println!(
-                    "published {} rows ({} bytes) to {} in {:.2} s: {:.0} rows/s",
-                    s.rows,
-                    s.bytes,
-                    args.topic,
-                    s.elapsed.as_secs_f64(),
-                    s.rate()
-                );
-                Ok::<(), anyhow::Error>(())
-            }
-            Command::Convert(args) => {
-                println!("{}", convert::run(&args)?);
-                Ok(())
-            }
-        }
-    });
-    if let Err(e) = result {
+    if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -148,7 +148,10 @@ pub async fn ensure_topic(config: &ClientConfig, topic: &str, partitions: i32) -
     let admin: AdminClient<DefaultClientContext> = config.create().context("Kafka admin client")?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics([&new], &opts).await.context("create topic")?;
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .context("create topic")?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -169,7 +172,9 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplaySummary> {
         .set("queue.buffering.max.kbytes", "1048576")
         .set("message.timeout.ms", "60000");
     for opt in &args.kafka_opts {
-        let (k, v) = opt.split_once('=').context("--kafka-opt expects KEY=VALUE")?;
+        let (k, v) = opt
+            .split_once('=')
+            .context("--kafka-opt expects KEY=VALUE")?;
         config.set(k.trim(), v.trim());
     }
     ensure_topic(&config, &args.topic, args.partitions).await?;
@@ -178,9 +183,11 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplaySummary> {
     let topic = args.topic.clone();
     let format = args.format;
     let quiet = args.quiet;
-    tokio::task::spawn_blocking(move || publish(&mut fleet, &config, &topic, format, pace, total, quiet))
-        .await
-        .context("replay task")?
+    tokio::task::spawn_blocking(move || {
+        publish(&mut fleet, &config, &topic, format, pace, total, quiet)
+    })
+    .await
+    .context("replay task")?
 }
 
 fn publish(
@@ -197,14 +204,21 @@ fn publish(
         .create_with_context(TallyContext(tally.clone()))
         .context("Kafka producer")?;
     let bar = progress_bar(total, quiet);
-    let headers = OwnedHeaders::new().insert(Header { key: pitwall_proto::FORMAT_HEADER, value: Some(format.header()) });
+    let headers = OwnedHeaders::new().insert(Header {
+        key: pitwall_proto::FORMAT_HEADER,
+        value: Some(format.header()),
+    });
     let started = Instant::now();
     let mut first_ts: Option<i64> = None;
     let (mut rows, mut bytes) = (0u64, 0u64);
     let mut encoded = Encoded::default();
     while let Some(chunk) = fleet.next_chunk(2048)? {
         encode(&chunk, format, &mut encoded)?;
-        let drivers = chunk.column_by_name(col::DRIVER).expect("driver").as_string::<i32>().clone();
+        let drivers = chunk
+            .column_by_name(col::DRIVER)
+            .expect("driver")
+            .as_string::<i32>()
+            .clone();
         let ts = ts_values(&chunk);
         for i in 0..encoded.len() {
             if let Some(speed) = pace {
@@ -217,7 +231,10 @@ fn publish(
             }
             let payload = encoded.payload(i);
             let key = drivers.value(i);
-            let mut record = BaseRecord::to(topic).key(key).payload(payload).headers(headers.clone());
+            let mut record = BaseRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers.clone());
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -236,17 +253,28 @@ fn publish(
             break;
         }
     }
-    producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing the producer")?;
     bar.finish_and_clear();
     let failed = tally.failed.load(Ordering::Relaxed);
     if failed > 0 {
-        let first = tally.first_error.lock().expect("tally lock").clone().unwrap_or_default();
+        let first = tally
+            .first_error
+            .lock()
+            .expect("tally lock")
+            .clone()
+            .unwrap_or_default();
         bail!(
             "{failed} of {rows} messages were not delivered to {topic} (first error: {first}); {} were",
             tally.delivered.load(Ordering::Relaxed)
         );
     }
-    Ok(ReplaySummary { rows, bytes, elapsed: started.elapsed() })
+    Ok(ReplaySummary {
+        rows,
+        bytes,
+        elapsed: started.elapsed(),
+    })
 }
 
 fn ts_values(chunk: &RecordBatch) -> Vec<i64> {
@@ -262,11 +290,14 @@ fn progress_bar(total: Option<u64>, quiet: bool) -> indicatif::ProgressBar {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let bar = match total {
         Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template("{bar:30} {human_pos}/{human_len} rows  {per_sec}  eta {eta}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:30} {human_pos}/{human_len} rows  {per_sec}  eta {eta}",
+            )
+            .expect("valid template"),
         ),
         None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {human_pos} rows  {per_sec}").expect("valid template"),
+            ProgressStyle::with_template("{spinner} {human_pos} rows  {per_sec}")
+                .expect("valid template"),
         ),
     };
     if quiet {

@@ -92,15 +92,45 @@ fn encode_protobuf(batch: &RecordBatch, out: &mut Encoded) -> Result<()> {
     let session = c(col::SESSION).as_string::<i32>();
     let driver = c(col::DRIVER).as_string::<i32>();
     let lap = c(col::LAP).as_primitive::<arrow::datatypes::Int32Type>();
-    let ts = c(col::TS).as_any().downcast_ref::<TimestampMillisecondArray>().expect("ts");
-    let st = c(col::SESSION_TIME).as_any().downcast_ref::<Float64Array>().expect("f64");
-    let f32c = |name: &str| c(name).as_any().downcast_ref::<Float32Array>().expect("f32").clone();
-    let (speed, rpm, throttle, x, y, z) =
-        (f32c(col::SPEED), f32c(col::RPM), f32c(col::THROTTLE), f32c(col::X), f32c(col::Y), f32c(col::Z));
-    let gear = c(col::GEAR).as_any().downcast_ref::<Int8Array>().expect("i8");
-    let drs = c(col::DRS).as_any().downcast_ref::<Int8Array>().expect("i8");
-    let brake = c(col::BRAKE).as_any().downcast_ref::<BooleanArray>().expect("bool");
-    let distance = c(col::DISTANCE).as_any().downcast_ref::<Float64Array>().expect("f64");
+    let ts = c(col::TS)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .expect("ts");
+    let st = c(col::SESSION_TIME)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("f64");
+    let f32c = |name: &str| {
+        c(name)
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .expect("f32")
+            .clone()
+    };
+    let (speed, rpm, throttle, x, y, z) = (
+        f32c(col::SPEED),
+        f32c(col::RPM),
+        f32c(col::THROTTLE),
+        f32c(col::X),
+        f32c(col::Y),
+        f32c(col::Z),
+    );
+    let gear = c(col::GEAR)
+        .as_any()
+        .downcast_ref::<Int8Array>()
+        .expect("i8");
+    let drs = c(col::DRS)
+        .as_any()
+        .downcast_ref::<Int8Array>()
+        .expect("i8");
+    let brake = c(col::BRAKE)
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .expect("bool");
+    let distance = c(col::DISTANCE)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("f64");
     fn opt<A: Array, T>(a: &A, i: usize, v: impl FnOnce() -> T) -> Option<T> {
         a.is_valid(i).then(v)
     }
@@ -128,4 +158,3 @@ fn encode_protobuf(batch: &RecordBatch, out: &mut Encoded) -> Result<()> {
     }
     Ok(())
 }
-

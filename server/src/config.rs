@@ -15,7 +15,11 @@ use crate::ingest::decode::{DecodeConfig, PayloadFormat};
 use crate::ingest::kafka::{KafkaConfig, StartAt};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "pitwall-server", version, about = "Pitwall: continuous SQL over live telemetry, served over Arrow Flight")]
+#[command(
+    name = "pitwall-server",
+    version,
+    about = "Pitwall: continuous SQL over live telemetry, served over Arrow Flight"
+)]
 pub struct ServerArgs {
     /// TOML configuration file; flags override it.
     #[arg(long, env = "PITWALL_CONFIG")]
@@ -194,8 +198,10 @@ impl Config {
     pub fn resolve(args: ServerArgs) -> Result<Self> {
         let file: FileConfig = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-                toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?
             }
             None => FileConfig::default(),
         };
@@ -223,8 +229,14 @@ impl Config {
         };
         let decode = DecodeConfig {
             format: d.format.or(fd.format).unwrap_or(decode_defaults.format),
-            max_message_bytes: d.max_message_bytes.or(fd.max_message_bytes).unwrap_or(decode_defaults.max_message_bytes),
-            default_session: d.default_session.or(fd.default_session).unwrap_or(decode_defaults.default_session),
+            max_message_bytes: d
+                .max_message_bytes
+                .or(fd.max_message_bytes)
+                .unwrap_or(decode_defaults.max_message_bytes),
+            default_session: d
+                .default_session
+                .or(fd.default_session)
+                .unwrap_or(decode_defaults.default_session),
             session_start_ms,
             json_names,
             required: d.require.or(fd.require).unwrap_or(decode_defaults.required),
@@ -234,8 +246,16 @@ impl Config {
         kafka_opts.extend(pairs(&k.kafka_opt, "--kafka-opt")?);
         let kafka = k.brokers.or(fk.brokers).map(|brokers| KafkaConfig {
             brokers,
-            topic: k.topic.clone().or(fk.topic.clone()).unwrap_or_else(|| "telemetry".into()),
-            group_id: k.group.clone().or(fk.group.clone()).unwrap_or_else(|| "pitwall".into()),
+            topic: k
+                .topic
+                .clone()
+                .or(fk.topic.clone())
+                .unwrap_or_else(|| "telemetry".into()),
+            group_id: k
+                .group
+                .clone()
+                .or(fk.group.clone())
+                .unwrap_or_else(|| "pitwall".into()),
             start: k.start.or(fk.start).unwrap_or(StartAt::Earliest),
             options: kafka_opts,
             max_batch_rows: k.batch_rows.or(fk.batch_rows).unwrap_or(16 * 1024),
@@ -247,22 +267,35 @@ impl Config {
         let batch_ms = k.batch_ms.or(fk.batch_ms).unwrap_or(50);
         let engine = EngineConfig {
             watermark: WatermarkConfig {
-                lateness_ms: e.lateness_ms.or(fe.lateness_ms).unwrap_or(engine_defaults.watermark.lateness_ms),
+                lateness_ms: e
+                    .lateness_ms
+                    .or(fe.lateness_ms)
+                    .unwrap_or(engine_defaults.watermark.lateness_ms),
                 idle_timeout: e
                     .idle_timeout_ms
                     .or(fe.idle_timeout_ms)
                     .map(Duration::from_millis)
                     .unwrap_or(engine_defaults.watermark.idle_timeout),
             },
-            lap_gap_ms: e.lap_gap_ms.or(fe.lap_gap_ms).unwrap_or(engine_defaults.lap_gap_ms),
-            result_buffer_rows: e.result_buffer_rows.or(fe.result_buffer_rows).unwrap_or(engine_defaults.result_buffer_rows),
+            lap_gap_ms: e
+                .lap_gap_ms
+                .or(fe.lap_gap_ms)
+                .unwrap_or(engine_defaults.lap_gap_ms),
+            result_buffer_rows: e
+                .result_buffer_rows
+                .or(fe.result_buffer_rows)
+                .unwrap_or(engine_defaults.result_buffer_rows),
             result_channel_batches: engine_defaults.result_channel_batches,
             tick: Duration::from_millis(batch_ms.clamp(5, 1000)),
         };
         let tls = match (f.tls_cert.or(ff.tls_cert), f.tls_key.or(ff.tls_key)) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
-            _ => return Err(Error::Config("TLS needs both --tls-cert and --tls-key".into())),
+            _ => {
+                return Err(Error::Config(
+                    "TLS needs both --tls-cert and --tls-key".into(),
+                ));
+            }
         };
         Ok(Config {
             kafka,
@@ -270,12 +303,22 @@ impl Config {
             embedded_loop: !(k.embedded_once || fk.embedded_once),
             decode,
             engine,
-            queries_dir: e.queries_dir.or(fe.queries_dir).or_else(default_queries_dir),
-            flight_addr: f.flight_addr.or(ff.flight_addr).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
+            queries_dir: e
+                .queries_dir
+                .or(fe.queries_dir)
+                .or_else(default_queries_dir),
+            flight_addr: f
+                .flight_addr
+                .or(ff.flight_addr)
+                .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
             token: f.token.or(ff.token),
             tls,
             subscriber_buffer: f.subscriber_buffer.or(ff.subscriber_buffer).unwrap_or(64),
-            data_dir: args.storage.data_dir.or(file.storage.data_dir).or_else(|| Some("pitwall-data".into())),
+            data_dir: args
+                .storage
+                .data_dir
+                .or(file.storage.data_dir)
+                .or_else(|| Some("pitwall-data".into())),
         })
     }
 }

@@ -51,7 +51,9 @@ pub enum RetryHint {
 impl Error {
     pub fn retry_hint(&self) -> RetryHint {
         match self {
-            Error::Kafka(_) | Error::Io(_) | Error::Archive(_) | Error::EngineStopped => RetryHint::Retry,
+            Error::Kafka(_) | Error::Io(_) | Error::Archive(_) | Error::EngineStopped => {
+                RetryHint::Retry
+            }
             _ => RetryHint::DoNotRetry,
         }
     }

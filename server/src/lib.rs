@@ -12,6 +12,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod flight;
 pub mod ingest;
 
 use std::net::SocketAddr;
@@ -42,7 +43,10 @@ pub const BUILTIN_QUERIES: &[(&str, &str)] = &[
 pub fn initial_queries(dir: Option<&Path>) -> Result<Vec<QueryDef>> {
     match dir {
         Some(d) => QueryDef::load_dir(d),
-        None => BUILTIN_QUERIES.iter().map(|(n, sql)| QueryDef::parse(n, sql)).collect(),
+        None => BUILTIN_QUERIES
+            .iter()
+            .map(|(n, sql)| QueryDef::parse(n, sql))
+            .collect(),
     }
 }
 
@@ -92,7 +96,11 @@ impl App {
         for (name, err) in &last_err {
             tracing::error!(query = %name, error = %err, "query refused; the others run");
         }
-        Ok(Self { config, engine, ingest_stats: Arc::default() })
+        Ok(Self {
+            config,
+            engine,
+            ingest_stats: Arc::default(),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -101,7 +109,11 @@ impl App {
 
     /// Starts ingest, the engine and the endpoint in the background.
     pub async fn start(self) -> Result<RunningApp> {
-        let App { config, engine, ingest_stats } = self;
+        let App {
+            config,
+            engine,
+            ingest_stats,
+        } = self;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (handle, commands) = engine.handle();
         let (batch_tx, batch_rx) = mpsc::channel(4);
@@ -123,7 +135,12 @@ impl App {
                 )?;
                 ingest_thread = Some(source.thread);
                 let committer = source.committer;
-                tasks.push(tokio::spawn(engine.run(batch_rx, commands, Some(Box::new(CommitAfterStep(committer))), shutdown_rx.clone())));
+                tasks.push(tokio::spawn(engine.run(
+                    batch_rx,
+                    commands,
+                    Some(Box::new(CommitAfterStep(committer))),
+                    shutdown_rx.clone(),
+                )));
             }
             None => {
                 let session = ingest::embedded::bundled_session()?;
@@ -138,11 +155,40 @@ impl App {
                         tracing::error!(error = %e, "embedded replay stopped");
                     }
                 }));
-                tasks.push(tokio::spawn(engine.run(batch_rx, commands, None, shutdown_rx.clone())));
+                tasks.push(tokio::spawn(engine.run(
+                    batch_rx,
+                    commands,
+                    None,
+                    shutdown_rx.clone(),
+                )));
             }
         }
-        let flight_addr = config.flight_addr;
-        Ok(RunningApp { flight_addr, engine: handle, ingest_stats, shutdown, stop_ingest, tasks, ingest_thread })
+        let state = Arc::new(flight::FlightState {
+            engine: handle.clone(),
+            ingest: ingest_stats.clone(),
+            subscriber_buffer: config.subscriber_buffer,
+            subscribers_dropped: Default::default(),
+            adhoc: flight::adhoc::AdhocLimits::default(),
+            started: std::time::Instant::now(),
+        });
+        let (flight_addr, flight_task) = flight::serve(
+            config.flight_addr,
+            state,
+            config.token.clone(),
+            config.tls.clone(),
+            shutdown_rx.clone(),
+        )
+        .await?;
+        tasks.push(flight_task);
+        Ok(RunningApp {
+            flight_addr,
+            engine: handle,
+            ingest_stats,
+            shutdown,
+            stop_ingest,
+            tasks,
+            ingest_thread,
+        })
     }
 
     /// Runs until Ctrl-C.
@@ -160,9 +206,15 @@ impl RunningApp {
     pub async fn stop(mut self) {
         self.stop_ingest.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        for t in self.tasks.drain(..) {
-            t.abort();
-            let _ = t.await;
+        for mut t in self.tasks.drain(..) {
+            // The engine and the endpoint end on the shutdown signal; anything else is aborted.
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+                let _ = t.await;
+            }
         }
         if let Some(t) = self.ingest_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -174,7 +226,12 @@ impl RunningApp {
 struct CommitAfterStep(ingest::kafka::Committer);
 
 impl engine::StepSink for CommitAfterStep {
-    fn on_step(&mut self, batch: Option<&ingest::MicroBatch>, _outputs: &engine::StepOutput, _wm: Option<i64>) {
+    fn on_step(
+        &mut self,
+        batch: Option<&ingest::MicroBatch>,
+        _outputs: &engine::StepOutput,
+        _wm: Option<i64>,
+    ) {
         if let Some(b) = batch {
             self.0.commit(ingest::kafka::next_offsets(b));
         }

@@ -4,9 +4,16 @@ use pitwall_server::{App, Config, ServerArgs};
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
-    let result = async { App::build(Config::resolve(ServerArgs::parse())?).await?.run_until_stopped().await };
+    let result = async {
+        App::build(Config::resolve(ServerArgs::parse())?)
+            .await?
+            .run_until_stopped()
+            .await
+    };
     if let Err(e) = result.await {
         eprintln!("error: {e}");
         std::process::exit(1);

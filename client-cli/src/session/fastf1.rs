@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int8Array, Int32Array,
-    StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int8Array, Int32Array, StringArray,
+    TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -67,8 +67,8 @@ struct LapRow {
 }
 
 fn read_laps(path: &Path) -> Result<Laps> {
-    let mut reader = csv::Reader::from_path(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut drivers = HashMap::new();
     let mut spans: HashMap<String, Vec<LapSpan>> = HashMap::new();
     for (i, row) in reader.deserialize::<LapRow>().enumerate() {
@@ -84,7 +84,10 @@ fn read_laps(path: &Path) -> Result<Laps> {
             continue;
         };
         let start = parse_timedelta(&start).ok_or_else(|| {
-            anyhow!("{}:{line}: LapStartTime {start:?} is not a timedelta", path.display())
+            anyhow!(
+                "{}:{line}: LapStartTime {start:?} is not a timedelta",
+                path.display()
+            )
         })?;
         let end = match row.time.as_deref().filter(|t| !t.is_empty()) {
             Some(t) => parse_timedelta(t).ok_or_else(|| {
@@ -92,7 +95,11 @@ fn read_laps(path: &Path) -> Result<Laps> {
             })?,
             None => f64::NAN, // filled from the next lap's start below
         };
-        spans.entry(number).or_default().push(LapSpan { number: lap as i32, start, end });
+        spans.entry(number).or_default().push(LapSpan {
+            number: lap as i32,
+            start,
+            end,
+        });
     }
     for laps in spans.values_mut() {
         laps.sort_by(|a, b| a.start.total_cmp(&b.start));
@@ -118,7 +125,11 @@ impl Laps {
 fn car_csv_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("index", DataType::Int64, true),
-        Field::new("Date", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "Date",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("RPM", DataType::Float32, true),
         Field::new("Speed", DataType::Float32, true),
         Field::new("nGear", DataType::Int8, true),
@@ -156,19 +167,25 @@ pub fn read_dir(dir: &Path, session: &str) -> Result<Vec<RecordBatch>> {
 }
 
 fn read_car(path: &Path, car: &str, session: &str, laps: &Laps) -> Result<RecordBatch> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let reader = arrow::csv::ReaderBuilder::new(car_csv_schema())
         .with_header(true)
         .with_batch_size(64 * 1024)
         .build(file)?;
-    let driver = laps.drivers.get(car).cloned().unwrap_or_else(|| car.to_string());
+    let driver = laps
+        .drivers
+        .get(car)
+        .cloned()
+        .unwrap_or_else(|| car.to_string());
     let mut out = Vec::new();
     let mut first_line = 2usize;
     for batch in reader {
         // arrow-csv names the line in its own errors ("... at line N").
         let batch = batch.map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        out.push(to_canonical(&batch, path, first_line, &driver, car, session, laps)?);
+        out.push(to_canonical(
+            &batch, path, first_line, &driver, car, session, laps,
+        )?);
         first_line += batch.num_rows();
     }
     let schema = telemetry_schema();

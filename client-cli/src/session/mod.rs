@@ -9,9 +9,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::compute::{
+    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+};
 use arrow::datatypes::Int32Type;
-use arrow::compute::{SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -43,7 +47,9 @@ impl Session {
                 .canonicalize()
                 .ok()
                 .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
-                .ok_or_else(|| anyhow!("{}: cannot name the session; pass --session", dir.display()))?,
+                .ok_or_else(|| {
+                    anyhow!("{}: cannot name the session; pass --session", dir.display())
+                })?,
         };
         let batches = fastf1::read_dir(dir, &name)?;
         let rows = concat_batches(&telemetry_schema(), &batches)?;
@@ -55,17 +61,23 @@ impl Session {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let rows = match ext {
             "parquet" => {
-                let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
                 read_parquet_bytes(Bytes::from(bytes), &path.display().to_string())?
             }
             "jsonl" | "json" | "ndjson" => read_jsonl(path)?,
-            _ => bail!("{}: unknown file type; use .parquet or .jsonl", path.display()),
+            _ => bail!(
+                "{}: unknown file type; use .parquet or .jsonl",
+                path.display()
+            ),
         };
         let mut session = Self::new(String::new(), rows)?;
         session.name = match name {
             Some(n) => n,
             None => session.first_session_name().unwrap_or_else(|| {
-                path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
             }),
         };
         Ok(session)
@@ -77,7 +89,11 @@ impl Session {
     }
 
     fn first_session_name(&self) -> Option<String> {
-        let s = self.rows.column_by_name(col::SESSION)?.as_any().downcast_ref::<StringArray>()?;
+        let s = self
+            .rows
+            .column_by_name(col::SESSION)?
+            .as_any()
+            .downcast_ref::<StringArray>()?;
         (!s.is_empty()).then(|| s.value(0).to_string())
     }
 
@@ -92,23 +108,35 @@ impl Session {
         Ok(self)
     }
 
-    pub fn num_rows(&self) -> usize {
-        self.rows.num_rows()
-    }
-
     /// Keeps rows from `lead_in_ms` before the first sample of lap `lo` to the last sample of
     /// lap `hi`.
     pub fn cut_laps(mut self, lo: i32, hi: i32, lead_in_ms: i64) -> Result<Self> {
         let rows = &self.rows;
-        let lap = rows.column_by_name(col::LAP).expect("lap").as_primitive::<Int32Type>();
+        let lap = rows
+            .column_by_name(col::LAP)
+            .expect("lap")
+            .as_primitive::<Int32Type>();
         let ts = self.ts();
-        let first = lap.iter().zip(ts.values()).filter(|(l, _)| *l == Some(lo)).map(|(_, t)| *t).min();
-        let last = lap.iter().zip(ts.values()).filter(|(l, _)| *l == Some(hi)).map(|(_, t)| *t).max();
+        let first = lap
+            .iter()
+            .zip(ts.values())
+            .filter(|(l, _)| *l == Some(lo))
+            .map(|(_, t)| *t)
+            .min();
+        let last = lap
+            .iter()
+            .zip(ts.values())
+            .filter(|(l, _)| *l == Some(hi))
+            .map(|(_, t)| *t)
+            .max();
         let (Some(first), Some(last)) = (first, last) else {
             bail!("laps {lo}-{hi} are not in session {}", self.name);
         };
-        let keep: BooleanArray =
-            ts.values().iter().map(|t| Some(*t >= first - lead_in_ms && *t <= last)).collect();
+        let keep: BooleanArray = ts
+            .values()
+            .iter()
+            .map(|t| Some(*t >= first - lead_in_ms && *t <= last))
+            .collect();
         self.rows = filter_record_batch(rows, &keep)?;
         Ok(self)
     }
@@ -127,8 +155,14 @@ impl Session {
     }
 
     pub fn drivers(&self) -> Vec<String> {
-        let d = self.rows.column_by_name(col::DRIVER).expect("driver column");
-        let d = d.as_any().downcast_ref::<StringArray>().expect("driver is utf8");
+        let d = self
+            .rows
+            .column_by_name(col::DRIVER)
+            .expect("driver column");
+        let d = d
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("driver is utf8");
         let mut v: Vec<String> = d.iter().flatten().map(str::to_string).collect();
         v.sort();
         v.dedup();
@@ -143,13 +177,22 @@ pub fn to_canonical(batch: &RecordBatch, source: &str) -> Result<RecordBatch> {
     for field in schema.fields() {
         let column = match batch.column_by_name(field.name()) {
             Some(c) => arrow::compute::cast(c, field.data_type()).map_err(|e| {
-                anyhow!("{source}: column {} cannot be read as {}: {e}", field.name(), field.data_type())
+                anyhow!(
+                    "{source}: column {} cannot be read as {}: {e}",
+                    field.name(),
+                    field.data_type()
+                )
             })?,
-            None if field.is_nullable() => arrow::array::new_null_array(field.data_type(), batch.num_rows()),
+            None if field.is_nullable() => {
+                arrow::array::new_null_array(field.data_type(), batch.num_rows())
+            }
             None => bail!("{source}: required column {} is missing", field.name()),
         };
         if !field.is_nullable() && column.null_count() > 0 {
-            bail!("{source}: column {} has null values but is required", field.name());
+            bail!(
+                "{source}: column {} has null values but is required",
+                field.name()
+            );
         }
         cols.push(column);
     }
@@ -209,7 +252,9 @@ fn decode_json_lines(
         .build_decoder()?;
     for (n, line) in lines {
         let before = decoder.len();
-        decoder.decode(line).map_err(|e| anyhow!("{source}:{n}: {e}"))?;
+        decoder
+            .decode(line)
+            .map_err(|e| anyhow!("{source}:{n}: {e}"))?;
         if decoder.has_partial_record() || decoder.len() != before + 1 {
             bail!("{source}:{n}: expected exactly one complete JSON object");
         }
@@ -222,7 +267,10 @@ fn decode_json_lines(
 fn sort_by_time(rows: &RecordBatch) -> Result<RecordBatch> {
     let cols = [col::TS, col::DRIVER]
         .iter()
-        .map(|c| SortColumn { values: rows.column_by_name(c).expect("canonical column").clone(), options: None })
+        .map(|c| SortColumn {
+            values: rows.column_by_name(c).expect("canonical column").clone(),
+            options: None,
+        })
         .collect::<Vec<_>>();
     let idx = lexsort_to_indices(&cols, None)?;
     Ok(take_record_batch(rows, &idx)?)

@@ -66,7 +66,11 @@ impl Template {
             )));
         }
         let (slot, input_schema) = slots.remove(0);
-        Ok(Self { plan, slot, input_schema })
+        Ok(Self {
+            plan,
+            slot,
+            input_schema,
+        })
     }
 
     /// Schema of the rows this stage emits.
@@ -79,7 +83,11 @@ impl Template {
         self.input_schema.clone()
     }
 
-    pub async fn run(&self, input: Vec<RecordBatch>, ctx: Arc<TaskContext>) -> Result<Vec<RecordBatch>> {
+    pub async fn run(
+        &self,
+        input: Vec<RecordBatch>,
+        ctx: Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
         *self.slot.lock().expect("stage slot") = input;
         Ok(collect(self.plan.clone(), ctx).await?)
     }
@@ -90,7 +98,10 @@ impl Template {
 pub enum WindowKey {
     /// `start` evaluates the window start on stage input rows; the partial aggregate's
     /// output holds it in column `start_col`.
-    Time { start: Arc<dyn PhysicalExpr>, start_col: usize },
+    Time {
+        start: Arc<dyn PhysicalExpr>,
+        start_col: usize,
+    },
     /// The car (driver, and session when grouped by it), the lap and the event time, on stage
     /// input rows; `car_cols`/`lap_col` in the partial aggregate's output.
     Lap {
@@ -188,7 +199,10 @@ impl Compiler {
         let state = self.ctx.state();
         let refuse = |m: String| Error::Refused(m);
         let stmt = guard::parse_read_only(&state, &def.sql).map_err(refuse)?;
-        let plan = state.statement_to_plan(stmt).await.map_err(|e| refuse(short_error(&e)))?;
+        let plan = state
+            .statement_to_plan(stmt)
+            .await
+            .map_err(|e| refuse(short_error(&e)))?;
         let plan = bind_params(plan, def)?;
         let plan = state.optimize(&plan).map_err(|e| refuse(short_error(&e)))?;
         let segments = spine(&plan)?;
@@ -204,7 +218,11 @@ impl Compiler {
         }
         let scan_schema = scan.projected_schema.clone();
         let bottom = if bottom_nodes.len() > 1 {
-            let p = replace_at(bottom_nodes[0], bottom_nodes.len() - 1, SpliceNode::plan(scan_schema))?;
+            let p = replace_at(
+                bottom_nodes[0],
+                bottom_nodes.len() - 1,
+                SpliceNode::plan(scan_schema),
+            )?;
             Some(Template::new(splice::physical_plan(&p, &state).await?)?)
         } else {
             None
@@ -241,7 +259,11 @@ impl Compiler {
                 None => Arc::new(scan.projected_schema.as_arrow().clone()),
             },
         };
-        let kind = if kinds.is_empty() { "row-local (filters and projections)".to_string() } else { kinds.join(", then ") };
+        let kind = if kinds.is_empty() {
+            "row-local (filters and projections)".to_string()
+        } else {
+            kinds.join(", then ")
+        };
         Ok(CompiledQuery {
             input,
             input_projection: scan.projection.clone(),
@@ -265,8 +287,14 @@ impl Compiler {
                     .into(),
             ));
         }
-        if agg.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
-            return Err(Error::Refused("GROUPING SETS, ROLLUP and CUBE are not supported on streams".into()));
+        if agg
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
+            return Err(Error::Refused(
+                "GROUPING SETS, ROLLUP and CUBE are not supported on streams".into(),
+            ));
         }
         let input = agg.input.as_ref();
         let origins: Vec<Option<Expr>> = agg.group_expr.iter().map(|g| lineage(g, input)).collect();
@@ -294,7 +322,13 @@ impl Compiler {
         let (partial, finish) = split_partial(physical)?;
         let groups: Vec<Arc<dyn PhysicalExpr>> = partial_group_exprs(&partial)?;
         let (window, key) = match (time, lap, driver) {
-            (Some((i, kind)), _, _) => (kind, WindowKey::Time { start: groups[i].clone(), start_col: i }),
+            (Some((i, kind)), _, _) => (
+                kind,
+                WindowKey::Time {
+                    start: groups[i].clone(),
+                    start_col: i,
+                },
+            ),
             (None, Some(l), Some(d)) => {
                 let ts_idx = (0..input.schema().fields().len())
                     .find(|&j| {
@@ -309,7 +343,9 @@ impl Compiler {
                 let mut car_cols = vec![d];
                 car_cols.extend(session);
                 (
-                    WindowKind::Lap { gap_ms: self.lap_gap_ms },
+                    WindowKind::Lap {
+                        gap_ms: self.lap_gap_ms,
+                    },
                     WindowKey::Lap {
                         car: car_cols.iter().map(|&c| groups[c].clone()).collect(),
                         car_cols,
@@ -320,7 +356,11 @@ impl Compiler {
                 )
             }
             _ => {
-                let names: Vec<String> = agg.group_expr.iter().map(|g| g.schema_name().to_string()).collect();
+                let names: Vec<String> = agg
+                    .group_expr
+                    .iter()
+                    .map(|g| g.schema_name().to_string())
+                    .collect();
                 return Err(Error::Refused(format!(
                     "GROUP BY {} never closes on an unbounded stream: also group by a window, \
                      e.g. date_bin(INTERVAL '1 second', ts), or by driver, lap",
@@ -328,7 +368,12 @@ impl Compiler {
                 )));
             }
         };
-        Ok(AggregatePlan { partial: Template::new(partial)?, finish: Template::new(finish)?, window, key })
+        Ok(AggregatePlan {
+            partial: Template::new(partial)?,
+            finish: Template::new(finish)?,
+            window,
+            key,
+        })
     }
 }
 
@@ -338,7 +383,10 @@ fn session_state() -> SessionState {
     let config = SessionConfig::new()
         .with_target_partitions(1)
         .with_information_schema(false)
-        .set_usize("datafusion.execution.skip_partial_aggregation_probe_rows_threshold", usize::MAX);
+        .set_usize(
+            "datafusion.execution.skip_partial_aggregation_probe_rows_threshold",
+            usize::MAX,
+        );
     let rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new()
         .rules
         .into_iter()
@@ -356,7 +404,9 @@ fn session_state() -> SessionState {
 
 /// Substitutes `$name` placeholders with the query's parameter values.
 fn bind_params(plan: LogicalPlan, def: &QueryDef) -> Result<LogicalPlan> {
-    let types = plan.get_parameter_types().map_err(|e| Error::Refused(short_error(&e)))?;
+    let types = plan
+        .get_parameter_types()
+        .map_err(|e| Error::Refused(short_error(&e)))?;
     if types.is_empty() {
         return Ok(plan);
     }
@@ -374,14 +424,17 @@ fn bind_params(plan: LogicalPlan, def: &QueryDef) -> Result<LogicalPlan> {
             ))
         })?;
         let value = match ty {
-            Some(t) if !value.is_null() && value.data_type() != t => value.cast_to(&t).map_err(|_| {
-                Error::Refused(format!("parameter ${name} = {value} is not a valid {t}"))
-            })?,
+            Some(t) if !value.is_null() && value.data_type() != t => {
+                value.cast_to(&t).map_err(|_| {
+                    Error::Refused(format!("parameter ${name} = {value} is not a valid {t}"))
+                })?
+            }
             _ => value.clone(),
         };
         values.insert(name.to_string(), value.into());
     }
-    plan.with_param_values(ParamValues::Map(values)).map_err(|e| Error::Refused(short_error(&e)))
+    plan.with_param_values(ParamValues::Map(values))
+        .map_err(|e| Error::Refused(short_error(&e)))
 }
 
 /// The plan's spine cut into segments, top first; each segment ends with a stateful node,
@@ -427,17 +480,25 @@ fn spine(plan: &LogicalPlan) -> Result<Vec<Vec<&LogicalPlan>>> {
                 ));
             }
             LogicalPlan::Union(_) => {
-                return Err(Error::Refused("UNION of streams is not supported: submit one query per input".into()));
+                return Err(Error::Refused(
+                    "UNION of streams is not supported: submit one query per input".into(),
+                ));
             }
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
                 return Err(Error::Refused(
-                    "a continuous query must read a stream: FROM telemetry or FROM another query".into(),
+                    "a continuous query must read a stream: FROM telemetry or FROM another query"
+                        .into(),
                 ));
             }
             other => {
                 return Err(Error::Refused(format!(
                     "{} is not supported in a continuous query",
-                    other.display().to_string().split(':').next().unwrap_or("this operator")
+                    other
+                        .display()
+                        .to_string()
+                        .split(':')
+                        .next()
+                        .unwrap_or("this operator")
                 )));
             }
         };
@@ -453,7 +514,11 @@ fn has_stateful(plan: &LogicalPlan) -> bool {
     let mut found = false;
     let _ = plan.apply(|n| {
         found |= matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_));
-        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
     });
     found
 }
@@ -465,7 +530,9 @@ fn replace_at(plan: &LogicalPlan, depth: usize, replacement: LogicalPlan) -> Res
     }
     let inputs = plan.inputs();
     let [child] = inputs.as_slice() else {
-        return Err(Error::Refused("internal: stage boundary under a node with several inputs".into()));
+        return Err(Error::Refused(
+            "internal: stage boundary under a node with several inputs".into(),
+        ));
     };
     let new_child = replace_at(child, depth - 1, replacement)?;
     Ok(plan.with_new_exprs(plan.expressions(), vec![new_child])?)
@@ -482,7 +549,11 @@ pub fn lineage(expr: &Expr, plan: &LogicalPlan) -> Option<Expr> {
                 Some(x) => Ok(Transformed::yes(x)),
                 None => {
                     failed = true;
-                    Ok(Transformed::new(Expr::Column(c), false, TreeNodeRecursion::Stop))
+                    Ok(Transformed::new(
+                        Expr::Column(c),
+                        false,
+                        TreeNodeRecursion::Stop,
+                    ))
                 }
             },
             other => Ok(Transformed::no(other)),
@@ -512,8 +583,12 @@ fn column_lineage(c: &Column, plan: &LogicalPlan) -> Option<Expr> {
                 Some(inner)
             }
         }
-        LogicalPlan::Aggregate(a) if idx < a.group_expr.len() => lineage(&a.group_expr[idx], &a.input),
-        LogicalPlan::Window(w) if idx < w.input.schema().fields().len() => column_lineage(c, &w.input),
+        LogicalPlan::Aggregate(a) if idx < a.group_expr.len() => {
+            lineage(&a.group_expr[idx], &a.input)
+        }
+        LogicalPlan::Window(w) if idx < w.input.schema().fields().len() => {
+            column_lineage(c, &w.input)
+        }
         LogicalPlan::TableScan(_) => Some(Expr::Column(Column::new_unqualified(c.name.clone()))),
         _ => None,
     }
@@ -530,7 +605,10 @@ fn time_window(e: &Expr) -> Result<Option<WindowKind>> {
             Expr::ScalarFunction(f) if f.name() == functions::HOP => {
                 let slide = interval_ms(&f.args[1], "hop slide")?;
                 let size = interval_ms(&f.args[2], "hop size")?;
-                Ok(Some(WindowKind::Hopping { slide_ms: slide, size_ms: size }))
+                Ok(Some(WindowKind::Hopping {
+                    slide_ms: slide,
+                    size_ms: size,
+                }))
             }
             _ => Ok(None),
         },
@@ -539,15 +617,23 @@ fn time_window(e: &Expr) -> Result<Option<WindowKind>> {
 }
 
 fn interval_ms(e: &Expr, what: &str) -> Result<i64> {
-    let refuse = || Error::Refused(format!("{what} needs a constant interval such as INTERVAL '1 second'"));
-    let Expr::Literal(v, _) = e else { return Err(refuse()) };
+    let refuse = || {
+        Error::Refused(format!(
+            "{what} needs a constant interval such as INTERVAL '1 second'"
+        ))
+    };
+    let Expr::Literal(v, _) = e else {
+        return Err(refuse());
+    };
     let ms = match v {
         ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
             i.days as i64 * 86_400_000 + i.nanoseconds / 1_000_000
         }
         ScalarValue::IntervalDayTime(Some(i)) => i.days as i64 * 86_400_000 + i.milliseconds as i64,
         ScalarValue::IntervalMonthDayNano(Some(_)) | ScalarValue::IntervalYearMonth(_) => {
-            return Err(Error::Refused(format!("{what}: months and years have no fixed length; use days or less")));
+            return Err(Error::Refused(format!(
+                "{what}: months and years have no fixed length; use days or less"
+            )));
         }
         _ => return Err(refuse()),
     };
@@ -558,7 +644,9 @@ fn interval_ms(e: &Expr, what: &str) -> Result<i64> {
 }
 
 /// Cuts `Upper(Final(Partial(input)))` into `Partial(input)` and `Upper(Final(splice))`.
-fn split_partial(plan: Arc<dyn ExecutionPlan>) -> Result<(Arc<dyn ExecutionPlan>, Arc<dyn ExecutionPlan>)> {
+fn split_partial(
+    plan: Arc<dyn ExecutionPlan>,
+) -> Result<(Arc<dyn ExecutionPlan>, Arc<dyn ExecutionPlan>)> {
     let mut partial = None;
     let finish = plan
         .transform_down(|node| {
@@ -574,13 +662,21 @@ fn split_partial(plan: Arc<dyn ExecutionPlan>) -> Result<(Arc<dyn ExecutionPlan>
             }
         })?
         .data;
-    let partial = partial.ok_or_else(|| Error::Refused("internal: no partial aggregation in the plan".into()))?;
+    let partial = partial
+        .ok_or_else(|| Error::Refused("internal: no partial aggregation in the plan".into()))?;
     Ok((partial, finish))
 }
 
 fn partial_group_exprs(partial: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
-    let agg = partial.downcast_ref::<AggregateExec>().expect("split_partial returns the partial aggregate");
-    Ok(agg.group_expr().expr().iter().map(|(e, _)| e.clone()).collect())
+    let agg = partial
+        .downcast_ref::<AggregateExec>()
+        .expect("split_partial returns the partial aggregate");
+    Ok(agg
+        .group_expr()
+        .expr()
+        .iter()
+        .map(|(e, _)| e.clone())
+        .collect())
 }
 
 async fn window_stage(
@@ -597,7 +693,9 @@ async fn window_stage(
     let (mut preceding, mut following) = (0usize, 0usize);
     for e in &w.window_expr {
         let Expr::WindowFunction(wf) = e.clone().unalias_nested().data else {
-            return Err(Error::Refused("internal: unexpected window expression".into()));
+            return Err(Error::Refused(
+                "internal: unexpected window expression".into(),
+            ));
         };
         let (p, f) = context_rows(&wf)?;
         preceding = preceding.max(p);
@@ -621,7 +719,10 @@ async fn window_stage(
         })
         .transpose()?
         .unwrap_or_default();
-    let window_plan = LogicalPlan::Window(Window::try_new(w.window_expr.clone(), Arc::new(SpliceNode::plan(with_seq.clone())))?);
+    let window_plan = LogicalPlan::Window(Window::try_new(
+        w.window_expr.clone(),
+        Arc::new(SpliceNode::plan(with_seq.clone())),
+    )?);
     let window = Template::new(splice::physical_plan(&window_plan, state).await?)?;
     let upper = if seg.len() > 1 {
         let p = replace_at(seg[0], seg.len() - 1, SpliceNode::plan(w.schema.clone()))?;
@@ -668,7 +769,9 @@ fn context_rows(wf: &WindowFunction) -> Result<(usize, usize)> {
                 ScalarValue::Int64(Some(n)) if *n >= 0 => Ok(*n as usize),
                 ScalarValue::Int32(Some(n)) if *n >= 0 => Ok(*n as usize),
                 ScalarValue::UInt64(Some(n)) => Ok(*n as usize),
-                _ => Err(Error::Refused(format!("{name}() needs a constant, non-negative offset"))),
+                _ => Err(Error::Refused(format!(
+                    "{name}() needs a constant, non-negative offset"
+                ))),
             },
             Some(_) => Err(Error::Refused(format!("{name}() needs a constant offset"))),
         }

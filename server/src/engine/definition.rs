@@ -22,8 +22,12 @@ impl QueryDef {
         validate_name(name)?;
         let mut params = BTreeMap::new();
         for (i, line) in sql.lines().enumerate() {
-            let Some(decl) = line.trim().strip_prefix("--").map(str::trim) else { continue };
-            let Some(decl) = decl.strip_prefix("@param") else { continue };
+            let Some(decl) = line.trim().strip_prefix("--").map(str::trim) else {
+                continue;
+            };
+            let Some(decl) = decl.strip_prefix("@param") else {
+                continue;
+            };
             let (pname, value) = decl.split_once('=').ok_or_else(|| {
                 Error::Refused(format!(
                     "{name}: line {}: expected `-- @param NAME = VALUE`, e.g. `-- @param threshold = 11800`",
@@ -32,13 +36,23 @@ impl QueryDef {
             })?;
             let pname = pname.trim().trim_start_matches('$');
             if pname.is_empty() || !pname.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(Error::Refused(format!("{name}: line {}: bad parameter name {pname:?}", i + 1)));
+                return Err(Error::Refused(format!(
+                    "{name}: line {}: bad parameter name {pname:?}",
+                    i + 1
+                )));
             }
-            params.insert(pname.to_string(), parse_literal(value.trim()).map_err(|e| {
-                Error::Refused(format!("{name}: line {}: parameter {pname}: {e}", i + 1))
-            })?);
+            params.insert(
+                pname.to_string(),
+                parse_literal(value.trim()).map_err(|e| {
+                    Error::Refused(format!("{name}: line {}: parameter {pname}: {e}", i + 1))
+                })?,
+            );
         }
-        Ok(Self { name: name.to_string(), sql: sql.to_string(), params })
+        Ok(Self {
+            name: name.to_string(),
+            sql: sql.to_string(),
+            params,
+        })
     }
 
     /// Loads every `*.sql` file of a directory, sorted by name.
@@ -51,7 +65,11 @@ impl QueryDef {
             if path.extension().and_then(|e| e.to_str()) != Some("sql") {
                 continue;
             }
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
             let sql = std::fs::read_to_string(&path)
                 .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
             defs.push(Self::parse(&name, &sql)?);
@@ -64,8 +82,13 @@ impl QueryDef {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if ok && name != "telemetry" {
         Ok(())
     } else {
@@ -95,13 +118,17 @@ pub fn parse_literal(text: &str) -> std::result::Result<ScalarValue, String> {
             return Ok(ScalarValue::Float64(Some(f)));
         }
     }
-    Err(format!("{t:?} is not a number, a 'quoted string' or true/false"))
+    Err(format!(
+        "{t:?} is not a number, a 'quoted string' or true/false"
+    ))
 }
 
 /// A parameter value as SQL literal text.
 pub fn literal_text(v: &ScalarValue) -> String {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => format!("'{}'", s.replace('\'', "''")),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
+            format!("'{}'", s.replace('\'', "''"))
+        }
         other => other.to_string(),
     }
 }
@@ -123,7 +150,9 @@ mod tests {
 
     #[test]
     fn bad_declarations_are_refused_with_the_line() {
-        let err = QueryDef::parse("q", "SELECT 1\n-- @param x").unwrap_err().to_string();
+        let err = QueryDef::parse("q", "SELECT 1\n-- @param x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(QueryDef::parse("Bad-Name", "SELECT 1").is_err());
         assert!(QueryDef::parse("telemetry", "SELECT 1").is_err());
@@ -131,9 +160,18 @@ mod tests {
 
     #[test]
     fn literals() {
-        assert_eq!(parse_literal("2.5").unwrap(), ScalarValue::Float64(Some(2.5)));
-        assert_eq!(parse_literal("'it''s'").unwrap(), ScalarValue::Utf8(Some("it's".into())));
+        assert_eq!(
+            parse_literal("2.5").unwrap(),
+            ScalarValue::Float64(Some(2.5))
+        );
+        assert_eq!(
+            parse_literal("'it''s'").unwrap(),
+            ScalarValue::Utf8(Some("it's".into()))
+        );
         assert!(parse_literal("eleven").is_err());
-        assert_eq!(literal_text(&ScalarValue::Utf8(Some("a'b".into()))), "'a''b'");
+        assert_eq!(
+            literal_text(&ScalarValue::Utf8(Some("a'b".into()))),
+            "'a''b'"
+        );
     }
 }

@@ -13,7 +13,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListBuilder, TimestampMillisecondBuilder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, ListBuilder, TimestampMillisecondBuilder,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit, TimestampMillisecondType};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
@@ -35,7 +37,9 @@ pub struct Hop {
 
 impl Hop {
     pub fn new() -> Self {
-        Self { signature: Signature::any(3, Volatility::Immutable) }
+        Self {
+            signature: Signature::any(3, Volatility::Immutable),
+        }
     }
 }
 
@@ -79,11 +83,17 @@ impl ScalarUDFImpl for Hop {
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         match args {
-            [DataType::Timestamp(_, _), DataType::Interval(_), DataType::Interval(_)] => {
+            [
+                DataType::Timestamp(_, _),
+                DataType::Interval(_),
+                DataType::Interval(_),
+            ] => {
                 let item = DataType::Timestamp(TimeUnit::Millisecond, tz_of(&args[0]));
                 Ok(DataType::List(Arc::new(Field::new("item", item, true))))
             }
-            _ => plan_err!("hop(ts, slide, size) takes a timestamp and two intervals, got {args:?}"),
+            _ => {
+                plan_err!("hop(ts, slide, size) takes a timestamp and two intervals, got {args:?}")
+            }
         }
     }
 

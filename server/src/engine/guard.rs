@@ -10,7 +10,9 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 /// Parses one statement and accepts it only if it is a query (SELECT / WITH / VALUES).
 pub fn parse_read_only(state: &SessionState, sql: &str) -> Result<DFStatement, String> {
-    let stmt = state.sql_to_statement(sql, &Dialect::Generic).map_err(|e| short_error(&e))?;
+    let stmt = state
+        .sql_to_statement(sql, &Dialect::Generic)
+        .map_err(|e| short_error(&e))?;
     match &stmt {
         DFStatement::Statement(s) if matches!(**s, Statement::Query(_)) => Ok(stmt),
         DFStatement::Statement(s) => Err(format!(
@@ -20,9 +22,13 @@ pub fn parse_read_only(state: &SessionState, sql: &str) -> Result<DFStatement, S
         DFStatement::CreateExternalTable(_) => {
             Err("CREATE EXTERNAL TABLE is refused: reading files from SQL is not allowed".into())
         }
-        DFStatement::CopyTo(_) => Err("COPY is refused: writing files from SQL is not allowed".into()),
+        DFStatement::CopyTo(_) => {
+            Err("COPY is refused: writing files from SQL is not allowed".into())
+        }
         DFStatement::Explain(_) => Err("EXPLAIN of extension statements is refused".into()),
-        DFStatement::Reset(_) => Err("RESET is refused: settings cannot be changed from SQL".into()),
+        DFStatement::Reset(_) => {
+            Err("RESET is refused: settings cannot be changed from SQL".into())
+        }
     }
 }
 
@@ -30,7 +36,12 @@ fn statement_kind(s: &Statement) -> String {
     let text = s.to_string();
     let words: Vec<&str> = text.split_whitespace().take(2).collect();
     match words.as_slice() {
-        [a, b] if matches!(a.to_ascii_uppercase().as_str(), "CREATE" | "DROP" | "ALTER" | "SHOW") => {
+        [a, b]
+            if matches!(
+                a.to_ascii_uppercase().as_str(),
+                "CREATE" | "DROP" | "ALTER" | "SHOW"
+            ) =>
+        {
             format!("{} {}", a.to_ascii_uppercase(), b.to_ascii_uppercase())
         }
         [a, ..] => a.to_ascii_uppercase(),
@@ -44,11 +55,18 @@ pub fn short_error(e: &DataFusionError) -> String {
     let msg = match root {
         DataFusionError::SQL(err, _) => format!("invalid SQL: {}", strip_prefix(&err.to_string())),
         DataFusionError::SchemaError(err, _) => match err.as_ref() {
-            SchemaError::FieldNotFound { field, valid_fields } => {
+            SchemaError::FieldNotFound {
+                field,
+                valid_fields,
+            } => {
                 let mut valid: Vec<String> = valid_fields.iter().map(|c| c.name.clone()).collect();
                 valid.sort();
                 valid.dedup();
-                format!("unknown column {}; the input has: {}", field.name, valid.join(", "))
+                format!(
+                    "unknown column {}; the input has: {}",
+                    field.name,
+                    valid.join(", ")
+                )
             }
             other => other.to_string(),
         },
@@ -64,8 +82,15 @@ pub fn short_error(e: &DataFusionError) -> String {
 
 fn strip_prefix(s: &str) -> String {
     let mut s = s.trim();
-    for p in ["Error during planning: ", "sql parser error: ", "Schema error: ", "Execution error: ",
-              "SQL error: ", "This feature is not implemented: ", "Optimizer rule"] {
+    for p in [
+        "Error during planning: ",
+        "sql parser error: ",
+        "Schema error: ",
+        "Execution error: ",
+        "SQL error: ",
+        "This feature is not implemented: ",
+        "Optimizer rule",
+    ] {
         if let Some(rest) = s.strip_prefix(p) {
             s = rest;
         }
@@ -75,7 +100,11 @@ fn strip_prefix(s: &str) -> String {
 
 /// First line, at most 300 characters.
 pub fn one_line(s: &str) -> String {
-    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     if line.chars().count() > 300 {
         let cut: String = line.chars().take(297).collect();
         format!("{cut}...")

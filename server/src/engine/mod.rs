@@ -29,9 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::compile::Compiler;
 pub use self::definition::QueryDef;
-pub use self::results::{ResultBatch, ResultStream};
 use self::definition::{literal_text, parse_literal};
 use self::pipeline::Pipeline;
+pub use self::results::{ResultBatch, ResultStream};
 pub use self::watermark::{WatermarkConfig, Watermarks};
 use crate::error::{Error, Result};
 use crate::ingest::MicroBatch;
@@ -118,7 +118,13 @@ impl RunningQuery {
     fn info(&self) -> QueryInfo {
         let mut lat: Vec<f64> = self.latencies_ms.iter().copied().collect();
         lat.sort_by(f64::total_cmp);
-        let pct = |p: f64| if lat.is_empty() { 0.0 } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
+        let pct = |p: f64| {
+            if lat.is_empty() {
+                0.0
+            } else {
+                lat[((lat.len() - 1) as f64 * p).round() as usize]
+            }
+        };
         QueryInfo {
             name: self.def.name.clone(),
             sql: self.def.sql.clone(),
@@ -127,13 +133,22 @@ impl RunningQuery {
             rows_emitted: self.rows_emitted,
             batches_emitted: self.batches_emitted,
             last_error: self.last_error.clone(),
-            params: self.def.params.iter().map(|(k, v)| (k.clone(), literal_text(v))).collect(),
+            params: self
+                .def
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), literal_text(v)))
+                .collect(),
             input: self.pipeline.compiled().input.clone(),
             kind: self.pipeline.compiled().kind.clone(),
             late_rows_dropped: self.pipeline.late_rows(),
             open_windows: self.pipeline.open_windows() as u64,
             subscribers: self.results.subscribers(),
-            emit_latency_ms: LatencySummary { p50: pct(0.5), p99: pct(0.99), max: lat.last().copied().unwrap_or(0.0) },
+            emit_latency_ms: LatencySummary {
+                p50: pct(0.5),
+                p99: pct(0.99),
+                max: lat.last().copied().unwrap_or(0.0),
+            },
         }
     }
 }
@@ -184,7 +199,11 @@ impl Engine {
     }
 
     pub fn list(&self) -> Vec<QueryInfo> {
-        self.order.iter().filter_map(|n| self.queries.get(n)).map(RunningQuery::info).collect()
+        self.order
+            .iter()
+            .filter_map(|n| self.queries.get(n))
+            .map(RunningQuery::info)
+            .collect()
     }
 
     pub fn info(&self, name: &str) -> Result<QueryInfo> {
@@ -197,7 +216,10 @@ impl Engine {
 
     fn not_found(&self, name: &str) -> Error {
         let names: Vec<&str> = self.order.iter().map(String::as_str).collect();
-        Error::NotFound(format!("no query named {name}; running: {}", names.join(", ")))
+        Error::NotFound(format!(
+            "no query named {name}; running: {}",
+            names.join(", ")
+        ))
     }
 
     /// Adds and starts a query.
@@ -216,7 +238,10 @@ impl Engine {
             self.config.result_buffer_rows,
             self.config.result_channel_batches,
         ));
-        self.registry.write().expect("registry lock").insert(def.name.clone(), results.clone());
+        self.registry
+            .write()
+            .expect("registry lock")
+            .insert(def.name.clone(), results.clone());
         let name = def.name.clone();
         self.queries.insert(
             name.clone(),
@@ -246,7 +271,10 @@ impl Engine {
         }
         let compiled = self.compiler.compile(&def).await?;
         if self.reads_transitively(&compiled.input, name) {
-            return Err(Error::Refused(format!("{name} cannot read {}: that would be a cycle", compiled.input)));
+            return Err(Error::Refused(format!(
+                "{name} cannot read {}: that would be a cycle",
+                compiled.input
+            )));
         }
         let schema = compiled.output_schema.clone();
         let q = self.queries.get_mut(name).expect("checked above");
@@ -312,7 +340,10 @@ impl Engine {
             .map(|q| q.def.name.as_str())
             .collect();
         if !readers.is_empty() {
-            return Err(Error::Refused(format!("{} reads {name}: drop it first", readers.join(", "))));
+            return Err(Error::Refused(format!(
+                "{} reads {name}: drop it first",
+                readers.join(", ")
+            )));
         }
         self.queries.remove(name);
         self.registry.write().expect("registry lock").remove(name);
@@ -323,18 +354,29 @@ impl Engine {
     }
 
     pub fn set_status(&mut self, name: &str, paused: bool) -> Result<QueryInfo> {
-        let q = self.queries.get_mut(name).ok_or_else(|| Error::NotFound(format!("no query named {name}")))?;
+        let q = self
+            .queries
+            .get_mut(name)
+            .ok_or_else(|| Error::NotFound(format!("no query named {name}")))?;
         if q.status == QueryStatus::Failed && !paused {
             // Resuming a failed query retries it with fresh state.
             q.last_error = None;
         }
-        q.status = if paused { QueryStatus::Paused } else { QueryStatus::Running };
+        q.status = if paused {
+            QueryStatus::Paused
+        } else {
+            QueryStatus::Running
+        };
         self.info(name)
     }
 
     /// Changes parameters of a running query from the next micro-batch on; its window state
     /// is kept.
-    pub async fn set_params(&mut self, name: &str, params: &[(String, String)]) -> Result<QueryInfo> {
+    pub async fn set_params(
+        &mut self,
+        name: &str,
+        params: &[(String, String)],
+    ) -> Result<QueryInfo> {
         let q = self.get(name)?;
         let mut def = q.def.clone();
         for (k, v) in params {
@@ -343,7 +385,11 @@ impl Engine {
                 let known: Vec<&str> = def.params.keys().map(String::as_str).collect();
                 return Err(Error::Refused(format!(
                     "{name} has no parameter ${k}; it has: {}",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             }
             let value = parse_literal(v).map_err(|e| Error::Refused(format!("{k}: {e}")))?;
@@ -372,7 +418,10 @@ impl Engine {
                 }
             });
             if remaining.len() == before {
-                return Err(Error::Refused(format!("queries {} read each other in a cycle", remaining.join(", "))));
+                return Err(Error::Refused(format!(
+                    "queries {} read each other in a cycle",
+                    remaining.join(", ")
+                )));
             }
         }
         self.order = order;
@@ -386,8 +435,15 @@ impl Engine {
         if let Some(b) = batch {
             if b.rows.num_rows() > 0 {
                 if let (Some(wm), Some(ts)) = (before, b.rows.column_by_name(col::TS)) {
-                    let late = ts.as_primitive::<TimestampMillisecondType>().values().iter().filter(|t| **t < wm).count();
-                    self.stats.late_rows.fetch_add(late as u64, Ordering::Relaxed);
+                    let late = ts
+                        .as_primitive::<TimestampMillisecondType>()
+                        .values()
+                        .iter()
+                        .filter(|t| **t < wm)
+                        .count();
+                    self.stats
+                        .late_rows
+                        .fetch_add(late as u64, Ordering::Relaxed);
                 }
                 input.push(b.rows.clone());
             }
@@ -427,7 +483,8 @@ impl Engine {
                         q.results.publish(b.clone(), wm);
                     }
                     if let (Some(b), false) = (batch, out.is_empty()) {
-                        q.latencies_ms.push_back(b.ready_at.elapsed().as_secs_f64() * 1000.0);
+                        q.latencies_ms
+                            .push_back(b.ready_at.elapsed().as_secs_f64() * 1000.0);
                         if q.latencies_ms.len() > 1000 {
                             q.latencies_ms.pop_front();
                         }
@@ -456,7 +513,11 @@ pub enum Command {
     Replace(String, String, oneshot::Sender<Result<QueryInfo>>),
     Drop(String, oneshot::Sender<Result<()>>),
     SetStatus(String, bool, oneshot::Sender<Result<QueryInfo>>),
-    SetParams(String, Vec<(String, String)>, oneshot::Sender<Result<QueryInfo>>),
+    SetParams(
+        String,
+        Vec<(String, String)>,
+        oneshot::Sender<Result<QueryInfo>>,
+    ),
 }
 
 /// Cloneable access to the engine task.
@@ -470,7 +531,10 @@ pub struct EngineHandle {
 impl EngineHandle {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| Error::EngineStopped)?;
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::EngineStopped)?;
         rx.await.map_err(|_| Error::EngineStopped)
     }
 
@@ -484,20 +548,27 @@ impl EngineHandle {
         self.ask(|tx| Command::Submit(def, tx)).await?
     }
     pub async fn replace(&self, name: &str, sql: &str) -> Result<QueryInfo> {
-        self.ask(|tx| Command::Replace(name.to_string(), sql.to_string(), tx)).await?
+        self.ask(|tx| Command::Replace(name.to_string(), sql.to_string(), tx))
+            .await?
     }
     pub async fn drop_query(&self, name: &str) -> Result<()> {
         self.ask(|tx| Command::Drop(name.to_string(), tx)).await?
     }
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<QueryInfo> {
-        self.ask(|tx| Command::SetStatus(name.to_string(), paused, tx)).await?
+        self.ask(|tx| Command::SetStatus(name.to_string(), paused, tx))
+            .await?
     }
     pub async fn set_params(&self, name: &str, params: Vec<(String, String)>) -> Result<QueryInfo> {
-        self.ask(|tx| Command::SetParams(name.to_string(), params, tx)).await?
+        self.ask(|tx| Command::SetParams(name.to_string(), params, tx))
+            .await?
     }
 
     pub fn results(&self, name: &str) -> Option<Arc<ResultStream>> {
-        self.registry.read().expect("registry lock").get(name).cloned()
+        self.registry
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
     }
 }
 
@@ -510,7 +581,14 @@ impl Engine {
     /// Creates the handle and the channel the task listens on.
     pub fn handle(&self) -> (EngineHandle, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(64);
-        (EngineHandle { tx, registry: self.registry.clone(), stats: self.stats.clone() }, rx)
+        (
+            EngineHandle {
+                tx,
+                registry: self.registry.clone(),
+                stats: self.stats.clone(),
+            },
+            rx,
+        )
     }
 
     async fn handle_command(&mut self, cmd: Command) {

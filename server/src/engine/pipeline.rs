@@ -8,7 +8,9 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{
+    DataType, Int64Type, SchemaRef, TimeUnit, TimestampMillisecondType,
+};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
@@ -51,7 +53,11 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(compiled: CompiledQuery) -> Self {
         let states = compiled.stages.iter().map(new_state).collect();
-        Self { compiled, states, late_rows: 0 }
+        Self {
+            compiled,
+            states,
+            late_rows: 0,
+        }
     }
 
     pub fn compiled(&self) -> &CompiledQuery {
@@ -62,11 +68,15 @@ impl Pipeline {
     /// stages are the same kind; otherwise the state starts afresh.
     pub fn replace_plan(&mut self, compiled: CompiledQuery) {
         let same_shape = compiled.stages.len() == self.compiled.stages.len()
-            && compiled.stages.iter().zip(&self.compiled.stages).all(|(a, b)| match (a, b) {
-                (StagePlan::Aggregate(x), StagePlan::Aggregate(y)) => x.window == y.window,
-                (StagePlan::WindowFn(_), StagePlan::WindowFn(_)) => true,
-                _ => false,
-            });
+            && compiled
+                .stages
+                .iter()
+                .zip(&self.compiled.stages)
+                .all(|(a, b)| match (a, b) {
+                    (StagePlan::Aggregate(x), StagePlan::Aggregate(y)) => x.window == y.window,
+                    (StagePlan::WindowFn(_), StagePlan::WindowFn(_)) => true,
+                    _ => false,
+                });
         if !same_shape {
             self.states = compiled.stages.iter().map(new_state).collect();
         }
@@ -82,7 +92,8 @@ impl Pipeline {
             .iter()
             .map(|s| match s {
                 StageState::Aggregate(a) => {
-                    a.time.as_ref().map_or(0, |t| t.open_windows()) + a.laps.as_ref().map_or(0, |l| l.open_windows())
+                    a.time.as_ref().map_or(0, |t| t.open_windows())
+                        + a.laps.as_ref().map_or(0, |l| l.open_windows())
                 }
                 StageState::WindowFn(_) => 0,
             })
@@ -116,7 +127,8 @@ impl Pipeline {
                     aggregate_step(plan, state, rows, watermark, &mut self.late_rows, ctx).await?
                 }
                 (StagePlan::WindowFn(plan), StageState::WindowFn(state)) => {
-                    window_step(plan, state, rows, watermark, idle, &mut self.late_rows, ctx).await?
+                    window_step(plan, state, rows, watermark, idle, &mut self.late_rows, ctx)
+                        .await?
                 }
                 _ => unreachable!("states are built from the stages"),
             };
@@ -130,9 +142,15 @@ fn new_state(stage: &StagePlan) -> StageState {
     match stage {
         StagePlan::Aggregate(a) => StageState::Aggregate(match a.window {
             WindowKind::Tumbling { size_ms } | WindowKind::Hopping { size_ms, .. } => {
-                AggregateState { time: Some(TimeWindows::new(size_ms)), laps: None }
+                AggregateState {
+                    time: Some(TimeWindows::new(size_ms)),
+                    laps: None,
+                }
             }
-            WindowKind::Lap { gap_ms } => AggregateState { time: None, laps: Some(LapWindows::new(gap_ms)) },
+            WindowKind::Lap { gap_ms } => AggregateState {
+                time: None,
+                laps: Some(LapWindows::new(gap_ms)),
+            },
         }),
         StagePlan::WindowFn(_) => StageState::WindowFn(WindowFnState::default()),
     }
@@ -146,7 +164,10 @@ fn eval(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
 fn millis(a: &ArrayRef) -> Result<ArrayRef> {
     match a.data_type() {
         DataType::Timestamp(TimeUnit::Millisecond, _) => Ok(a.clone()),
-        DataType::Timestamp(_, tz) => Ok(cast(a, &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()))?),
+        DataType::Timestamp(_, tz) => Ok(cast(
+            a,
+            &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
+        )?),
         other => Err(Error::QueryFailed {
             query: String::new(),
             message: format!("a window's time column must be a timestamp, not {other}"),
@@ -156,7 +177,9 @@ fn millis(a: &ArrayRef) -> Result<ArrayRef> {
 
 fn ms_values(a: &ArrayRef) -> Result<Vec<Option<i64>>> {
     let a = millis(a)?;
-    Ok(a.as_primitive::<TimestampMillisecondType>().iter().collect())
+    Ok(a.as_primitive::<TimestampMillisecondType>()
+        .iter()
+        .collect())
 }
 
 fn int_values(a: &ArrayRef) -> Result<Vec<Option<i64>>> {
@@ -169,13 +192,21 @@ fn row_keys(columns: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
     if columns.is_empty() {
         return Ok(Vec::new());
     }
-    let converter = RowConverter::new(columns.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
     let rows = converter.convert_columns(columns)?;
     Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
 }
 
 /// Splits a batch into groups of rows with equal keys, in first-seen order.
-fn group_rows<K: std::hash::Hash + Eq + Clone>(batch: &RecordBatch, keys: &[K]) -> Result<Vec<(K, RecordBatch)>> {
+fn group_rows<K: std::hash::Hash + Eq + Clone>(
+    batch: &RecordBatch,
+    keys: &[K],
+) -> Result<Vec<(K, RecordBatch)>> {
     let mut order: Vec<K> = Vec::new();
     let mut groups: HashMap<K, Vec<u32>> = HashMap::new();
     for (i, k) in keys.iter().enumerate() {
@@ -225,7 +256,11 @@ async fn aggregate_step(
             }
             WindowKey::Lap { car, lap, ts, .. } => {
                 let laps = state.laps.as_mut().expect("lap state");
-                let cars = row_keys(&car.iter().map(|e| eval(e, &batch)).collect::<Result<Vec<_>>>()?)?;
+                let cars = row_keys(
+                    &car.iter()
+                        .map(|e| eval(e, &batch))
+                        .collect::<Result<Vec<_>>>()?,
+                )?;
                 let lap_values = int_values(&eval(lap, &batch)?)?;
                 let ts_values = ms_values(&eval(ts, &batch)?)?;
                 (0..batch.num_rows())
@@ -244,7 +279,11 @@ async fn aggregate_step(
                     .collect()
             }
         };
-        let batch = if keep.false_count() == 0 { batch } else { filter_record_batch(&batch, &keep)? };
+        let batch = if keep.false_count() == 0 {
+            batch
+        } else {
+            filter_record_batch(&batch, &keep)?
+        };
         if batch.num_rows() > 0 {
             kept.push(batch);
         }
@@ -265,10 +304,18 @@ async fn aggregate_step(
                         }
                     }
                 }
-                WindowKey::Lap { car_cols, lap_col, .. } => {
-                    let cars = row_keys(&car_cols.iter().map(|&c| partial.column(c).clone()).collect::<Vec<_>>())?;
+                WindowKey::Lap {
+                    car_cols, lap_col, ..
+                } => {
+                    let cars = row_keys(
+                        &car_cols
+                            .iter()
+                            .map(|&c| partial.column(c).clone())
+                            .collect::<Vec<_>>(),
+                    )?;
                     let lap_values = int_values(partial.column(*lap_col))?;
-                    let keys: Vec<(Vec<u8>, Option<i64>)> = cars.into_iter().zip(lap_values).collect();
+                    let keys: Vec<(Vec<u8>, Option<i64>)> =
+                        cars.into_iter().zip(lap_values).collect();
                     let laps = state.laps.as_mut().expect("lap state");
                     for ((car, lap), rows) in group_rows(&partial, &keys)? {
                         if let Some(lap) = lap {
@@ -280,7 +327,9 @@ async fn aggregate_step(
         }
     }
     // 3. Close what the watermark passed; finish their aggregation.
-    let Some(wm) = watermark else { return Ok(Vec::new()) };
+    let Some(wm) = watermark else {
+        return Ok(Vec::new());
+    };
     let closed: Vec<RecordBatch> = match (&mut state.time, &mut state.laps) {
         (Some(t), _) => t.close(wm).into_iter().flat_map(|(_, b)| b).collect(),
         (None, Some(l)) => l.close(wm).into_iter().flat_map(|(_, _, b)| b).collect(),
@@ -323,14 +372,22 @@ async fn window_step(
                     state.held.push(batch);
                 }
             }
-            let Some(wm) = watermark else { return Ok(Vec::new()) };
+            let Some(wm) = watermark else {
+                return Ok(Vec::new());
+            };
             let mut released = Vec::new();
             let mut still = Vec::new();
             for batch in std::mem::take(&mut state.held) {
                 let ts = ms_values(&eval(gate, &batch)?)?;
-                let due: BooleanArray = ts.iter().map(|t| Some(t.is_some_and(|t| t <= wm))).collect();
+                let due: BooleanArray = ts
+                    .iter()
+                    .map(|t| Some(t.is_some_and(|t| t <= wm)))
+                    .collect();
                 let not_due = datafusion::arrow::compute::not(&due)?;
-                let (a, b) = (filter_record_batch(&batch, &due)?, filter_record_batch(&batch, &not_due)?);
+                let (a, b) = (
+                    filter_record_batch(&batch, &due)?,
+                    filter_record_batch(&batch, &not_due)?,
+                );
                 if a.num_rows() > 0 {
                     released.push(a);
                 }
@@ -366,8 +423,17 @@ async fn window_step(
     let out = concat_batches(&plan.window.schema(), &out)?;
     // 3. Partition runs (the operator sorts by partition, then order): emit rows with enough
     //    following context, keep the last rows of each partition as the next context.
-    let parts = row_keys(&plan.partition_by.iter().map(|e| eval(e, &out)).collect::<Result<Vec<_>>>()?)?;
-    let seqs = out.column(plan.seq_index).as_primitive::<datafusion::arrow::datatypes::UInt64Type>().clone();
+    let parts = row_keys(
+        &plan
+            .partition_by
+            .iter()
+            .map(|e| eval(e, &out))
+            .collect::<Result<Vec<_>>>()?,
+    )?;
+    let seqs = out
+        .column(plan.seq_index)
+        .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+        .clone();
     let keep_rows = plan.preceding + plan.following;
     let (mut emit, mut retain) = (Vec::new(), Vec::new());
     let n = out.num_rows();

@@ -2,8 +2,9 @@
 //! with a sequence number and the watermark at emission, fanned out to any number of
 //! subscribers, with a bounded in-memory replay buffer for those who join late.
 
+use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use datafusion::arrow::array::RecordBatch;
@@ -18,6 +19,8 @@ pub struct ResultBatch {
     pub watermark_ms: Option<i64>,
     pub emitted_at: SystemTime,
     pub batch: RecordBatch,
+    /// The batch encoded for the wire, by the first subscriber that needs it, for the others.
+    pub encoded: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 struct Buffer {
@@ -36,7 +39,9 @@ pub struct ResultStream {
 
 impl std::fmt::Debug for ResultStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResultStream").field("max_buffer_rows", &self.max_buffer_rows).finish()
+        f.debug_struct("ResultStream")
+            .field("max_buffer_rows", &self.max_buffer_rows)
+            .finish()
     }
 }
 
@@ -45,7 +50,12 @@ impl ResultStream {
         let (tx, _) = broadcast::channel(channel_batches.max(1));
         Self {
             tx,
-            buffer: Mutex::new(Buffer { batches: VecDeque::new(), rows: 0, next_seq: 0, schema }),
+            buffer: Mutex::new(Buffer {
+                batches: VecDeque::new(),
+                rows: 0,
+                next_seq: 0,
+                schema,
+            }),
             max_buffer_rows,
         }
     }
@@ -64,7 +74,13 @@ impl ResultStream {
         let mut buf = self.buffer.lock().expect("results lock");
         let seq = buf.next_seq;
         buf.next_seq += 1;
-        let item = Arc::new(ResultBatch { seq, watermark_ms, emitted_at: SystemTime::now(), batch });
+        let item = Arc::new(ResultBatch {
+            seq,
+            watermark_ms,
+            emitted_at: SystemTime::now(),
+            batch,
+            encoded: OnceLock::new(),
+        });
         buf.rows += item.batch.num_rows();
         buf.batches.push_back(item.clone());
         while buf.rows > self.max_buffer_rows && buf.batches.len() > 1 {
@@ -78,10 +94,17 @@ impl ResultStream {
     }
 
     /// Batches still in the replay buffer (oldest first) and a receiver for what follows.
-    pub fn subscribe(&self, from_buffer_start: bool) -> (Vec<Arc<ResultBatch>>, broadcast::Receiver<Arc<ResultBatch>>) {
+    pub fn subscribe(
+        &self,
+        from_buffer_start: bool,
+    ) -> (Vec<Arc<ResultBatch>>, broadcast::Receiver<Arc<ResultBatch>>) {
         let buf = self.buffer.lock().expect("results lock");
         let rx = self.tx.subscribe();
-        let replay = if from_buffer_start { buf.batches.iter().cloned().collect() } else { Vec::new() };
+        let replay = if from_buffer_start {
+            buf.batches.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
         (replay, rx)
     }
 

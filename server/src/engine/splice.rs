@@ -15,7 +15,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchemaRef, Result};
 use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
-use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
@@ -30,7 +32,9 @@ pub struct SpliceNode {
 
 impl SpliceNode {
     pub fn plan(schema: DFSchemaRef) -> LogicalPlan {
-        LogicalPlan::Extension(Extension { node: Arc::new(SpliceNode { schema }) })
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(SpliceNode { schema }),
+        })
     }
 }
 
@@ -89,7 +93,11 @@ impl SpliceExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Self { schema, slot: Arc::default(), properties: Arc::new(properties) }
+        Self {
+            schema,
+            slot: Arc::default(),
+            properties: Arc::new(properties),
+        }
     }
 }
 
@@ -116,12 +124,23 @@ impl ExecutionPlan for SpliceExec {
         Ok(TreeNodeRecursion::Continue)
     }
     #[allow(deprecated)]
-    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(self)
     }
-    fn execute(&self, _partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let batches = std::mem::take(&mut *self.slot.lock().expect("splice slot"));
-        Ok(Box::pin(MemoryStream::try_new(batches, self.schema.clone(), None)?))
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            self.schema.clone(),
+            None,
+        )?))
     }
 }
 
@@ -139,13 +158,17 @@ impl ExtensionPlanner for SplicePlanner {
         _ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         Ok(node.as_any().downcast_ref::<SpliceNode>().map(|n| {
-            Arc::new(SpliceExec::new(Arc::new(n.schema.as_arrow().clone()))) as Arc<dyn ExecutionPlan>
+            Arc::new(SpliceExec::new(Arc::new(n.schema.as_arrow().clone())))
+                as Arc<dyn ExecutionPlan>
         }))
     }
 }
 
 /// Plans an already optimized logical plan whose leaves are [`SpliceNode`]s.
-pub async fn physical_plan(plan: &LogicalPlan, state: &SessionState) -> Result<Arc<dyn ExecutionPlan>> {
+pub async fn physical_plan(
+    plan: &LogicalPlan,
+    state: &SessionState,
+) -> Result<Arc<dyn ExecutionPlan>> {
     let planner = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(SplicePlanner)]);
     planner.create_physical_plan(plan, state).await
 }

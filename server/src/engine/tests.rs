@@ -17,15 +17,25 @@ use crate::ingest::{MicroBatch, PartitionSlice};
 /// The bundled session cut to laps <= `max_lap` (plus the samples before lap 1).
 pub fn session_laps(max_lap: i32) -> RecordBatch {
     let all = crate::ingest::embedded::bundled_session().unwrap();
-    let lap = all.column_by_name("lap").unwrap().as_primitive::<Int32Type>();
-    let keep = lap.iter().map(|l| Some(l.is_none_or(|l| l <= max_lap))).collect();
+    let lap = all
+        .column_by_name("lap")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let keep = lap
+        .iter()
+        .map(|l| Some(l.is_none_or(|l| l <= max_lap)))
+        .collect();
     let rows = filter_record_batch(&all, &keep).unwrap();
     // drop the null-lap rows after the race (none) and keep the pre-start ones
     rows
 }
 
 /// Runs `sql` in batch over `rows` (with the other queries as views, for chaining).
-pub async fn batch_result(queries: &[QueryDef], name: &str, rows: &RecordBatch) -> Vec<RecordBatch> {
+pub async fn batch_result(
+    queries: &[QueryDef],
+    name: &str,
+    rows: &RecordBatch,
+) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
     super::functions::register(&ctx);
     let table = MemTable::try_new(rows.schema(), vec![vec![rows.clone()]]).unwrap();
@@ -35,9 +45,16 @@ pub async fn batch_result(queries: &[QueryDef], name: &str, rows: &RecordBatch) 
         for (k, v) in &q.params {
             sql = sql.replace(&format!("${k}"), &definition::literal_text(v));
         }
-        ctx.sql(&format!("CREATE VIEW {} AS {}", q.name, sql)).await.unwrap();
+        ctx.sql(&format!("CREATE VIEW {} AS {}", q.name, sql))
+            .await
+            .unwrap();
     }
-    ctx.sql(&format!("SELECT * FROM {name}")).await.unwrap().collect().await.unwrap()
+    ctx.sql(&format!("SELECT * FROM {name}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
 }
 
 /// Sorted, pretty-printed rows (floats rounded) for comparison.
@@ -70,9 +87,17 @@ fn round_floats(line: &str) -> String {
 }
 
 /// Streams `rows` through a fresh engine in micro-batches of `batch_ms` of event time.
-pub async fn stream_result(queries: &[QueryDef], rows: &RecordBatch, batch_ms: i64, shuffle_within_ms: i64) -> HashMap<String, Vec<RecordBatch>> {
+pub async fn stream_result(
+    queries: &[QueryDef],
+    rows: &RecordBatch,
+    batch_ms: i64,
+    shuffle_within_ms: i64,
+) -> HashMap<String, Vec<RecordBatch>> {
     let config = EngineConfig {
-        watermark: WatermarkConfig { lateness_ms: 1_000, idle_timeout: Duration::from_millis(500) },
+        watermark: WatermarkConfig {
+            lateness_ms: 1_000,
+            idle_timeout: Duration::from_millis(500),
+        },
         lap_gap_ms: 10_000,
         ..EngineConfig::default()
     };
@@ -80,14 +105,23 @@ pub async fn stream_result(queries: &[QueryDef], rows: &RecordBatch, batch_ms: i
     for q in queries {
         engine.submit(q.clone()).await.unwrap();
     }
-    let mut out: HashMap<String, Vec<RecordBatch>> = queries.iter().map(|q| (q.name.clone(), vec![])).collect();
+    let mut out: HashMap<String, Vec<RecordBatch>> =
+        queries.iter().map(|q| (q.name.clone(), vec![])).collect();
     let mut collect = |step: StepOutput| {
         for (name, batches) in step {
             out.get_mut(&name).unwrap().extend(batches);
         }
     };
-    let rows = if shuffle_within_ms > 0 { shuffle(rows, shuffle_within_ms) } else { rows.clone() };
-    let ts = rows.column_by_name("ts").unwrap().as_primitive::<TimestampMillisecondType>().clone();
+    let rows = if shuffle_within_ms > 0 {
+        shuffle(rows, shuffle_within_ms)
+    } else {
+        rows.clone()
+    };
+    let ts = rows
+        .column_by_name("ts")
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>()
+        .clone();
     let mut now = Instant::now();
     let mut pos = 0;
     while pos < rows.num_rows() {
@@ -101,7 +135,12 @@ pub async fn stream_result(queries: &[QueryDef], rows: &RecordBatch, batch_ms: i
         let b = MicroBatch {
             topic: "t".into(),
             rows: slice,
-            partitions: vec![PartitionSlice { partition: 0, first_offset: pos as i64, last_offset: end as i64 - 1, max_ts }],
+            partitions: vec![PartitionSlice {
+                partition: 0,
+                first_offset: pos as i64,
+                last_offset: end as i64 - 1,
+                max_ts,
+            }],
             ready_at: now,
         };
         now += Duration::from_millis(batch_ms as u64);
@@ -118,7 +157,10 @@ pub async fn stream_result(queries: &[QueryDef], rows: &RecordBatch, batch_ms: i
 
 /// Moves rows around within `within_ms` of event time, deterministically.
 fn shuffle(rows: &RecordBatch, within_ms: i64) -> RecordBatch {
-    let ts = rows.column_by_name("ts").unwrap().as_primitive::<TimestampMillisecondType>();
+    let ts = rows
+        .column_by_name("ts")
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>();
     let mut keyed: Vec<(i64, u32)> = (0..rows.num_rows())
         .map(|i| {
             let jitter = ((i as u64).wrapping_mul(2654435761) % within_ms as u64) as i64;
@@ -126,7 +168,9 @@ fn shuffle(rows: &RecordBatch, within_ms: i64) -> RecordBatch {
         })
         .collect();
     keyed.sort();
-    let idx = datafusion::arrow::array::UInt32Array::from(keyed.into_iter().map(|(_, i)| i).collect::<Vec<_>>());
+    let idx = datafusion::arrow::array::UInt32Array::from(
+        keyed.into_iter().map(|(_, i)| i).collect::<Vec<_>>(),
+    );
     datafusion::arrow::compute::take_record_batch(rows, &idx).unwrap()
 }
 
@@ -154,7 +198,11 @@ async fn streaming_equals_batch_with_rows_out_of_order_within_lateness() {
     let streamed = stream_result(&queries, &rows, 50, 800).await;
     for q in &queries {
         let batch = batch_result(&queries, &q.name, &rows).await;
-        assert_same(&q.name, &canonical_text(&streamed[&q.name]), &canonical_text(&batch));
+        assert_same(
+            &q.name,
+            &canonical_text(&streamed[&q.name]),
+            &canonical_text(&batch),
+        );
     }
 }
 
@@ -163,8 +211,16 @@ pub fn assert_same(name: &str, streamed: &[String], batch: &[String]) {
     if streamed == batch {
         return;
     }
-    let only_s: Vec<&String> = streamed.iter().filter(|r| !batch.contains(r)).take(5).collect();
-    let only_b: Vec<&String> = batch.iter().filter(|r| !streamed.contains(r)).take(5).collect();
+    let only_s: Vec<&String> = streamed
+        .iter()
+        .filter(|r| !batch.contains(r))
+        .take(5)
+        .collect();
+    let only_b: Vec<&String> = batch
+        .iter()
+        .filter(|r| !streamed.contains(r))
+        .take(5)
+        .collect();
     panic!(
         "{name}: streamed {} rows, batch {} rows\nonly streamed: {only_s:#?}\nonly batch: {only_b:#?}",
         streamed.len(),

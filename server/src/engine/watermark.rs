@@ -18,7 +18,10 @@ pub struct WatermarkConfig {
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        Self { lateness_ms: 1_000, idle_timeout: Duration::from_secs(1) }
+        Self {
+            lateness_ms: 1_000,
+            idle_timeout: Duration::from_secs(1),
+        }
     }
 }
 
@@ -37,7 +40,11 @@ pub struct Watermarks {
 
 impl Watermarks {
     pub fn new(config: WatermarkConfig) -> Self {
-        Self { config, partitions: HashMap::new(), current: None }
+        Self {
+            config,
+            partitions: HashMap::new(),
+            current: None,
+        }
     }
 
     pub fn config(&self) -> WatermarkConfig {
@@ -46,7 +53,10 @@ impl Watermarks {
 
     /// Records that `partition` delivered rows up to event time `max_ts` at `now`.
     pub fn observe(&mut self, partition: i32, max_ts: i64, now: Instant) {
-        let clock = self.partitions.entry(partition).or_insert(PartitionClock { max_ts, last_arrival: now });
+        let clock = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_ts,
+            last_arrival: now,
+        });
         clock.max_ts = clock.max_ts.max(max_ts);
         clock.last_arrival = now;
     }
@@ -66,7 +76,9 @@ impl Watermarks {
                 let max_ts = self.partitions.values().map(|c| c.max_ts).max();
                 let last = self.partitions.values().map(|c| c.last_arrival).max();
                 match (max_ts, last) {
-                    (Some(m), Some(l)) => Some(m + now.saturating_duration_since(l).as_millis() as i64),
+                    (Some(m), Some(l)) => {
+                        Some(m + now.saturating_duration_since(l).as_millis() as i64)
+                    }
                     _ => None,
                 }
             }
@@ -101,7 +113,10 @@ mod tests {
     use super::*;
 
     fn wm() -> Watermarks {
-        Watermarks::new(WatermarkConfig { lateness_ms: 1_000, idle_timeout: Duration::from_secs(2) })
+        Watermarks::new(WatermarkConfig {
+            lateness_ms: 1_000,
+            idle_timeout: Duration::from_secs(2),
+        })
     }
 
     #[test]

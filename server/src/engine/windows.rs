@@ -26,7 +26,11 @@ impl WindowKind {
         match self {
             WindowKind::Tumbling { size_ms } => format!("tumbling window {}", fmt_ms(*size_ms)),
             WindowKind::Hopping { slide_ms, size_ms } => {
-                format!("hopping window {} every {}", fmt_ms(*size_ms), fmt_ms(*slide_ms))
+                format!(
+                    "hopping window {} every {}",
+                    fmt_ms(*size_ms),
+                    fmt_ms(*slide_ms)
+                )
             }
             WindowKind::Lap { gap_ms } => format!("lap window (gap {})", fmt_ms(*gap_ms)),
         }
@@ -34,7 +38,11 @@ impl WindowKind {
 }
 
 pub fn fmt_ms(ms: i64) -> String {
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// Buffered partial aggregates of open time windows.
@@ -49,12 +57,16 @@ pub struct TimeWindows {
 
 impl TimeWindows {
     pub fn new(size_ms: i64) -> Self {
-        Self { size_ms, ..Default::default() }
+        Self {
+            size_ms,
+            ..Default::default()
+        }
     }
 
     /// True when a row of the window starting at `start` arrives too late.
     pub fn is_late(&self, start: i64) -> bool {
-        self.closed_through.is_some_and(|c| start + self.size_ms <= c)
+        self.closed_through
+            .is_some_and(|c| start + self.size_ms <= c)
     }
 
     pub fn insert(&mut self, start: i64, rows: RecordBatch) {
@@ -105,7 +117,10 @@ pub struct LapWindows {
 
 impl LapWindows {
     pub fn new(gap_ms: i64) -> Self {
-        Self { gap_ms, cars: HashMap::new() }
+        Self {
+            gap_ms,
+            cars: HashMap::new(),
+        }
     }
 
     /// Records that `car` sent a sample of `lap` at `ts` (progress, not data).
@@ -123,7 +138,10 @@ impl LapWindows {
     }
 
     pub fn is_late(&self, car: &[u8], lap: i64) -> bool {
-        self.cars.get(car).and_then(|c| c.closed_upto).is_some_and(|u| lap <= u)
+        self.cars
+            .get(car)
+            .and_then(|c| c.closed_upto)
+            .is_some_and(|u| lap <= u)
     }
 
     pub fn insert(&mut self, car: &[u8], lap: i64, rows: RecordBatch) {
@@ -192,7 +210,10 @@ mod tests {
         assert!(w.is_late(0));
         assert!(!w.is_late(1000));
         assert_eq!(w.close(5000).len(), 1);
-        assert!(w.is_late(3000), "an empty window is closed too once the watermark passed it");
+        assert!(
+            w.is_late(3000),
+            "an empty window is closed too once the watermark passed it"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{
-    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -68,24 +69,57 @@ pub fn schema() -> SchemaRef {
         Field::new("payload_bytes", DataType::Int64, false),
         Field::new("reason", DataType::Utf8, false),
         Field::new("error", DataType::Utf8, false),
-        Field::new("kafka_ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
-        Field::new("received_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "kafka_ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new(
+            "received_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
     ]))
 }
 
 fn to_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(letters.iter().map(|l| l.topic.as_str()))),
-        Arc::new(Int32Array::from_iter_values(letters.iter().map(|l| l.partition))),
-        Arc::new(Int64Array::from_iter_values(letters.iter().map(|l| l.offset))),
-        Arc::new(BinaryArray::from_iter(letters.iter().map(|l| l.key.as_deref()))),
-        Arc::new(BinaryArray::from_iter_values(letters.iter().map(|l| l.payload.as_slice()))),
-        Arc::new(Int64Array::from_iter_values(letters.iter().map(|l| l.payload_bytes as i64))),
-        Arc::new(StringArray::from_iter_values(letters.iter().map(|l| l.reason))),
-        Arc::new(StringArray::from_iter_values(letters.iter().map(|l| l.error.as_str()))),
-        Arc::new(TimestampMillisecondArray::from_iter(letters.iter().map(|l| l.kafka_ts)).with_timezone("UTC")),
-        Arc::new(TimestampMillisecondArray::from_iter_values(letters.iter().map(|_| now)).with_timezone("UTC")),
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|l| l.topic.as_str()),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            letters.iter().map(|l| l.partition),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            letters.iter().map(|l| l.offset),
+        )),
+        Arc::new(BinaryArray::from_iter(
+            letters.iter().map(|l| l.key.as_deref()),
+        )),
+        Arc::new(BinaryArray::from_iter_values(
+            letters.iter().map(|l| l.payload.as_slice()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            letters.iter().map(|l| l.payload_bytes as i64),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|l| l.reason),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|l| l.error.as_str()),
+        )),
+        Arc::new(
+            TimestampMillisecondArray::from_iter(letters.iter().map(|l| l.kafka_ts))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(letters.iter().map(|_| now))
+                .with_timezone("UTC"),
+        ),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
@@ -110,7 +144,12 @@ pub struct DeadLetterSink {
 impl DeadLetterSink {
     /// `dir` None keeps no files (dead letters are still counted).
     pub fn new(dir: Option<&Path>, roll_after: Duration) -> Self {
-        Self { dir: dir.map(|d| d.join("dead_letters")), file: None, roll_after, files: 0 }
+        Self {
+            dir: dir.map(|d| d.join("dead_letters")),
+            file: None,
+            roll_after,
+            files: 0,
+        }
     }
 
     pub fn write(&mut self, letters: &[DeadLetter]) -> Result<()> {
@@ -120,14 +159,25 @@ impl DeadLetterSink {
         }
         if self.file.is_none() {
             std::fs::create_dir_all(dir)?;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
             self.files += 1;
             let name = format!("dead-letters-{now}-{}.parquet", self.files);
             let path = dir.join(&name);
             let tmp = dir.join(format!(".{name}.tmp"));
-            let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build();
             let writer = ArrowWriter::try_new(File::create(&tmp)?, schema(), Some(props))?;
-            self.file = Some(OpenFile { writer, tmp, path, opened: Instant::now(), rows: 0 });
+            self.file = Some(OpenFile {
+                writer,
+                tmp,
+                path,
+                opened: Instant::now(),
+                rows: 0,
+            });
         }
         let f = self.file.as_mut().expect("opened above");
         f.writer.write(&to_batch(letters)?)?;
@@ -136,7 +186,10 @@ impl DeadLetterSink {
     }
 
     fn maybe_roll(&mut self) -> Result<()> {
-        let due = self.file.as_ref().is_some_and(|f| f.opened.elapsed() >= self.roll_after || f.rows >= 100_000);
+        let due = self
+            .file
+            .as_ref()
+            .is_some_and(|f| f.opened.elapsed() >= self.roll_after || f.rows >= 100_000);
         if due { self.close() } else { Ok(()) }
     }
 

@@ -7,8 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray, TimestampMillisecondArray};
-use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pitwall_proto::schema::{col, telemetry_schema};
@@ -33,7 +37,10 @@ pub fn bundled_session() -> Result<RecordBatch> {
         batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
     }
     let all = concat_batches(&schema, &batches)?;
-    let sort = [col::TS, col::DRIVER].map(|c| SortColumn { values: all.column_by_name(c).expect("column").clone(), options: None });
+    let sort = [col::TS, col::DRIVER].map(|c| SortColumn {
+        values: all.column_by_name(c).expect("column").clone(),
+        options: None,
+    });
     Ok(take_record_batch(&all, &lexsort_to_indices(&sort, None)?)?)
 }
 
@@ -52,13 +59,22 @@ pub async fn run(
     stats: Arc<IngestStats>,
     tx: mpsc::Sender<MicroBatch>,
 ) -> Result<()> {
-    let ts = session.column_by_name(col::TS).expect("ts").as_primitive::<TimestampMillisecondType>().clone();
+    let ts = session
+        .column_by_name(col::TS)
+        .expect("ts")
+        .as_primitive::<TimestampMillisecondType>()
+        .clone();
     if ts.is_empty() {
         return Err(Error::Config("the embedded session is empty".into()));
     }
     let (first, last) = (ts.value(0), ts.value(ts.len() - 1));
     let span = last - first + 5_000;
-    let name = session.column_by_name(col::SESSION).expect("session").as_string::<i32>().value(0).to_string();
+    let name = session
+        .column_by_name(col::SESSION)
+        .expect("session")
+        .as_string::<i32>()
+        .value(0)
+        .to_string();
     tracing::info!(session = %name, rows = session.num_rows(), speed = config.speed, "embedded replay started");
     let mut round = 0i64;
     let mut offset: i64 = 0;
@@ -82,7 +98,12 @@ pub async fn run(
             let batch = MicroBatch {
                 topic: "embedded".into(),
                 rows,
-                partitions: vec![PartitionSlice { partition: 0, first_offset: offset, last_offset: offset + (end - pos) as i64 - 1, max_ts: Some(max_ts) }],
+                partitions: vec![PartitionSlice {
+                    partition: 0,
+                    first_offset: offset,
+                    last_offset: offset + (end - pos) as i64 - 1,
+                    max_ts: Some(max_ts),
+                }],
                 ready_at: Instant::now(),
             };
             offset += (end - pos) as i64;
@@ -105,7 +126,11 @@ fn shifted(rows: &RecordBatch, shift_ms: i64, session: &str) -> Result<RecordBat
     let mut cols: Vec<ArrayRef> = rows.columns().to_vec();
     let ts_idx = schema.index_of(col::TS)?;
     let ts = cols[ts_idx].as_primitive::<TimestampMillisecondType>();
-    cols[ts_idx] = Arc::new(TimestampMillisecondArray::from_iter_values(ts.values().iter().map(|t| t + shift_ms)).with_timezone("UTC"));
-    cols[schema.index_of(col::SESSION)?] = Arc::new(StringArray::from(vec![session; rows.num_rows()]));
+    cols[ts_idx] = Arc::new(
+        TimestampMillisecondArray::from_iter_values(ts.values().iter().map(|t| t + shift_ms))
+            .with_timezone("UTC"),
+    );
+    cols[schema.index_of(col::SESSION)?] =
+        Arc::new(StringArray::from(vec![session; rows.num_rows()]));
     Ok(RecordBatch::try_new(schema, cols)?)
 }

@@ -156,13 +156,19 @@ pub fn spawn(
             }
             tracing::info!("consumer stopped");
         })?;
-    Ok(KafkaSource { committer: Committer { tx: commit_tx }, thread })
+    Ok(KafkaSource {
+        committer: Committer { tx: commit_tx },
+        thread,
+    })
 }
 
 fn commit(consumer: &BaseConsumer, pending: &mut Offsets) {
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in pending.iter() {
-        if tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_err() {
+        if tpl
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .is_err()
+        {
             return;
         }
     }
@@ -172,7 +178,11 @@ fn commit(consumer: &BaseConsumer, pending: &mut Offsets) {
     }
 }
 
-fn poll_batch<'c>(consumer: &'c BaseConsumer, config: &KafkaConfig, stop: &AtomicBool) -> Vec<BorrowedMessage<'c>> {
+fn poll_batch<'c>(
+    consumer: &'c BaseConsumer,
+    config: &KafkaConfig,
+    stop: &AtomicBool,
+) -> Vec<BorrowedMessage<'c>> {
     let mut messages = Vec::new();
     let started = Instant::now();
     while messages.len() < config.max_batch_rows && !stop.load(Ordering::Relaxed) {
@@ -181,7 +191,11 @@ fn poll_batch<'c>(consumer: &'c BaseConsumer, config: &KafkaConfig, stop: &Atomi
             break;
         }
         // Block for the first message up to the whole window; after that, take what is queued.
-        let wait = if messages.is_empty() { config.max_batch_wait - elapsed } else { (config.max_batch_wait - elapsed).min(Duration::from_millis(5)) };
+        let wait = if messages.is_empty() {
+            config.max_batch_wait - elapsed
+        } else {
+            (config.max_batch_wait - elapsed).min(Duration::from_millis(5))
+        };
         match consumer.poll(wait) {
             Some(Ok(m)) => messages.push(m),
             Some(Err(e)) => {
@@ -212,7 +226,9 @@ fn decode_batch(
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
             format_header: m.headers().and_then(|h| {
-                h.iter().find(|h| h.key == pitwall_proto::FORMAT_HEADER).and_then(|h| h.value)
+                h.iter()
+                    .find(|h| h.key == pitwall_proto::FORMAT_HEADER)
+                    .and_then(|h| h.value)
             }),
         })
         .collect();
@@ -226,7 +242,16 @@ fn decode_batch(
             .map(|b| {
                 let m = &raw[b.index];
                 stats.add_bad(b.reason, 1);
-                DeadLetter::new(&config.topic, m.partition, m.offset, m.key, m.payload, b.reason, b.error.clone(), m.timestamp_ms)
+                DeadLetter::new(
+                    &config.topic,
+                    m.partition,
+                    m.offset,
+                    m.key,
+                    m.payload,
+                    b.reason,
+                    b.error.clone(),
+                    m.timestamp_ms,
+                )
             })
             .collect();
         tracing::debug!(count = letters.len(), "dead letters");
@@ -236,9 +261,18 @@ fn decode_batch(
         if let Some((producer, topic)) = dlq {
             for l in &letters {
                 let headers = rdkafka::message::OwnedHeaders::new()
-                    .insert(rdkafka::message::Header { key: "pitwall-reason", value: Some(l.reason) })
-                    .insert(rdkafka::message::Header { key: "pitwall-error", value: Some(l.error.as_str()) })
-                    .insert(rdkafka::message::Header { key: "pitwall-source", value: Some(&format!("{}/{}/{}", l.topic, l.partition, l.offset)) });
+                    .insert(rdkafka::message::Header {
+                        key: "pitwall-reason",
+                        value: Some(l.reason),
+                    })
+                    .insert(rdkafka::message::Header {
+                        key: "pitwall-error",
+                        value: Some(l.error.as_str()),
+                    })
+                    .insert(rdkafka::message::Header {
+                        key: "pitwall-source",
+                        value: Some(&format!("{}/{}/{}", l.topic, l.partition, l.offset)),
+                    });
                 let mut rec = BaseRecord::to(topic).payload(&l.payload).headers(headers);
                 if let Some(k) = &l.key {
                     rec = rec.key(k);
@@ -267,7 +301,9 @@ fn decode_batch(
     if let Some(ts) = decoded.rows.column_by_name(col::TS) {
         let ts = ts.as_primitive::<TimestampMillisecondType>();
         for (row, &msg) in decoded.row_message.iter().enumerate() {
-            let s = slices.get_mut(&raw[msg].partition).expect("slice per partition");
+            let s = slices
+                .get_mut(&raw[msg].partition)
+                .expect("slice per partition");
             let t = ts.value(row);
             s.max_ts = Some(s.max_ts.map_or(t, |m| m.max(t)));
         }
@@ -279,4 +315,3 @@ fn decode_batch(
         ready_at: Instant::now(),
     })
 }
-

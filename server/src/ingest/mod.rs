@@ -50,11 +50,21 @@ pub struct IngestStats {
 
 impl IngestStats {
     pub fn add_bad(&self, reason: &'static str, n: u64) {
-        *self.bad.lock().expect("stats lock").entry(reason).or_default() += n;
+        *self
+            .bad
+            .lock()
+            .expect("stats lock")
+            .entry(reason)
+            .or_default() += n;
     }
 
     pub fn bad_by_reason(&self) -> Vec<(String, u64)> {
-        self.bad.lock().expect("stats lock").iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        self.bad
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect()
     }
 
     pub fn bad_total(&self) -> u64 {

@@ -21,8 +21,21 @@ pub struct JsonDecoder {
 /// The canonical column named `name`, as a `'static` name.
 fn canonical(name: &str) -> Option<&'static str> {
     const ALL: &[&str] = &[
-        col::SESSION, col::DRIVER, col::LAP, col::TS, col::SESSION_TIME, col::SPEED, col::RPM, col::GEAR,
-        col::THROTTLE, col::BRAKE, col::DRS, col::X, col::Y, col::Z, col::DISTANCE,
+        col::SESSION,
+        col::DRIVER,
+        col::LAP,
+        col::TS,
+        col::SESSION_TIME,
+        col::SPEED,
+        col::RPM,
+        col::GEAR,
+        col::THROTTLE,
+        col::BRAKE,
+        col::DRS,
+        col::X,
+        col::Y,
+        col::Z,
+        col::DISTANCE,
     ];
     ALL.iter().copied().find(|c| *c == name)
 }
@@ -34,19 +47,28 @@ impl JsonDecoder {
         let mut targets = Vec::new();
         for (wire, column) in names {
             let target = canonical(column).ok_or_else(|| {
-                Error::Config(format!("JSON name {wire} maps to {column}, which is not a telemetry column"))
+                Error::Config(format!(
+                    "JSON name {wire} maps to {column}, which is not a telemetry column"
+                ))
             })?;
             if fields.iter().any(|f: &Field| f.name() == wire) {
                 return Err(Error::Config(format!("JSON name {wire} is mapped twice")));
             }
             let ty = match target {
                 col::SESSION_TIME => DataType::Utf8,
-                _ => canonical_schema.field_with_name(target).expect("canonical").data_type().clone(),
+                _ => canonical_schema
+                    .field_with_name(target)
+                    .expect("canonical")
+                    .data_type()
+                    .clone(),
             };
             fields.push(Field::new(wire, ty, true));
             targets.push(target);
         }
-        Ok(Self { schema: Arc::new(Schema::new(fields)), targets })
+        Ok(Self {
+            schema: Arc::new(Schema::new(fields)),
+            targets,
+        })
     }
 
     fn decoder(&self, rows: usize) -> Result<ArrowJsonDecoder> {
@@ -58,9 +80,16 @@ impl JsonDecoder {
     }
 
     fn to_wire(&self, batch: RecordBatch, row_message: Vec<usize>) -> WireRows {
-        let mut w = WireRows { len: batch.num_rows(), row_message, ..Default::default() };
+        let mut w = WireRows {
+            len: batch.num_rows(),
+            row_message,
+            ..Default::default()
+        };
         for (i, target) in self.targets.iter().enumerate() {
-            w.columns.entry(target).or_default().push(batch.column(i).clone());
+            w.columns
+                .entry(target)
+                .or_default()
+                .push(batch.column(i).clone());
         }
         w
     }
@@ -76,21 +105,27 @@ impl JsonDecoder {
             let before = decoder.len();
             let problem = match decoder.decode(payload) {
                 Err(e) => Some((reason::NOT_JSON, e.to_string())),
-                Ok(_) if decoder.has_partial_record() => {
-                    Some((reason::TRUNCATED, "the JSON object is not complete".to_string()))
-                }
+                Ok(_) if decoder.has_partial_record() => Some((
+                    reason::TRUNCATED,
+                    "the JSON object is not complete".to_string(),
+                )),
                 Ok(_) if decoder.len() == before => {
                     Some((reason::EMPTY, "no JSON value in the payload".to_string()))
                 }
-                Ok(_) if decoder.len() != before + 1 => {
-                    Some((reason::NOT_ONE_OBJECT, "more than one JSON value in the payload".to_string()))
-                }
+                Ok(_) if decoder.len() != before + 1 => Some((
+                    reason::NOT_ONE_OBJECT,
+                    "more than one JSON value in the payload".to_string(),
+                )),
                 Ok(_) => None,
             };
             match problem {
                 None => in_decoder.push(i),
                 Some((reason, error)) => {
-                    bad.push(BadMessage { index: i, reason, error: super::normalize::one_line(&error) });
+                    bad.push(BadMessage {
+                        index: i,
+                        reason,
+                        error: super::normalize::one_line(&error),
+                    });
                     // The decoder may hold part of the bad message: start again with the good ones.
                     decoder = self.decoder(payloads.len())?;
                     for &j in &in_decoder {
@@ -108,7 +143,13 @@ impl JsonDecoder {
         Ok((out, bad))
     }
 
-    fn bisect(&self, payloads: &[&[u8]], idx: &[usize], out: &mut Vec<WireRows>, bad: &mut Vec<BadMessage>) -> Result<()> {
+    fn bisect(
+        &self,
+        payloads: &[&[u8]],
+        idx: &[usize],
+        out: &mut Vec<WireRows>,
+        bad: &mut Vec<BadMessage>,
+    ) -> Result<()> {
         if idx.is_empty() {
             return Ok(());
         }

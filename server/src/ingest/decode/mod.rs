@@ -52,7 +52,10 @@ impl Default for DecodeConfig {
             max_message_bytes: 1 << 20,
             default_session: "live".into(),
             session_start_ms: None,
-            json_names: JSON_WIRE_NAMES.iter().map(|(w, c)| (w.to_string(), c.to_string())).collect(),
+            json_names: JSON_WIRE_NAMES
+                .iter()
+                .map(|(w, c)| (w.to_string(), c.to_string()))
+                .collect(),
             required: vec!["speed".into(), "rpm".into()],
         }
     }
@@ -123,7 +126,11 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(config: DecodeConfig) -> crate::error::Result<Self> {
         let json = json::JsonDecoder::new(&config.json_names)?;
-        Ok(Self { config, json, session_starts: HashMap::new() })
+        Ok(Self {
+            config,
+            json,
+            session_starts: HashMap::new(),
+        })
     }
 
     pub fn config(&self) -> &DecodeConfig {
@@ -138,7 +145,11 @@ impl Decoder {
                 bad.push(BadMessage {
                     index: i,
                     reason: reason::OVERSIZE,
-                    error: format!("{} bytes, more than the {} allowed", m.payload.len(), self.config.max_message_bytes),
+                    error: format!(
+                        "{} bytes, more than the {} allowed",
+                        m.payload.len(),
+                        self.config.max_message_bytes
+                    ),
                 });
                 continue;
             }

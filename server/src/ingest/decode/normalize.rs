@@ -46,7 +46,11 @@ pub fn parse_session_time(s: &str) -> Option<f64> {
 fn coalesce(candidates: &[ArrayRef], len: usize, ty: &DataType) -> Result<ArrayRef> {
     let mut out: Option<ArrayRef> = None;
     for c in candidates {
-        let c = if c.data_type() == ty { c.clone() } else { cast(c, ty)? };
+        let c = if c.data_type() == ty {
+            c.clone()
+        } else {
+            cast(c, ty)?
+        };
         out = Some(match out {
             None => c,
             Some(prev) if prev.null_count() == 0 => prev,
@@ -63,7 +67,15 @@ struct Part<'a> {
 
 impl Part<'_> {
     fn column(&self, name: &str, ty: &DataType) -> Result<ArrayRef> {
-        coalesce(self.wire.columns.get(name).map(Vec::as_slice).unwrap_or(&[]), self.wire.len, ty)
+        coalesce(
+            self.wire
+                .columns
+                .get(name)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+            self.wire.len,
+            ty,
+        )
     }
 }
 
@@ -88,7 +100,11 @@ pub fn normalize(
         let mut reject = |valid: &mut Vec<bool>, i: usize, reason: &'static str, error: String| {
             if valid[i] {
                 valid[i] = false;
-                bad.push(BadMessage { index: part.wire.row_message[i], reason, error });
+                bad.push(BadMessage {
+                    index: part.wire.row_message[i],
+                    reason,
+                    error,
+                });
             }
         };
 
@@ -98,7 +114,10 @@ pub fn normalize(
         let session: StringArray = if session.null_count() == 0 {
             session.clone()
         } else {
-            session.iter().map(|s| Some(s.unwrap_or(&config.default_session))).collect()
+            session
+                .iter()
+                .map(|s| Some(s.unwrap_or(&config.default_session)))
+                .collect()
         };
         let driver = part.column(col::DRIVER, &DataType::Utf8)?;
         let driver = driver.as_string::<i32>();
@@ -114,13 +133,24 @@ pub fn normalize(
         };
         for i in 0..n {
             if driver.is_null(i) || driver.value(i).is_empty() {
-                reject(&mut valid, i, reason::MISSING_FIELD, "no Driver and no message key".into());
+                reject(
+                    &mut valid,
+                    i,
+                    reason::MISSING_FIELD,
+                    "no Driver and no message key".into(),
+                );
             }
         }
 
         // session_time: numbers, or text to parse
         let mut st_candidates: Vec<ArrayRef> = Vec::new();
-        for c in part.wire.columns.get(col::SESSION_TIME).map(Vec::as_slice).unwrap_or(&[]) {
+        for c in part
+            .wire
+            .columns
+            .get(col::SESSION_TIME)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
             if c.data_type() == &DataType::Utf8 {
                 let text = c.as_string::<i32>();
                 let mut b = Float64Builder::with_capacity(n);
@@ -131,7 +161,15 @@ pub fn normalize(
                         b.append_value(v);
                     } else {
                         b.append_null();
-                        reject(&mut valid, i, reason::BAD_TIME, format!("SessionTime {:?} is not seconds or a timedelta", text.value(i)));
+                        reject(
+                            &mut valid,
+                            i,
+                            reason::BAD_TIME,
+                            format!(
+                                "SessionTime {:?} is not seconds or a timedelta",
+                                text.value(i)
+                            ),
+                        );
                     }
                 }
                 st_candidates.push(Arc::new(b.finish()));
@@ -146,7 +184,8 @@ pub fn normalize(
 
         // Learn session starts from rows that carry both Date and SessionTime.
         for i in 0..n {
-            if date.is_valid(i) && st.is_valid(i) && !session_starts.contains_key(session.value(i)) {
+            if date.is_valid(i) && st.is_valid(i) && !session_starts.contains_key(session.value(i))
+            {
                 let start = date.value(i) - (st.value(i) * 1000.0).round() as i64;
                 session_starts.insert(session.value(i).to_string(), start);
             }
@@ -172,7 +211,12 @@ pub fn normalize(
                 msg(i).timestamp_ms
             };
             if t.is_none() {
-                reject(&mut valid, i, reason::MISSING_FIELD, "no Date, SessionTime or Kafka timestamp".into());
+                reject(
+                    &mut valid,
+                    i,
+                    reason::MISSING_FIELD,
+                    "no Date, SessionTime or Kafka timestamp".into(),
+                );
             }
             ts.push(t.unwrap_or(0));
             session_time.push(if st.is_valid(i) {
@@ -187,7 +231,9 @@ pub fn normalize(
             let c: ArrayRef = match field.name().as_str() {
                 col::SESSION => Arc::new(session.clone()),
                 col::DRIVER => Arc::new(driver.clone()),
-                col::TS => Arc::new(TimestampMillisecondArray::from(ts.clone()).with_timezone("UTC")),
+                col::TS => {
+                    Arc::new(TimestampMillisecondArray::from(ts.clone()).with_timezone("UTC"))
+                }
                 col::SESSION_TIME => Arc::new(Float64Array::from(session_time.clone())),
                 name => part.column(name, field.data_type())?,
             };
@@ -199,7 +245,12 @@ pub fn normalize(
                 if c.null_count() > 0 {
                     for i in 0..n {
                         if c.is_null(i) {
-                            reject(&mut valid, i, reason::MISSING_FIELD, format!("{required} is missing"));
+                            reject(
+                                &mut valid,
+                                i,
+                                reason::MISSING_FIELD,
+                                format!("{required} is missing"),
+                            );
                         }
                     }
                 }
@@ -210,13 +261,29 @@ pub fn normalize(
         let driver_idx = schema.index_of(col::DRIVER)?;
         if columns[driver_idx].null_count() > 0 {
             let d = columns[driver_idx].as_string::<i32>();
-            columns[driver_idx] = Arc::new(d.iter().map(|v| Some(v.unwrap_or(""))).collect::<StringArray>());
+            columns[driver_idx] = Arc::new(
+                d.iter()
+                    .map(|v| Some(v.unwrap_or("")))
+                    .collect::<StringArray>(),
+            );
         }
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
-        let batch = if keep.false_count() == 0 { batch } else { filter_record_batch(&batch, &keep)? };
-        row_message.extend((0..n).filter(|&i| valid[i]).map(|i| part.wire.row_message[i]));
+        let batch = if keep.false_count() == 0 {
+            batch
+        } else {
+            filter_record_batch(&batch, &keep)?
+        };
+        row_message.extend(
+            (0..n)
+                .filter(|&i| valid[i])
+                .map(|i| part.wire.row_message[i]),
+        );
         batches.push(batch);
     }
     let rows = concat_batches(&schema, &batches)?;
-    Ok(Decoded { rows, row_message, bad })
+    Ok(Decoded {
+        rows,
+        row_message,
+        bad,
+    })
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int8Builder, Int32Builder, StringBuilder,
-    TimestampMillisecondBuilder,
+    ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int8Builder, Int32Builder,
+    StringBuilder, TimestampMillisecondBuilder,
 };
 use pitwall_proto::schema::col;
 use pitwall_proto::{TelemetryBatch, TelemetrySample};
@@ -60,7 +60,10 @@ impl Builders {
     }
 
     fn finish(mut self) -> WireRows {
-        let mut w = WireRows { len: self.row_message.len(), ..Default::default() };
+        let mut w = WireRows {
+            len: self.row_message.len(),
+            ..Default::default()
+        };
         let mut put = |c: &'static str, a: ArrayRef| {
             w.columns.insert(c, vec![a]);
         };
@@ -85,7 +88,11 @@ impl Builders {
 }
 
 /// Decodes the messages at `idx`; `batched` = each is a `TelemetryBatch`.
-pub fn decode(messages: &[RawMessage<'_>], idx: &[usize], batched: bool) -> Result<(Vec<WireRows>, Vec<BadMessage>)> {
+pub fn decode(
+    messages: &[RawMessage<'_>],
+    idx: &[usize],
+    batched: bool,
+) -> Result<(Vec<WireRows>, Vec<BadMessage>)> {
     let mut b = Builders::default();
     let mut bad = Vec::new();
     for &i in idx {
@@ -93,14 +100,26 @@ pub fn decode(messages: &[RawMessage<'_>], idx: &[usize], batched: bool) -> Resu
         if batched {
             match TelemetryBatch::decode(payload) {
                 Ok(batch) => batch.samples.iter().for_each(|s| b.push(s, i)),
-                Err(e) => bad.push(BadMessage { index: i, reason: reason::BAD_PROTOBUF, error: e.to_string() }),
+                Err(e) => bad.push(BadMessage {
+                    index: i,
+                    reason: reason::BAD_PROTOBUF,
+                    error: e.to_string(),
+                }),
             }
         } else if payload.is_empty() {
-            bad.push(BadMessage { index: i, reason: reason::EMPTY, error: "empty payload".into() });
+            bad.push(BadMessage {
+                index: i,
+                reason: reason::EMPTY,
+                error: "empty payload".into(),
+            });
         } else {
             match TelemetrySample::decode(payload) {
                 Ok(s) => b.push(&s, i),
-                Err(e) => bad.push(BadMessage { index: i, reason: reason::BAD_PROTOBUF, error: e.to_string() }),
+                Err(e) => bad.push(BadMessage {
+                    index: i,
+                    reason: reason::BAD_PROTOBUF,
+                    error: e.to_string(),
+                }),
             }
         }
     }

@@ -1,0 +1,294 @@
+//! The subcommands that talk to a running server: queries, submit, replace, drop, pause,
+//! resume, set, watch, sql, stats.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow};
+use arrow::ipc::convert::try_schema_from_ipc_buffer;
+use arrow_flight::decode::DecodedPayload;
+use comfy_table::Table;
+use futures::StreamExt;
+use pitwall_proto as pb;
+use pitwall_proto::actions as a;
+
+use crate::client::{Client, describe};
+use crate::output::{Format, Printer};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// Query to watch.
+    pub name: String,
+    /// Only rows of this driver.
+    #[arg(long)]
+    pub driver: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Start with the rows still in the query's replay buffer.
+    #[arg(long)]
+    pub from_start: bool,
+    /// Stop after this many rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::QueryState::try_from(s).unwrap_or(pb::QueryState::Unspecified) {
+        pb::QueryState::Running => "running",
+        pb::QueryState::Paused => "paused",
+        pb::QueryState::Failed => "failed",
+        pb::QueryState::Unspecified => "?",
+    }
+}
+
+fn read_sql(file: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))
+}
+
+pub async fn list(client: &mut Client) -> Result<()> {
+    let list: pb::QueryList = client.action(a::LIST_QUERIES, &pb::ListQueries {}).await?;
+    let mut t = Table::new();
+    t.set_header([
+        "query",
+        "state",
+        "reads",
+        "kind",
+        "rows out",
+        "params",
+        "last error",
+    ]);
+    for q in list.queries {
+        let params: Vec<String> = q
+            .params
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.value))
+            .collect();
+        t.add_row([
+            q.name,
+            state_name(q.state).to_string(),
+            q.inputs.join(","),
+            q.kind,
+            q.rows_emitted.to_string(),
+            params.join(" "),
+            q.last_error,
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+pub fn print_info(q: &pb::QueryInfo) -> Result<()> {
+    println!("query:   {}", q.name);
+    println!("state:   {}", state_name(q.state));
+    println!("reads:   {}", q.inputs.join(", "));
+    println!("runs as: {}", q.kind);
+    println!(
+        "emitted: {} rows in {} batches",
+        q.rows_emitted, q.batches_emitted
+    );
+    if !q.params.is_empty() {
+        let params: Vec<String> = q
+            .params
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.value))
+            .collect();
+        println!("params:  {}", params.join(" "));
+    }
+    if !q.last_error.is_empty() {
+        println!("error:   {}", q.last_error);
+    }
+    if let Ok(schema) = try_schema_from_ipc_buffer(&q.schema) {
+        let cols: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect();
+        println!("columns: {}", cols.join(", "));
+    }
+    println!("sql:\n{}", q.sql.trim_end());
+    Ok(())
+}
+
+pub async fn show(client: &mut Client, name: &str) -> Result<()> {
+    let q: pb::QueryInfo = client
+        .action(a::SHOW, &pb::QueryName { name: name.into() })
+        .await?;
+    print_info(&q)
+}
+
+pub async fn submit(client: &mut Client, name: &str, file: &PathBuf, replace: bool) -> Result<()> {
+    let sql = read_sql(file)?;
+    let kind = if replace { a::REPLACE } else { a::SUBMIT };
+    let q: pb::QueryInfo = client
+        .action(
+            kind,
+            &pb::SubmitQuery {
+                name: name.into(),
+                sql,
+            },
+        )
+        .await?;
+    println!(
+        "{} {} ({})",
+        if replace { "replaced" } else { "started" },
+        q.name,
+        q.kind
+    );
+    Ok(())
+}
+
+pub async fn simple(client: &mut Client, kind: &str, name: &str) -> Result<()> {
+    let q: pb::QueryInfo = client
+        .action(kind, &pb::QueryName { name: name.into() })
+        .await?;
+    let done = match kind {
+        a::DROP => "dropped",
+        a::PAUSE => "paused",
+        a::RESUME => "resumed",
+        _ => kind,
+    };
+    println!("{done} {}", q.name);
+    Ok(())
+}
+
+pub async fn set(client: &mut Client, name: &str, assignments: &[String]) -> Result<()> {
+    let params = assignments
+        .iter()
+        .map(|s| {
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| anyhow!("{s:?}: expected param=value"))?;
+            Ok(pb::QueryParam {
+                name: k.trim().to_string(),
+                value: v.trim().to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let q: pb::QueryInfo = client
+        .action(
+            a::SET,
+            &pb::SetParams {
+                name: name.into(),
+                params,
+            },
+        )
+        .await?;
+    let now: Vec<String> = q
+        .params
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.value))
+        .collect();
+    println!("{}: {} (from the next micro-batch)", q.name, now.join(" "));
+    Ok(())
+}
+
+pub async fn watch(client: &mut Client, args: &WatchArgs) -> Result<()> {
+    let ticket = pb::SubscribeTicket {
+        query: args.name.clone(),
+        from_buffer_start: args.from_start,
+        driver: args.driver.clone().unwrap_or_default(),
+    };
+    let mut decoder = client.subscribe(&ticket).await?.into_inner();
+    let mut printer = Printer::new(args.format);
+    let mut rows = 0usize;
+    while let Some(item) = decoder.next().await {
+        let item = item.map_err(|e| anyhow!(describe(&e)))?;
+        match item.payload {
+            DecodedPayload::Schema(schema) => printer.schema(&schema)?,
+            DecodedPayload::RecordBatch(mut batch) => {
+                if let Some(limit) = args.limit {
+                    batch = batch.slice(0, batch.num_rows().min(limit - rows));
+                }
+                rows += batch.num_rows();
+                printer.print(&batch)?;
+                if args.limit.is_some_and(|l| rows >= l) {
+                    return Ok(());
+                }
+            }
+            DecodedPayload::None => {}
+        }
+    }
+    Err(anyhow!(
+        "the server ended the stream of {} (query dropped or server stopping)",
+        args.name
+    ))
+}
+
+pub async fn sql(client: &mut Client, query: &str, format: Format) -> Result<()> {
+    let batches = client.sql(query).await?;
+    Printer::new(format).print_all(&batches)
+}
+
+pub async fn stats(client: &mut Client) -> Result<()> {
+    let s: pb::ServerStats = client.action(a::STATS, &pb::GetStats {}).await?;
+    let fmt_ts = |ms: i64| {
+        if ms == 0 {
+            "none yet".to_string()
+        } else {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_default()
+        }
+    };
+    println!("uptime:        {:.0} s", s.uptime_s);
+    println!(
+        "ingested:      {} rows from {} messages ({} bytes) in {} micro-batches",
+        s.rows_ingested, s.messages_ingested, s.bytes_ingested, s.micro_batches
+    );
+    let bad: Vec<String> = s
+        .bad_messages
+        .iter()
+        .map(|b| format!("{} {}", b.count, b.reason))
+        .collect();
+    println!(
+        "bad messages:  {}",
+        if bad.is_empty() {
+            "none".to_string()
+        } else {
+            bad.join(", ")
+        }
+    );
+    println!("late rows:     {}", s.late_rows);
+    println!(
+        "watermark:     {} (lag {} ms)",
+        fmt_ts(s.watermark_ms),
+        s.watermark_lag_ms
+    );
+    println!(
+        "archive:       {} rows in {} files{}",
+        s.archive_rows,
+        s.archive_files,
+        if s.archive_error.is_empty() {
+            String::new()
+        } else {
+            format!(", error: {}", s.archive_error)
+        }
+    );
+    println!("subscribers dropped as too slow: {}", s.subscribers_dropped);
+    let mut t = Table::new();
+    t.set_header([
+        "query",
+        "rows out",
+        "batches",
+        "emit p50 ms",
+        "emit p99 ms",
+        "emit max ms",
+        "late dropped",
+        "open windows",
+        "subscribers",
+    ]);
+    for q in s.queries {
+        t.add_row([
+            q.name,
+            q.rows_emitted.to_string(),
+            q.batches_emitted.to_string(),
+            format!("{:.1}", q.emit_latency_p50_ms),
+            format!("{:.1}", q.emit_latency_p99_ms),
+            format!("{:.1}", q.emit_latency_max_ms),
+            q.late_rows_dropped.to_string(),
+            q.open_windows.to_string(),
+            q.subscribers.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}

@@ -1,0 +1,663 @@
+//! Flight SQL: ad-hoc read-only SQL, catalog browsing, prepared statements; and, through the
+//! fallback hooks, Pitwall's own tickets (live subscriptions) and actions (query control).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, ActionType, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use datafusion::common::{ParamValues, ScalarValue};
+use futures::{Stream, TryStreamExt};
+use pitwall_proto as pb;
+use prost::Message;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{FlightState, adhoc, subscription};
+use crate::engine::{QueryDef, QueryInfo, QueryStatus};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// A prepared statement: its SQL and the last parameter values bound to it.
+struct Prepared {
+    sql: String,
+    params: Option<RecordBatch>,
+}
+
+pub struct PitwallSql {
+    pub state: Arc<FlightState>,
+    prepared: Mutex<HashMap<String, Prepared>>,
+    next_handle: AtomicU64,
+    sql_info: SqlInfoData,
+}
+
+impl PitwallSql {
+    pub fn new(state: Arc<FlightState>) -> Self {
+        let mut b = SqlInfoDataBuilder::new();
+        b.append(SqlInfo::FlightSqlServerName, "Pitwall");
+        b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+        b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
+        b.append(SqlInfo::FlightSqlServerReadOnly, true);
+        b.append(SqlInfo::FlightSqlServerSql, true);
+        b.append(SqlInfo::FlightSqlServerSubstrait, false);
+        b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+        b.append(SqlInfo::FlightSqlServerCancel, false);
+        b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        let sql_info = b.build().expect("valid sql info");
+        Self {
+            state,
+            prepared: Mutex::default(),
+            next_handle: AtomicU64::new(1),
+            sql_info,
+        }
+    }
+
+    async fn run_sql(
+        &self,
+        sql: &str,
+        params: Option<&RecordBatch>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+        let ctx = adhoc::context(&self.state).await?;
+        let plan = adhoc::plan(&ctx, sql).await?;
+        let params = params.map(param_values).transpose()?;
+        adhoc::execute(&ctx, plan, params, self.state.adhoc).await
+    }
+
+    async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
+        let ctx = adhoc::context(&self.state).await?;
+        let plan = adhoc::plan(&ctx, sql).await?;
+        Ok(Arc::new(plan.schema().as_arrow().clone()))
+    }
+
+    fn prepared_sql(&self, handle: &[u8]) -> Result<(String, Option<RecordBatch>), Status> {
+        let key = String::from_utf8_lossy(handle).into_owned();
+        let map = self.prepared.lock().expect("prepared lock");
+        let p = map
+            .get(&key)
+            .ok_or_else(|| Status::not_found("unknown or closed prepared statement"))?;
+        Ok((p.sql.clone(), p.params.clone()))
+    }
+}
+
+/// Positional parameter values ($1, $2, ...) from the first row of a bound batch.
+fn param_values(batch: &RecordBatch) -> Result<ParamValues, Status> {
+    if batch.num_rows() == 0 {
+        return Ok(ParamValues::List(vec![]));
+    }
+    let values = batch
+        .columns()
+        .iter()
+        .map(|c| {
+            ScalarValue::try_from_array(c, 0).map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ParamValues::from(values))
+}
+
+fn batches_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> BoxStream<FlightData> {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::iter(
+            batches.into_iter().map(Ok::<_, FlightError>),
+        ))
+        .map_err(Status::from);
+    Box::pin(stream)
+}
+
+fn one_batch<E: std::fmt::Display>(
+    schema: SchemaRef,
+    batch: Result<RecordBatch, E>,
+) -> Result<Response<BoxStream<FlightData>>, Status> {
+    let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(batches_stream(schema, vec![batch])))
+}
+
+fn info_for(
+    schema: &Schema,
+    ticket: Ticket,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+fn state_of(s: QueryStatus) -> pb::QueryState {
+    match s {
+        QueryStatus::Running => pb::QueryState::Running,
+        QueryStatus::Paused => pb::QueryState::Paused,
+        QueryStatus::Failed => pb::QueryState::Failed,
+    }
+}
+
+pub fn to_proto(q: &QueryInfo) -> pb::QueryInfo {
+    let schema = SchemaAsIpc::new(&q.schema, &IpcWriteOptions::default())
+        .try_into()
+        .map(|IpcMessage(b)| b.to_vec())
+        .unwrap_or_default();
+    pb::QueryInfo {
+        name: q.name.clone(),
+        sql: q.sql.clone(),
+        state: state_of(q.status) as i32,
+        schema,
+        rows_emitted: q.rows_emitted,
+        batches_emitted: q.batches_emitted,
+        last_error: q.last_error.clone().unwrap_or_default(),
+        params: q
+            .params
+            .iter()
+            .map(|(n, v)| pb::QueryParam {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        inputs: vec![q.input.clone()],
+        kind: q.kind.clone(),
+    }
+}
+
+fn body<M: Message + Default>(action: &Action) -> Result<M, Status> {
+    M::decode(&*action.body)
+        .map_err(|e| Status::invalid_argument(format!("action {}: bad body: {e}", action.r#type)))
+}
+
+fn answer<M: Message>(m: M) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
+    let r = arrow_flight::Result {
+        body: m.encode_to_vec().into(),
+    };
+    Ok(Response::new(Box::pin(futures::stream::iter([Ok(r)]))))
+}
+
+impl PitwallSql {
+    async fn stats(&self) -> Result<pb::ServerStats, Status> {
+        let queries = self.state.engine.list().await.map_err(super::status)?;
+        let ingest = &self.state.ingest;
+        let engine = &self.state.engine.stats;
+        let wm = engine.watermark_ms.load(Ordering::Relaxed);
+        let max = engine.max_event_ms.load(Ordering::Relaxed);
+        Ok(pb::ServerStats {
+            rows_ingested: ingest.rows.load(Ordering::Relaxed),
+            messages_ingested: ingest.messages.load(Ordering::Relaxed),
+            bytes_ingested: ingest.bytes.load(Ordering::Relaxed),
+            micro_batches: ingest.micro_batches.load(Ordering::Relaxed),
+            bad_messages: ingest
+                .bad_by_reason()
+                .into_iter()
+                .map(|(reason, count)| pb::CountByReason { reason, count })
+                .collect(),
+            late_rows: engine.late_rows.load(Ordering::Relaxed),
+            watermark_ms: wm,
+            watermark_lag_ms: if wm == 0 { 0 } else { max - wm },
+            queries: queries
+                .iter()
+                .map(|q| pb::QueryStats {
+                    name: q.name.clone(),
+                    rows_emitted: q.rows_emitted,
+                    batches_emitted: q.batches_emitted,
+                    emit_latency_p50_ms: q.emit_latency_ms.p50,
+                    emit_latency_p99_ms: q.emit_latency_ms.p99,
+                    emit_latency_max_ms: q.emit_latency_ms.max,
+                    late_rows_dropped: q.late_rows_dropped,
+                    subscribers: q.subscribers as u32,
+                    open_windows: q.open_windows,
+                })
+                .collect(),
+            archive_rows: 0,
+            archive_files: 0,
+            archive_error: String::new(),
+            subscribers_dropped: self.state.subscribers_dropped.load(Ordering::Relaxed),
+            uptime_s: self.state.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for PitwallSql {
+    type FlightService = PitwallSql;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        // The interceptor has checked the credentials; hand back the bearer form of them.
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim()).ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.split_once(':').map(|(_, p)| p.to_string()))
+            .unwrap_or_default();
+        let out = futures::stream::iter([Ok(HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into(),
+        })]);
+        let mut resp: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
+            Response::new(Box::pin(out));
+        if !token.is_empty() {
+            if let Ok(v) = MetadataValue::try_from(format!("Bearer {token}")) {
+                resp.metadata_mut().insert("authorization", v);
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        if message.type_url != pb::SUBSCRIBE_TICKET_TYPE_URL {
+            return Err(Status::invalid_argument(format!(
+                "unknown ticket type {:?}",
+                message.type_url
+            )));
+        }
+        let ticket = pb::SubscribeTicket::decode(&*message.value)
+            .map_err(|e| Status::invalid_argument(format!("bad subscribe ticket: {e}")))?;
+        Ok(Response::new(subscription::subscribe(&self.state, ticket)?))
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = self.schema_of(&query.query).await?;
+        let ticket = TicketStatementQuery {
+            statement_handle: query.query.into_bytes().into(),
+        };
+        info_for(
+            &schema,
+            Ticket::new(ticket.as_any().encode_to_vec()),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let sql = String::from_utf8(ticket.statement_handle.to_vec())
+            .map_err(|_| Status::invalid_argument("statement is not UTF-8"))?;
+        let (schema, batches) = self.run_sql(&sql, None).await?;
+        Ok(Response::new(batches_stream(schema, batches)))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let ctx = adhoc::context(&self.state).await?;
+        let plan = adhoc::plan(&ctx, &query.query).await?;
+        let schema = Schema::from(plan.schema().as_arrow().clone());
+        let mut params: Vec<(usize, Field)> = plan
+            .get_parameter_types()
+            .map_err(|e| Status::invalid_argument(crate::engine::guard::short_error(&e)))?
+            .into_iter()
+            .map(|(id, ty)| {
+                let n = id
+                    .trim_start_matches('$')
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX);
+                (
+                    n,
+                    Field::new(
+                        id,
+                        ty.unwrap_or(datafusion::arrow::datatypes::DataType::Null),
+                        true,
+                    ),
+                )
+            })
+            .collect();
+        params.sort_by_key(|(n, _)| *n);
+        let param_schema = Schema::new(params.into_iter().map(|(_, f)| f).collect::<Vec<_>>());
+        let handle = format!("ps-{}", self.next_handle.fetch_add(1, Ordering::Relaxed));
+        self.prepared.lock().expect("prepared lock").insert(
+            handle.clone(),
+            Prepared {
+                sql: query.query,
+                params: None,
+            },
+        );
+        let encode = |s: &Schema| -> Result<bytes::Bytes, Status> {
+            let IpcMessage(b) = SchemaAsIpc::new(s, &IpcWriteOptions::default())
+                .try_into()
+                .map_err(|e: datafusion::arrow::error::ArrowError| {
+                    Status::internal(e.to_string())
+                })?;
+            Ok(b)
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into_bytes().into(),
+            dataset_schema: encode(&schema)?,
+            parameter_schema: encode(&param_schema)?,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let stream = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        );
+        let batches: Vec<RecordBatch> = stream
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let params = batches.into_iter().find(|b| b.num_rows() > 0);
+        let key = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
+        let mut map = self.prepared.lock().expect("prepared lock");
+        let p = map
+            .get_mut(&key)
+            .ok_or_else(|| Status::not_found("unknown or closed prepared statement"))?;
+        p.params = params;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(query.prepared_statement_handle),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (sql, _) = self.prepared_sql(&cmd.prepared_statement_handle)?;
+        let schema = self.schema_of(&sql).await?;
+        info_for(
+            &schema,
+            Ticket::new(cmd.as_any().encode_to_vec()),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (sql, params) = self.prepared_sql(&cmd.prepared_statement_handle)?;
+        let (schema, batches) = self.run_sql(&sql, params.as_ref()).await?;
+        Ok(Response::new(batches_stream(schema, batches)))
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        let key = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
+        self.prepared.lock().expect("prepared lock").remove(&key);
+        Ok(())
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        info_for(
+            &schema,
+            Ticket::new(query.as_any().encode_to_vec()),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        b.append(adhoc::CATALOG);
+        let schema = b.schema();
+        one_batch(schema, b.build())
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        info_for(
+            &schema,
+            Ticket::new(query.as_any().encode_to_vec()),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let ctx = adhoc::context(&self.state).await?;
+        let mut b = query.into_builder();
+        if let Some(catalog) = ctx.catalog(adhoc::CATALOG) {
+            for s in catalog.schema_names() {
+                b.append(adhoc::CATALOG, s);
+            }
+        }
+        let schema = b.schema();
+        one_batch(schema, b.build())
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        info_for(
+            &schema,
+            Ticket::new(query.as_any().encode_to_vec()),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let ctx = adhoc::context(&self.state).await?;
+        let mut b = query.into_builder();
+        if let Some(catalog) = ctx.catalog(adhoc::CATALOG) {
+            let mut schemas = catalog.schema_names();
+            schemas.sort();
+            for s in schemas {
+                let Some(provider) = catalog.schema(&s) else {
+                    continue;
+                };
+                let mut tables = provider.table_names();
+                tables.sort();
+                for t in tables {
+                    if let Ok(Some(table)) = provider.table(&t).await {
+                        let kind = if s == "information_schema" {
+                            "VIEW"
+                        } else {
+                            "TABLE"
+                        };
+                        b.append(adhoc::CATALOG, &s, &t, kind, &table.schema())
+                            .map_err(|e| Status::internal(e.to_string()))?;
+                    }
+                }
+            }
+        }
+        let schema = b.schema();
+        one_batch(schema, b.build())
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        info_for(
+            &schema,
+            Ticket::new(query.as_any().encode_to_vec()),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        b.append("TABLE");
+        b.append("VIEW");
+        let schema = b.schema();
+        one_batch(schema, b.build())
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        info_for(
+            &schema,
+            Ticket::new(query.as_any().encode_to_vec()),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let b = query.into_builder(&self.sql_info);
+        let schema = b.schema();
+        one_batch(schema, b.build())
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let action = request.into_inner();
+        let engine = &self.state.engine;
+        let e = super::status;
+        use pb::actions as a;
+        match action.r#type.as_str() {
+            a::LIST_QUERIES => {
+                let qs = engine.list().await.map_err(e)?;
+                answer(pb::QueryList {
+                    queries: qs.iter().map(to_proto).collect(),
+                })
+            }
+            a::SHOW => {
+                let m: pb::QueryName = body(&action)?;
+                answer(to_proto(&engine.show(&m.name).await.map_err(e)?))
+            }
+            a::SUBMIT => {
+                let m: pb::SubmitQuery = body(&action)?;
+                let def = QueryDef::parse(&m.name, &m.sql).map_err(e)?;
+                answer(to_proto(&engine.submit(def).await.map_err(e)?))
+            }
+            a::REPLACE => {
+                let m: pb::SubmitQuery = body(&action)?;
+                answer(to_proto(&engine.replace(&m.name, &m.sql).await.map_err(e)?))
+            }
+            a::DROP => {
+                let m: pb::QueryName = body(&action)?;
+                let info = engine.show(&m.name).await.map_err(e)?;
+                engine.drop_query(&m.name).await.map_err(e)?;
+                answer(to_proto(&info))
+            }
+            a::PAUSE | a::RESUME => {
+                let m: pb::QueryName = body(&action)?;
+                answer(to_proto(
+                    &engine
+                        .set_paused(&m.name, action.r#type == a::PAUSE)
+                        .await
+                        .map_err(e)?,
+                ))
+            }
+            a::SET => {
+                let m: pb::SetParams = body(&action)?;
+                let params = m.params.into_iter().map(|p| (p.name, p.value)).collect();
+                answer(to_proto(
+                    &engine.set_params(&m.name, params).await.map_err(e)?,
+                ))
+            }
+            a::STATS => answer(self.stats().await?),
+            other => Err(Status::invalid_argument(format!(
+                "unknown action {other:?}; `ListActions` names the ones this server takes"
+            ))),
+        }
+    }
+
+    async fn list_custom_actions(&self) -> Option<Vec<Result<ActionType, Status>>> {
+        use pb::actions as a;
+        let described = [
+            (a::LIST_QUERIES, "List continuous queries -> QueryList"),
+            (a::SHOW, "One query (QueryName) -> QueryInfo"),
+            (a::SUBMIT, "Start a query (SubmitQuery) -> QueryInfo"),
+            (
+                a::REPLACE,
+                "New SQL for a running query (SubmitQuery) -> QueryInfo",
+            ),
+            (a::DROP, "Stop and remove a query (QueryName) -> QueryInfo"),
+            (a::PAUSE, "Pause a query (QueryName) -> QueryInfo"),
+            (a::RESUME, "Resume a query (QueryName) -> QueryInfo"),
+            (
+                a::SET,
+                "Set parameters, from the next micro-batch (SetParams) -> QueryInfo",
+            ),
+            (a::STATS, "Server statistics (GetStats) -> ServerStats"),
+        ];
+        Some(
+            described
+                .into_iter()
+                .map(|(t, d)| {
+                    Ok(ActionType {
+                        r#type: t.into(),
+                        description: d.into(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

@@ -1,0 +1,231 @@
+//! Live subscriptions: a `DoGet` that streams a query's result batches for as long as the
+//! client stays.
+//!
+//! Each subscriber has a forwarding task between the query's broadcast channel and its gRPC
+//! stream, with a bounded buffer. The engine never waits for a subscriber: one that falls
+//! behind the broadcast channel, or lets its own buffer fill, is dropped with
+//! `RESOURCE_EXHAUSTED` and a message saying why; the others are not affected. A client that
+//! goes away is noticed at once and its task ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use arrow_flight::FlightData;
+use arrow_flight::utils::batches_to_flight_data;
+use bytes::Bytes;
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use futures::Stream;
+use pitwall_proto::SubscribeTicket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::Status;
+
+use super::FlightState;
+use crate::engine::ResultBatch;
+
+pub type FlightDataStream =
+    Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+/// Largest number of rows per Flight message (bigger batches are sliced).
+const MAX_ROWS_PER_MESSAGE: usize = 8192;
+
+/// `app_metadata` of a result batch: its sequence number and the watermark at emission.
+fn metadata(item: &ResultBatch) -> Bytes {
+    Bytes::from(
+        serde_json::json!({ "seq": item.seq, "watermark_ms": item.watermark_ms }).to_string(),
+    )
+}
+
+/// The batch as Flight messages (no schema message), metadata on the first.
+fn encode(batch: &RecordBatch, meta: Bytes) -> Result<Vec<FlightData>, Status> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let len = (batch.num_rows() - offset).min(MAX_ROWS_PER_MESSAGE);
+        let slice = batch.slice(offset, len);
+        let mut data = batches_to_flight_data(&batch.schema(), vec![slice])
+            .map_err(|e| Status::internal(e.to_string()))?;
+        data.remove(0); // the schema message
+        out.extend(data);
+        offset += len;
+        if offset >= batch.num_rows() {
+            break;
+        }
+    }
+    if let Some(first) = out.first_mut() {
+        first.app_metadata = meta;
+    }
+    Ok(out)
+}
+
+fn schema_message(schema: &SchemaRef) -> Result<FlightData, Status> {
+    let mut data =
+        batches_to_flight_data(schema, vec![]).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(data.remove(0))
+}
+
+/// Messages for one result batch for this subscriber (shared encoding when unfiltered).
+fn messages(item: &ResultBatch, driver: Option<&str>) -> Result<Vec<FlightData>, Status> {
+    match driver {
+        None => {
+            let cached = item
+                .encoded
+                .get_or_init(|| Arc::new(encode(&item.batch, metadata(item))));
+            match cached.downcast_ref::<Result<Vec<FlightData>, Status>>() {
+                Some(Ok(m)) => Ok(m.clone()),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(Status::internal("result cache holds something else")),
+            }
+        }
+        Some(d) => {
+            let col = item
+                .batch
+                .column_by_name("driver")
+                .expect("checked at subscribe")
+                .as_string::<i32>();
+            let keep: BooleanArray = col.iter().map(|v| Some(v == Some(d))).collect();
+            let batch = filter_record_batch(&item.batch, &keep)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if batch.num_rows() == 0 {
+                Ok(Vec::new())
+            } else {
+                encode(&batch, metadata(item))
+            }
+        }
+    }
+}
+
+pub fn subscribe(
+    state: &Arc<FlightState>,
+    ticket: SubscribeTicket,
+) -> Result<FlightDataStream, Status> {
+    let results = state.engine.results(&ticket.query).ok_or_else(|| {
+        Status::not_found(format!(
+            "no query named {}; `pitwall queries` lists them",
+            ticket.query
+        ))
+    })?;
+    let driver = (!ticket.driver.is_empty()).then(|| ticket.driver.clone());
+    if driver.is_some() && results.schema().index_of("driver").is_err() {
+        return Err(Status::invalid_argument(format!(
+            "{} has no driver column to filter on",
+            ticket.query
+        )));
+    }
+    let (replay, mut rx) = results.subscribe(ticket.from_buffer_start);
+    let (tx, mut out) = mpsc::channel::<Result<FlightData, Status>>(state.subscriber_buffer.max(2));
+    let (kill, killed) = oneshot::channel::<Status>();
+    let capacity = state.subscriber_buffer;
+    let state_for_task = state.clone();
+    let query = ticket.query.clone();
+    tokio::spawn(async move {
+        let mut schema: Option<SchemaRef>;
+        let mut kill = Some(kill);
+        let mut drop_with = |status: Status| {
+            state_for_task
+                .subscribers_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(query = %query, reason = %status.message(), "subscriber dropped");
+            if let Some(k) = kill.take() {
+                let _ = k.send(status);
+            }
+        };
+        // Returns false when the subscription is over.
+        let mut forward = |item: &ResultBatch, schema: &mut Option<SchemaRef>| -> bool {
+            let mut msgs = Vec::new();
+            if schema.as_ref() != Some(item.batch.schema_ref()) {
+                match schema_message(item.batch.schema_ref()) {
+                    Ok(m) => msgs.push(m),
+                    Err(e) => {
+                        let _ = tx.try_send(Err(e));
+                        return false;
+                    }
+                }
+                *schema = Some(item.batch.schema());
+            }
+            match messages(item, driver.as_deref()) {
+                Ok(m) => msgs.extend(m),
+                Err(e) => {
+                    let _ = tx.try_send(Err(e));
+                    return false;
+                }
+            }
+            for m in msgs {
+                match tx.try_send(Ok(m)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        drop_with(Status::resource_exhausted(format!(
+                            "subscriber too slow: {capacity} messages were waiting to be read; dropped (resubscribe to continue)"
+                        )));
+                        return false;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
+            }
+            true
+        };
+        // The schema goes first, so a client knows the columns before any row.
+        let initial = results.schema();
+        match schema_message(&initial) {
+            Ok(m) => {
+                let _ = tx.try_send(Ok(m));
+                schema = Some(initial);
+            }
+            Err(e) => {
+                let _ = tx.try_send(Err(e));
+                return;
+            }
+        }
+        for item in replay {
+            if !forward(&item, &mut schema) {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                r = rx.recv() => match r {
+                    Ok(item) => {
+                        if !forward(&item, &mut schema) {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        drop_with(Status::resource_exhausted(format!(
+                            "subscriber too slow: fell {n} result batches behind; dropped (resubscribe to continue)"
+                        )));
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    // Yield what the forwarder queued; if it dropped the subscriber, end with its reason.
+    let mut killed = Some(killed);
+    let mut done = false;
+    let stream = futures::stream::poll_fn(move |cx| {
+        if done {
+            return Poll::Ready(None);
+        }
+        if let Some(k) = killed.as_mut() {
+            if let Poll::Ready(r) = Pin::new(k).poll(cx) {
+                killed = None;
+                if let Ok(status) = r {
+                    done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+        }
+        let r = out.poll_recv(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            done = true;
+        }
+        r
+    });
+    Ok(Box::pin(stream))
+}
