@@ -201,3 +201,26 @@ impl Fleet {
         Ok(RecordBatch::try_new(schema, cols)?)
     }
 }
+
+/// Reorders a chunk as a network would: each row is delayed by a pseudo-random amount below
+/// `max_ms` of event time, so a car's samples can arrive out of order (within the chunk).
+pub fn jitter(chunk: &RecordBatch, max_ms: i64, seed: u64) -> Result<RecordBatch> {
+    if max_ms <= 0 || chunk.num_rows() < 2 {
+        return Ok(chunk.clone());
+    }
+    let ts = chunk
+        .column_by_name(col::TS)
+        .expect("ts")
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .expect("ts");
+    let mut keyed: Vec<(i64, u32)> = (0..chunk.num_rows())
+        .map(|i| {
+            let h = (seed.wrapping_add(i as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17;
+            (ts.value(i) + (h % max_ms as u64) as i64, i as u32)
+        })
+        .collect();
+    keyed.sort_unstable();
+    let idx = UInt32Array::from_iter_values(keyed.into_iter().map(|(_, i)| i));
+    Ok(take_record_batch(chunk, &idx)?)
+}

@@ -1,21 +1,11 @@
-//! `pitwall`: the command-line client. Replays recorded telemetry into Kafka, and through
-//! Arrow Flight watches, controls and queries a running Pitwall server.
-
-mod client;
-mod commands;
-mod convert;
-mod fleet;
-mod output;
-mod replay;
-mod session;
-mod wire;
+//! `pitwall`: the command-line client (see the library for what each command does).
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-
-use crate::client::{Client, ServerAddress};
-use crate::output::Format;
+use pitwall_cli::client::{Client, ServerAddress};
+use pitwall_cli::output::Format;
+use pitwall_cli::{commands, convert, replay};
 
 #[derive(Parser)]
 #[command(

@@ -57,6 +57,9 @@ pub struct ReplayArgs {
     /// Start again at the end, as a new session (NAME-r2, NAME-r3, ...).
     #[arg(long = "loop")]
     pub looping: bool,
+    /// Deliver samples out of order by up to this many ms of event time (tests lateness).
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: i64,
     /// Payload encoding.
     #[arg(long, value_enum, default_value_t = WireFormat::Json)]
     pub format: WireFormat,
@@ -178,27 +181,40 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplaySummary> {
         config.set(k.trim(), v.trim());
     }
     ensure_topic(&config, &args.topic, args.partitions).await?;
-    let total = (!args.looping).then(|| fleet.rows_per_round() as u64);
-    let pace = (!args.max).then_some(args.speed);
-    let topic = args.topic.clone();
-    let format = args.format;
-    let quiet = args.quiet;
-    tokio::task::spawn_blocking(move || {
-        publish(&mut fleet, &config, &topic, format, pace, total, quiet)
-    })
-    .await
-    .context("replay task")?
+    let plan = PublishPlan {
+        topic: args.topic.clone(),
+        format: args.format,
+        pace: (!args.max).then_some(args.speed),
+        total: (!args.looping).then(|| fleet.rows_per_round() as u64),
+        quiet: args.quiet,
+        jitter_ms: args.jitter_ms,
+    };
+    tokio::task::spawn_blocking(move || publish(&mut fleet, &config, &plan))
+        .await
+        .context("replay task")?
 }
 
-fn publish(
-    fleet: &mut Fleet,
-    config: &ClientConfig,
-    topic: &str,
+/// How to publish: where, how encoded, at what pace.
+struct PublishPlan {
+    topic: String,
     format: WireFormat,
+    /// Multiple of real time; None = as fast as possible.
     pace: Option<f64>,
+    /// Rows to expect (for the progress bar); None when looping.
     total: Option<u64>,
     quiet: bool,
-) -> Result<ReplaySummary> {
+    jitter_ms: i64,
+}
+
+fn publish(fleet: &mut Fleet, config: &ClientConfig, plan: &PublishPlan) -> Result<ReplaySummary> {
+    let (topic, format, pace, total, quiet, jitter_ms) = (
+        plan.topic.as_str(),
+        plan.format,
+        plan.pace,
+        plan.total,
+        plan.quiet,
+        plan.jitter_ms,
+    );
     let tally = Arc::new(DeliveryTally::default());
     let producer: ThreadedProducer<TallyContext> = config
         .create_with_context(TallyContext(tally.clone()))
@@ -212,7 +228,10 @@ fn publish(
     let mut first_ts: Option<i64> = None;
     let (mut rows, mut bytes) = (0u64, 0u64);
     let mut encoded = Encoded::default();
+    let mut chunks = 0u64;
     while let Some(chunk) = fleet.next_chunk(2048)? {
+        chunks += 1;
+        let chunk = crate::fleet::jitter(&chunk, jitter_ms, chunks)?;
         encode(&chunk, format, &mut encoded)?;
         let drivers = chunk
             .column_by_name(col::DRIVER)
@@ -222,7 +241,7 @@ fn publish(
         let ts = ts_values(&chunk);
         for i in 0..encoded.len() {
             if let Some(speed) = pace {
-                let t0 = *first_ts.get_or_insert(ts[i]);
+                let t0 = *first_ts.get_or_insert(ts[i] - jitter_ms);
                 let due = Duration::from_secs_f64(((ts[i] - t0).max(0) as f64 / 1000.0) / speed);
                 let now = started.elapsed();
                 if due > now {

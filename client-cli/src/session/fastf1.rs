@@ -181,8 +181,7 @@ fn read_car(path: &Path, car: &str, session: &str, laps: &Laps) -> Result<Record
     let mut out = Vec::new();
     let mut first_line = 2usize;
     for batch in reader {
-        // arrow-csv names the line in its own errors ("... at line N").
-        let batch = batch.map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let batch = batch.map_err(|e| csv_error(path, &e.to_string()))?;
         out.push(to_canonical(
             &batch, path, first_line, &driver, car, session, laps,
         )?);
@@ -264,4 +263,25 @@ mod tests {
         assert_eq!(parse_timedelta("soon"), None);
         assert_eq!(parse_timedelta(""), None);
     }
+}
+
+/// `FILE:LINE: problem` from an arrow-csv error, whose "at line N" counts from 0 (the header).
+fn csv_error(path: &Path, message: &str) -> anyhow::Error {
+    let message = message.trim_start_matches("Parser error: ");
+    if let Some(at) = message.find(" at line ") {
+        let rest = &message[at + 9..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(n) = digits.parse::<usize>() {
+            let head = &message[..at];
+            let tail = rest[digits.len()..]
+                .split(". Row data")
+                .next()
+                .unwrap_or("")
+                .trim_start_matches(':')
+                .trim();
+            let sep = if tail.is_empty() { "" } else { ": " };
+            return anyhow!("{}:{}: {head}{sep}{tail}", path.display(), n + 1);
+        }
+    }
+    anyhow!("{}: {message}", path.display())
 }

@@ -41,6 +41,9 @@ impl Session {
 
     /// A FastF1 CSV export directory; the session is named after the directory unless given.
     pub fn from_dir(dir: &Path, name: Option<String>) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("{}: no such directory", dir.display());
+        }
         let name = match name {
             Some(n) => n,
             None => dir

@@ -359,7 +359,10 @@ impl Compiler {
                 let names: Vec<String> = agg
                     .group_expr
                     .iter()
-                    .map(|g| g.schema_name().to_string())
+                    .map(|g| match lineage(g, input).unwrap_or_else(|| g.clone()) {
+                        Expr::Column(c) => c.name,
+                        other => other.schema_name().to_string(),
+                    })
                     .collect();
                 return Err(Error::Refused(format!(
                     "GROUP BY {} never closes on an unbounded stream: also group by a window, \

@@ -70,6 +70,13 @@ pub fn short_error(e: &DataFusionError) -> String {
             }
             other => other.to_string(),
         },
+        DataFusionError::Plan(m) if m.starts_with("table function '") => {
+            let name = m.split('\'').nth(1).unwrap_or_default();
+            format!(
+                "{name}() is not available: continuous queries cannot read files or call table functions; \
+                 read telemetry or another query"
+            )
+        }
         DataFusionError::Plan(m) if m.starts_with("table '") && m.contains("not found") => {
             let name = m.split('\'').nth(1).unwrap_or_default();
             let name = name.rsplit('.').next().unwrap_or(name);

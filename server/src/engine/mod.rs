@@ -10,6 +10,7 @@ pub mod compile;
 pub mod definition;
 pub mod functions;
 pub mod guard;
+pub mod oracle;
 pub mod pipeline;
 pub mod results;
 pub mod splice;
@@ -452,6 +453,8 @@ impl Engine {
                     self.watermarks.observe(p.partition, ts, now);
                 }
             }
+            self.watermarks
+                .progress(b.assigned.as_deref(), &b.caught_up, now);
         }
         let wm = self.watermarks.advance(now);
         let idle = self.watermarks.input_idle(now);

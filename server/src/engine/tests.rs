@@ -1,15 +1,11 @@
 //! The engine against its oracle: every shipped query, streamed over the bundled session in
 //! micro-batches, emits exactly what the same SQL returns in batch over the whole data.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{Int32Type, TimestampMillisecondType};
-use datafusion::arrow::util::pretty::pretty_format_batches;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
 
 use super::*;
 use crate::ingest::{MicroBatch, PartitionSlice};
@@ -30,60 +26,16 @@ pub fn session_laps(max_lap: i32) -> RecordBatch {
     rows
 }
 
-/// Runs `sql` in batch over `rows` (with the other queries as views, for chaining).
 pub async fn batch_result(
     queries: &[QueryDef],
     name: &str,
     rows: &RecordBatch,
 ) -> Vec<RecordBatch> {
-    let ctx = SessionContext::new();
-    super::functions::register(&ctx);
-    let table = MemTable::try_new(rows.schema(), vec![vec![rows.clone()]]).unwrap();
-    ctx.register_table("telemetry", Arc::new(table)).unwrap();
-    for q in queries {
-        let mut sql = q.sql.clone();
-        for (k, v) in &q.params {
-            sql = sql.replace(&format!("${k}"), &definition::literal_text(v));
-        }
-        ctx.sql(&format!("CREATE VIEW {} AS {}", q.name, sql))
-            .await
-            .unwrap();
-    }
-    ctx.sql(&format!("SELECT * FROM {name}"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap()
+    oracle::batch_result(queries, name, rows).await.unwrap()
 }
 
-/// Sorted, pretty-printed rows (floats rounded) for comparison.
 pub fn canonical_text(batches: &[RecordBatch]) -> Vec<String> {
-    if batches.is_empty() {
-        return vec![];
-    }
-    let text = pretty_format_batches(batches).unwrap().to_string();
-    let mut lines: Vec<String> = text
-        .lines()
-        .skip(3)
-        .filter(|l| l.starts_with('|'))
-        .map(|l| round_floats(l))
-        .collect();
-    lines.sort();
-    lines
-}
-
-fn round_floats(line: &str) -> String {
-    line.split('|')
-        .map(|cell| {
-            let t = cell.trim();
-            match t.parse::<f64>() {
-                Ok(v) if t.contains('.') || t.contains('e') => format!("{v:.6e}"),
-                _ => t.to_string(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("|")
+    oracle::canonical_rows(batches)
 }
 
 /// Streams `rows` through a fresh engine in micro-batches of `batch_ms` of event time.
@@ -141,6 +93,8 @@ pub async fn stream_result(
                 last_offset: end as i64 - 1,
                 max_ts,
             }],
+            assigned: None,
+            caught_up: vec![0],
             ready_at: now,
         };
         now += Duration::from_millis(batch_ms as u64);
@@ -206,24 +160,99 @@ async fn streaming_equals_batch_with_rows_out_of_order_within_lateness() {
     }
 }
 
-/// Fails with the row counts and the first differing rows, not the whole result.
-pub fn assert_same(name: &str, streamed: &[String], batch: &[String]) {
-    if streamed == batch {
-        return;
+fn assert_same(name: &str, streamed: &[String], batch: &[String]) {
+    oracle::assert_same_rows(name, streamed, batch)
+}
+
+/// Every refusal is one short line naming the problem and the fix; the other queries run on.
+#[tokio::test]
+async fn refusals_are_one_line_each() {
+    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    for q in shipped() {
+        engine.submit(q).await.unwrap();
     }
-    let only_s: Vec<&String> = streamed
-        .iter()
-        .filter(|r| !batch.contains(r))
-        .take(5)
-        .collect();
-    let only_b: Vec<&String> = batch
-        .iter()
-        .filter(|r| !streamed.contains(r))
-        .take(5)
-        .collect();
-    panic!(
-        "{name}: streamed {} rows, batch {} rows\nonly streamed: {only_s:#?}\nonly batch: {only_b:#?}",
-        streamed.len(),
-        batch.len()
-    );
+    let cases = [
+        (
+            "SELECT driver, avg(speed) FROM telemetry GROUP BY driver",
+            "GROUP BY driver never closes on an unbounded stream: also group by a window, e.g. date_bin(INTERVAL '1 second', ts), or by driver, lap",
+        ),
+        (
+            "SELECT count(*) FROM telemetry",
+            "an aggregate without GROUP BY never closes on an unbounded stream: group by a window, e.g. date_bin(INTERVAL '1 second', ts), or by driver, lap",
+        ),
+        (
+            "SELECT driver, speed FROM telemetry ORDER BY speed",
+            "ORDER BY speed needs the end of an unbounded stream, which never comes: remove it (rows arrive in event-time order), or order within windows after GROUP BY a window",
+        ),
+        (
+            "SELECT * FROM telemetry LIMIT 10",
+            "LIMIT on an unbounded stream never completes: filter with WHERE instead",
+        ),
+        (
+            "SELECT speeed FROM telemetry",
+            "unknown column speeed; the input has: brake, distance, driver, drs, gear, lap, rpm, session, session_time, speed, throttle, ts, x, y, z",
+        ),
+        (
+            "SELEC driver FROM telemetry",
+            "invalid SQL: Expected: an SQL statement, found: SELEC at Line: 1, Column: 1",
+        ),
+        (
+            "SELECT * FROM pit_lane",
+            "unknown table pit_lane: a query reads telemetry or the name of another query",
+        ),
+        (
+            "CREATE TABLE laps (lap INT)",
+            "CREATE TABLE statements are refused: Pitwall runs read-only queries (SELECT ... FROM ...)",
+        ),
+        (
+            "INSERT INTO telemetry (driver) VALUES ('VER')",
+            "INSERT statements are refused: Pitwall runs read-only queries (SELECT ... FROM ...)",
+        ),
+        (
+            "DROP TABLE telemetry",
+            "DROP TABLE statements are refused: Pitwall runs read-only queries (SELECT ... FROM ...)",
+        ),
+        (
+            "COPY telemetry TO '/tmp/x.parquet'",
+            "COPY is refused: writing files from SQL is not allowed",
+        ),
+        (
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc'",
+            "CREATE EXTERNAL TABLE is refused: reading files from SQL is not allowed",
+        ),
+        (
+            "SELECT * FROM read_parquet('/etc/passwd')",
+            "read_parquet() is not available: continuous queries cannot read files or call table functions; read telemetry or another query",
+        ),
+        (
+            "SELECT * FROM telemetry a JOIN telemetry b ON a.driver = b.driver",
+            "joins are not supported on streams: chain queries instead (FROM another query)",
+        ),
+        (
+            "SELECT driver, row_number() OVER (PARTITION BY driver ORDER BY ts) FROM telemetry",
+            "row_number() needs the whole history of a stream: use lag/lead, or an aggregate over ROWS BETWEEN n PRECEDING AND CURRENT ROW",
+        ),
+        (
+            "SELECT driver, avg(speed) OVER (PARTITION BY driver ORDER BY ts) FROM telemetry",
+            "avg() OVER (... ORDER BY ...) has an unbounded frame, which needs the whole history: use ROWS BETWEEN n PRECEDING AND CURRENT ROW",
+        ),
+        (
+            "SELECT driver FROM telemetry WHERE rpm > $limit",
+            "parameter $limit has no value: declare it with `-- @param limit = VALUE` in the query",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (i, (sql, expected)) in cases.iter().enumerate() {
+        let def = QueryDef::parse(&format!("bad_{i}"), sql).unwrap();
+        let err = engine.submit(def).await.expect_err(sql).to_string();
+        assert!(
+            !err.contains('\n') && err.len() < 300,
+            "{sql}: not one short line: {err}"
+        );
+        if err != *expected {
+            wrong.push(format!("{sql}\n  got:  {err}\n  want: {expected}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(engine.list().len(), 5, "the shipped queries still run");
 }

@@ -1,13 +1,16 @@
 //! Event-time watermarks: how far the stream's event time has certainly progressed.
 //!
 //! Each Kafka partition's watermark is the highest `ts` it delivered minus the allowed
-//! lateness. The stream's watermark is the minimum over active partitions; a partition that
-//! delivered nothing for the idle timeout stops holding it back. When every partition is idle,
-//! the input has stopped (or paused): the watermark then advances with processing time from
-//! the highest event time seen, `max_ts + (now - last_arrival)`, so the last windows close
-//! instead of waiting for data that may never come. The watermark never goes back.
+//! lateness; the stream's watermark is the minimum over the assigned partitions. A partition
+//! that has not delivered anything yet holds the watermark back (its data may be old), unless
+//! it is at the end of its log. A partition that is at the end of its log and has received
+//! nothing for the idle timeout stops holding it back. When every partition is idle the input
+//! has stopped (or paused): the watermark then advances with processing time from the highest
+//! event time seen, `max_ts + (now - last_arrival)`, so the last windows close instead of
+//! waiting for data that may never come. A consumer catching up on old data is never idle,
+//! however long a fetch takes. The watermark never goes back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -25,16 +28,20 @@ impl Default for WatermarkConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct PartitionClock {
-    max_ts: i64,
-    last_arrival: Instant,
+    max_ts: Option<i64>,
+    last_arrival: Option<Instant>,
+    /// Since when the partition has been at the end of its log (None = behind, or unknown).
+    caught_up_at: Option<Instant>,
 }
 
 #[derive(Debug)]
 pub struct Watermarks {
     config: WatermarkConfig,
     partitions: HashMap<i32, PartitionClock>,
+    /// The partitions this consumer owns (None = every partition seen so far).
+    assigned: Option<BTreeSet<i32>>,
     current: Option<i64>,
 }
 
@@ -43,6 +50,7 @@ impl Watermarks {
         Self {
             config,
             partitions: HashMap::new(),
+            assigned: None,
             current: None,
         }
     }
@@ -53,28 +61,71 @@ impl Watermarks {
 
     /// Records that `partition` delivered rows up to event time `max_ts` at `now`.
     pub fn observe(&mut self, partition: i32, max_ts: i64, now: Instant) {
-        let clock = self.partitions.entry(partition).or_insert(PartitionClock {
-            max_ts,
-            last_arrival: now,
-        });
-        clock.max_ts = clock.max_ts.max(max_ts);
-        clock.last_arrival = now;
+        let c = self.partitions.entry(partition).or_default();
+        c.max_ts = Some(c.max_ts.map_or(max_ts, |m| m.max(max_ts)));
+        c.last_arrival = Some(now);
+        c.caught_up_at = None;
+    }
+
+    /// Records the consumer's assignment (when known) and which partitions are at the end of
+    /// their log after the latest poll.
+    pub fn progress(&mut self, assigned: Option<&[i32]>, caught_up: &[i32], now: Instant) {
+        if let Some(a) = assigned {
+            self.assigned = Some(a.iter().copied().collect());
+        }
+        for p in caught_up {
+            self.partitions
+                .entry(*p)
+                .or_default()
+                .caught_up_at
+                .get_or_insert(now);
+        }
+    }
+
+    fn relevant(&self) -> Vec<i32> {
+        match &self.assigned {
+            Some(a) => a.iter().copied().collect(),
+            None => self.partitions.keys().copied().collect(),
+        }
+    }
+
+    fn is_idle(&self, c: &PartitionClock, now: Instant) -> bool {
+        match c.caught_up_at {
+            Some(since) => {
+                let quiet_since = c.last_arrival.map_or(since, |l| l.max(since));
+                now.saturating_duration_since(quiet_since) >= self.config.idle_timeout
+            }
+            None => false,
+        }
     }
 
     /// Recomputes the stream watermark at `now` and returns it.
     pub fn advance(&mut self, now: Instant) -> Option<i64> {
-        let idle = self.config.idle_timeout;
-        let active = self
-            .partitions
-            .values()
-            .filter(|c| now.saturating_duration_since(c.last_arrival) < idle)
-            .map(|c| c.max_ts)
-            .min();
-        let candidate = match active {
-            Some(min) => Some(min - self.config.lateness_ms),
+        let relevant = self.relevant();
+        let mut active_min: Option<i64> = None;
+        for p in &relevant {
+            let c = self.partitions.get(p).copied().unwrap_or_default();
+            if self.is_idle(&c, now) {
+                continue;
+            }
+            match c.max_ts {
+                Some(t) => active_min = Some(active_min.map_or(t, |m| m.min(t))),
+                // Not read yet, or read nothing yet and not at the end: it may hold old data.
+                None if c.caught_up_at.is_none() => return self.current,
+                None => {}
+            }
+        }
+        let candidate = match active_min {
+            Some(m) => Some(m - self.config.lateness_ms),
             None => {
-                let max_ts = self.partitions.values().map(|c| c.max_ts).max();
-                let last = self.partitions.values().map(|c| c.last_arrival).max();
+                let max_ts = relevant
+                    .iter()
+                    .filter_map(|p| self.partitions.get(p)?.max_ts)
+                    .max();
+                let last = relevant
+                    .iter()
+                    .filter_map(|p| self.partitions.get(p)?.last_arrival)
+                    .max();
                 match (max_ts, last) {
                     (Some(m), Some(l)) => {
                         Some(m + now.saturating_duration_since(l).as_millis() as i64)
@@ -95,16 +146,16 @@ impl Watermarks {
 
     /// Highest event time seen on any partition.
     pub fn max_event_time(&self) -> Option<i64> {
-        self.partitions.values().map(|c| c.max_ts).max()
+        self.partitions.values().filter_map(|c| c.max_ts).max()
     }
 
-    /// True when no partition delivered anything for the idle timeout.
+    /// True when every partition is at the end of its log and quiet for the idle timeout.
     pub fn input_idle(&self, now: Instant) -> bool {
-        !self.partitions.is_empty()
-            && self
-                .partitions
-                .values()
-                .all(|c| now.saturating_duration_since(c.last_arrival) >= self.config.idle_timeout)
+        let relevant = self.relevant();
+        !relevant.is_empty()
+            && relevant
+                .iter()
+                .all(|p| self.partitions.get(p).is_some_and(|c| self.is_idle(c, now)))
     }
 }
 
@@ -131,7 +182,26 @@ mod tests {
     }
 
     #[test]
-    fn idle_partition_stops_holding_back() {
+    fn an_assigned_partition_not_read_yet_holds_the_watermark() {
+        let mut w = wm();
+        let t = Instant::now();
+        w.progress(Some(&[0, 1]), &[], t);
+        w.observe(0, 10_000, t);
+        assert_eq!(
+            w.advance(t + Duration::from_secs(60)),
+            None,
+            "partition 1 may still hold old rows"
+        );
+        w.progress(None, &[1], t);
+        assert_eq!(
+            w.advance(t),
+            Some(9_000),
+            "partition 1 is empty: at the end of its log"
+        );
+    }
+
+    #[test]
+    fn idle_partition_stops_holding_back_only_at_the_end_of_its_log() {
         let mut w = wm();
         let t = Instant::now();
         w.observe(0, 10_000, t);
@@ -139,7 +209,17 @@ mod tests {
         assert_eq!(w.advance(t), Some(4_000));
         let later = t + Duration::from_secs(3);
         w.observe(0, 20_000, later);
-        assert_eq!(w.advance(later), Some(19_000), "partition 1 is idle");
+        assert_eq!(
+            w.advance(later),
+            Some(4_000),
+            "partition 1 is behind, not idle"
+        );
+        w.progress(None, &[1], t);
+        assert_eq!(
+            w.advance(later),
+            Some(19_000),
+            "partition 1 is caught up and quiet"
+        );
     }
 
     #[test]
@@ -147,6 +227,7 @@ mod tests {
         let mut w = wm();
         let t = Instant::now();
         w.observe(0, 10_000, t);
+        w.progress(None, &[0], t);
         assert_eq!(w.advance(t + Duration::from_millis(1_500)), Some(9_000));
         assert!(!w.input_idle(t + Duration::from_millis(1_500)));
         assert_eq!(w.advance(t + Duration::from_secs(2)), Some(12_000));
@@ -155,10 +236,19 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_fetch_while_catching_up_is_not_idleness() {
+        let mut w = wm();
+        let t = Instant::now();
+        w.observe(0, 10_000, t);
+        assert_eq!(w.advance(t + Duration::from_secs(30)), Some(9_000));
+    }
+
+    #[test]
     fn never_goes_back() {
         let mut w = wm();
         let t = Instant::now();
         w.observe(0, 10_000, t);
+        w.progress(None, &[0], t);
         w.advance(t + Duration::from_secs(10));
         w.observe(0, 11_000, t + Duration::from_secs(10));
         assert_eq!(w.advance(t + Duration::from_secs(10)), Some(20_000));

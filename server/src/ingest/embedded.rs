@@ -104,6 +104,8 @@ pub async fn run(
                     last_offset: offset + (end - pos) as i64 - 1,
                     max_ts: Some(max_ts),
                 }],
+                assigned: None,
+                caught_up: vec![0],
                 ready_at: Instant::now(),
             };
             offset += (end - pos) as i64;

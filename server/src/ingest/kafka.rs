@@ -2,7 +2,7 @@
 //! them, dead-letters what cannot be decoded, and hands each batch to the engine. Offsets are
 //! committed only when downstream says the batch is safe (see [`Committer`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use pitwall_proto::schema::col;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -79,7 +80,7 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
         .set(
             "auto.offset.reset",
             match config.start {
@@ -122,6 +123,8 @@ pub fn spawn(
         .name("pitwall-ingest".into())
         .spawn(move || {
             let mut pending: Offsets = BTreeMap::new();
+            let mut at_end: BTreeSet<i32> = BTreeSet::new();
+            let mut last_assigned: Option<Vec<i32>> = None;
             while !stop.load(Ordering::Relaxed) {
                 while let Ok(o) = commit_rx.try_recv() {
                     pending.extend(o);
@@ -129,11 +132,14 @@ pub fn spawn(
                 if !pending.is_empty() {
                     commit(&consumer, &mut pending);
                 }
-                let messages = poll_batch(&consumer, &config, &stop);
-                if messages.is_empty() {
+                let (messages, ends_changed) = poll_batch(&consumer, &config, &stop, &mut at_end);
+                let assigned = assignment(&consumer, &config.topic);
+                let assignment_changed = assigned != last_assigned;
+                if messages.is_empty() && !ends_changed && !assignment_changed {
                     continue;
                 }
-                let batch = match decode_batch(&config, &messages, &mut decoder, &mut dead_letters, dlq.as_ref(), &stats) {
+                last_assigned = assigned.clone();
+                let mut batch = match decode_batch(&config, &messages, &mut decoder, &mut dead_letters, dlq.as_ref(), &stats) {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::error!(error = %e, "micro-batch could not be decoded; it is skipped");
@@ -141,6 +147,8 @@ pub fn spawn(
                     }
                 };
                 drop(messages);
+                batch.assigned = assigned;
+                batch.caught_up = at_end.iter().copied().collect();
                 if tx.blocking_send(batch).is_err() {
                     break;
                 }
@@ -178,12 +186,29 @@ fn commit(consumer: &BaseConsumer, pending: &mut Offsets) {
     }
 }
 
+/// The partitions of `topic` this consumer owns, sorted (None if unknown).
+fn assignment(consumer: &BaseConsumer, topic: &str) -> Option<Vec<i32>> {
+    let tpl = consumer.assignment().ok()?;
+    let mut parts: Vec<i32> = tpl
+        .elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect();
+    parts.sort_unstable();
+    Some(parts)
+}
+
+/// Polls up to a micro-batch of messages; keeps `at_end` (partitions at the end of their log)
+/// current and says whether it changed.
 fn poll_batch<'c>(
     consumer: &'c BaseConsumer,
     config: &KafkaConfig,
     stop: &AtomicBool,
-) -> Vec<BorrowedMessage<'c>> {
+    at_end: &mut BTreeSet<i32>,
+) -> (Vec<BorrowedMessage<'c>>, bool) {
     let mut messages = Vec::new();
+    let mut changed = false;
     let started = Instant::now();
     while messages.len() < config.max_batch_rows && !stop.load(Ordering::Relaxed) {
         let elapsed = started.elapsed();
@@ -191,22 +216,27 @@ fn poll_batch<'c>(
             break;
         }
         // Block for the first message up to the whole window; after that, take what is queued.
-        let wait = if messages.is_empty() {
-            config.max_batch_wait - elapsed
+        let left = config.max_batch_wait - elapsed;
+        let wait = if messages.is_empty() && !changed {
+            left
         } else {
-            (config.max_batch_wait - elapsed).min(Duration::from_millis(5))
+            left.min(Duration::from_millis(5))
         };
         match consumer.poll(wait) {
-            Some(Ok(m)) => messages.push(m),
+            Some(Ok(m)) => {
+                changed |= at_end.remove(&m.partition());
+                messages.push(m);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => changed |= at_end.insert(p),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "kafka consumer error");
                 break;
             }
-            None if messages.is_empty() => {}
+            None if messages.is_empty() && !changed => {}
             None => break,
         }
     }
-    messages
+    (messages, changed)
 }
 
 fn decode_batch(
@@ -312,6 +342,8 @@ fn decode_batch(
         topic: config.topic.clone(),
         rows: decoded.rows,
         partitions: slices.into_values().collect(),
+        assigned: None,
+        caught_up: Vec::new(),
         ready_at: Instant::now(),
     })
 }

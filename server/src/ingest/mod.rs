@@ -34,6 +34,10 @@ pub struct MicroBatch {
     /// Valid rows in the canonical telemetry schema.
     pub rows: RecordBatch,
     pub partitions: Vec<PartitionSlice>,
+    /// The partitions the consumer owns now (None when the source has no such notion).
+    pub assigned: Option<Vec<i32>>,
+    /// Partitions at the end of their log after this poll (nothing more to read right now).
+    pub caught_up: Vec<i32>,
     /// When the batch was complete (decoded and ready for the engine).
     pub ready_at: Instant,
 }

@@ -126,11 +126,11 @@ impl JsonDecoder {
                         reason,
                         error: super::normalize::one_line(&error),
                     });
-                    // The decoder may hold part of the bad message: start again with the good ones.
-                    decoder = self.decoder(payloads.len())?;
-                    for &j in &in_decoder {
-                        decoder.decode(payloads[j])?;
-                    }
+                    // The decoder may hold part of the bad message: finish the good ones before
+                    // it as a chunk of their own and start afresh.
+                    self.bisect(payloads, &in_decoder, &mut out, &mut bad)?;
+                    in_decoder.clear();
+                    decoder = self.decoder(payloads.len() - i)?;
                 }
             }
         }

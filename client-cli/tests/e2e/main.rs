@@ -1,0 +1,8 @@
+//! End-to-end tests against a real Kafka-protocol broker (see `support`): replay into Kafka,
+//! the server consuming it, and clients over Arrow Flight.
+
+mod support;
+
+mod engine;
+mod flight;
+mod replay;
