@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, from a fresh clone, with nothing else running:
+#  - installs tansu 0.6.0 when missing (cached in ~/.cargo/bin; about 15 minutes once),
+#  - starts it on a free loopback port (memory storage) unless PITWALL_TEST_KAFKA names a
+#    broker to use instead (any real Kafka, e.g. the one of docker-compose.yml),
+#  - builds every binary (some tests run them), runs `cargo test --workspace`,
+#  - stops the broker it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+if [ -z "${PITWALL_TEST_KAFKA:-}" ]; then
+  port="${PITWALL_KAFKA_PORT:-19092}"
+  while port_in_use "$port"; do port=$((port + 1)); done
+  export PITWALL_KAFKA_PORT="$port"
+  export PITWALL_BROKER_STATE="$(mktemp -d -t pitwall-test-broker.XXXXXX)"
+  trap 'scripts/broker.sh stop; rm -rf "$PITWALL_BROKER_STATE"' EXIT
+  PITWALL_TEST_KAFKA="$(scripts/broker.sh start | tail -n 1)"
+  export PITWALL_TEST_KAFKA
+fi
+echo "test.sh: broker $PITWALL_TEST_KAFKA" >&2
+
+cargo build --workspace --bins --locked
+cargo test --workspace --locked "$@"
