@@ -113,6 +113,22 @@ impl Client {
         Ok(Resp::decode(body)?)
     }
 
+    /// Runs an action whose answer is an Arrow IPC stream.
+    pub async fn action_batches(&mut self, kind: &str) -> Result<Vec<RecordBatch>> {
+        let mut results = self
+            .flight
+            .do_action(Action::new(kind, Bytes::new()))
+            .await
+            .map_err(|e| anyhow!(describe(&e)))?;
+        let body = results
+            .try_next()
+            .await
+            .map_err(|e| anyhow!(describe(&e)))?
+            .ok_or_else(|| anyhow!("the server sent no answer to {kind}"))?;
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)?;
+        Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
     /// Subscribes to a query's live results.
     pub async fn subscribe(
         &mut self,

@@ -292,3 +292,8 @@ pub async fn stats(client: &mut Client) -> Result<()> {
     println!("{t}");
     Ok(())
 }
+
+pub async fn sessions(client: &mut Client, format: Format) -> Result<()> {
+    let batches = client.action_batches(a::SESSIONS).await?;
+    Printer::new(format).print_all(&batches)
+}

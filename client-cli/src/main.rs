@@ -63,8 +63,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Server statistics: ingest, bad messages, watermark, per-query latency.
+    /// Server statistics: ingest, bad messages, watermark, per-query latency, archive.
     Stats,
+    /// Archived sessions: drivers, rows, time range, size on disk.
+    Sessions {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Publish a recorded session to a Kafka topic.
     Replay(replay::ReplayArgs),
     /// Convert a FastF1 export into a Parquet file in the Pitwall schema.
@@ -121,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Watch(args) => commands::watch(&mut c, &args).await,
                 Command::Sql { query, format } => commands::sql(&mut c, &query, format).await,
                 Command::Stats => commands::stats(&mut c).await,
+                Command::Sessions { format } => commands::sessions(&mut c, format).await,
                 Command::Replay(_) | Command::Convert(_) => unreachable!("handled above"),
             }
         }
@@ -128,6 +134,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // Exit quietly when the reader of our output goes away (`pitwall watch ... | head`).
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(cli)) {

@@ -30,4 +30,6 @@ pub mod actions {
     pub const RESUME: &str = "resume";
     pub const SET: &str = "set";
     pub const STATS: &str = "stats";
+    /// Answer: an Arrow IPC stream with one row per archived session.
+    pub const SESSIONS: &str = "sessions";
 }

@@ -141,9 +141,18 @@ pub struct FlightArgs {
 #[derive(Debug, Clone, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageArgs {
-    /// Where the archive and dead letters live: a local path or an object-store URL.
+    /// Where the archive and dead letters live: a local path or s3://bucket/prefix.
     #[arg(long, env = "PITWALL_DATA_DIR")]
     pub data_dir: Option<String>,
+    /// How often the engine checkpoints and the archive writes its files, in ms.
+    #[arg(long)]
+    pub checkpoint_ms: Option<u64>,
+    /// Delete archived files older than this many days.
+    #[arg(long)]
+    pub retention_days: Option<f64>,
+    /// Merge a directory's small files once it has this many.
+    #[arg(long)]
+    pub compact_min_files: Option<usize>,
 }
 
 /// The TOML file: the same settings, grouped.
@@ -179,7 +188,8 @@ pub struct Config {
     pub token: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub subscriber_buffer: usize,
-    pub data_dir: Option<String>,
+    pub data_dir: String,
+    pub archive: crate::archive::ArchiveConfig,
 }
 
 fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
@@ -276,6 +286,7 @@ impl Config {
                     .or(fe.idle_timeout_ms)
                     .map(Duration::from_millis)
                     .unwrap_or(engine_defaults.watermark.idle_timeout),
+                require_assignment: kafka.is_some(),
             },
             lap_gap_ms: e
                 .lap_gap_ms
@@ -317,8 +328,29 @@ impl Config {
             data_dir: args
                 .storage
                 .data_dir
-                .or(file.storage.data_dir)
-                .or_else(|| Some("pitwall-data".into())),
+                .clone()
+                .or(file.storage.data_dir.clone())
+                .unwrap_or_else(|| "pitwall-data".into()),
+            archive: {
+                let d = crate::archive::ArchiveConfig::default();
+                let (a, fa) = (&args.storage, &file.storage);
+                crate::archive::ArchiveConfig {
+                    checkpoint_interval: a
+                        .checkpoint_ms
+                        .or(fa.checkpoint_ms)
+                        .map(Duration::from_millis)
+                        .unwrap_or(d.checkpoint_interval),
+                    retention: a
+                        .retention_days
+                        .or(fa.retention_days)
+                        .map(|days| Duration::from_secs_f64(days * 86_400.0)),
+                    compact_min_files: a
+                        .compact_min_files
+                        .or(fa.compact_min_files)
+                        .unwrap_or(d.compact_min_files),
+                    ..d
+                }
+            },
         })
     }
 }

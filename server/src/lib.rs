@@ -1,33 +1,38 @@
-//! Pitwall server: live telemetry in, continuous SQL results out.
+//! Pitwall server: live telemetry in, continuous SQL results out, everything archived.
 //!
 //! Telemetry enters from Kafka ([`ingest::kafka`], or the in-process replay of the bundled
 //! session, [`ingest::embedded`]) and is gathered into micro-batches that are decoded straight
-//! into Arrow record batches ([`ingest::decode`]); messages that cannot be decoded go to the
-//! dead-letter sink. The [`engine`] moves the event-time watermark and runs every continuous
-//! query, written in plain SQL and compiled by DataFusion into stages that keep only open
-//! windows, over each micro-batch; what a query emits goes to its result stream. Result
-//! streams are served live over Arrow Flight, with query control and Flight SQL on the same
-//! port ([`flight`]).
+//! into Arrow record batches ([`ingest::decode`]); messages that cannot be decoded become dead
+//! letters. The [`engine`] moves the event-time watermark and runs every continuous query,
+//! written in plain SQL and compiled by DataFusion into stages that keep only open windows,
+//! over each micro-batch; what a query emits goes to its result stream. Result streams are
+//! served live over Arrow Flight, with query control and Flight SQL on the same port
+//! ([`flight`]). Raw rows, results and dead letters are written to Parquet with the engine's
+//! checkpoints ([`archive`]), which is what makes a restart lose and repeat nothing.
 
+pub mod archive;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod flight;
 pub mod ingest;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::archive::{Archive, ArchiveCatalog, Store};
 pub use crate::config::{Config, ServerArgs};
+use crate::engine::snapshot::parse_offset_key;
 use crate::engine::{Engine, EngineHandle, QueryDef};
 pub use crate::error::{Error, Result};
 use crate::ingest::IngestStats;
-use crate::ingest::dead_letter::DeadLetterSink;
 use crate::ingest::decode::Decoder;
 
 /// The default continuous queries, used when no queries directory is configured.
@@ -50,11 +55,13 @@ pub fn initial_queries(dir: Option<&Path>) -> Result<Vec<QueryDef>> {
     }
 }
 
-/// A server, built and ready to run.
+/// A server, built and ready to run: queries compiled, archive recovered.
 pub struct App {
     config: Config,
     engine: Engine,
     ingest_stats: Arc<IngestStats>,
+    store: Store,
+    next_seq: u64,
 }
 
 /// A server running in the background (tests start one in-process).
@@ -62,30 +69,31 @@ pub struct RunningApp {
     pub flight_addr: SocketAddr,
     pub engine: EngineHandle,
     pub ingest_stats: Arc<IngestStats>,
+    pub archive_stats: Arc<archive::ArchiveStats>,
     shutdown: watch::Sender<bool>,
     stop_ingest: Arc<AtomicBool>,
+    engine_task: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     ingest_thread: Option<std::thread::JoinHandle<()>>,
+    archive: Option<Archive>,
 }
 
 impl App {
-    /// Compiles the initial queries; a query that is refused is logged and left out.
+    /// Compiles the initial queries (one that is refused is logged and left out), makes the
+    /// archive consistent and restores the last checkpoint.
     pub async fn build(config: Config) -> Result<Self> {
         let mut engine = Engine::new(config.engine.clone())?;
         let mut defs = initial_queries(config.queries_dir.as_deref())?;
         // A query may read another: submit in passes until nothing more can start.
-        let mut last_err = Vec::new();
+        let mut refused = Vec::new();
         while !defs.is_empty() {
             let before = defs.len();
             let mut waiting = Vec::new();
-            last_err.clear();
+            refused.clear();
             for def in defs {
-                match engine.submit(def.clone()).await {
-                    Ok(_) => {}
-                    Err(e) => {
-                        last_err.push((def.name.clone(), e.to_string()));
-                        waiting.push(def);
-                    }
+                if let Err(e) = engine.submit(def.clone()).await {
+                    refused.push((def.name.clone(), e.to_string()));
+                    waiting.push(def);
                 }
             }
             defs = waiting;
@@ -93,13 +101,26 @@ impl App {
                 break;
             }
         }
-        for (name, err) in &last_err {
+        for (name, err) in &refused {
             tracing::error!(query = %name, error = %err, "query refused; the others run");
+        }
+        let store = Store::open(&config.data_dir)?;
+        let recovered = archive::recover(&store).await?;
+        if let Some((state, batches)) = &recovered.state {
+            let report = engine.restore(state, batches)?;
+            tracing::info!(
+                checkpoint = recovered.next_seq - 1,
+                restored = ?report.restored,
+                changed = ?report.changed,
+                "resumed from the last checkpoint"
+            );
         }
         Ok(Self {
             config,
             engine,
             ingest_stats: Arc::default(),
+            store,
+            next_seq: recovered.next_seq,
         })
     }
 
@@ -107,12 +128,14 @@ impl App {
         &self.engine
     }
 
-    /// Starts ingest, the engine and the endpoint in the background.
+    /// Starts ingest, the engine, the archive and the endpoint in the background.
     pub async fn start(self) -> Result<RunningApp> {
         let App {
             config,
             engine,
             ingest_stats,
+            store,
+            next_seq,
         } = self;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (handle, commands) = engine.handle();
@@ -120,27 +143,30 @@ impl App {
         let stop_ingest = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         let mut ingest_thread = None;
-        let data_dir = config.data_dir.as_deref().map(Path::new);
-        match &config.kafka {
+        let consumed: BTreeMap<(String, i32), i64> = engine
+            .consumed()
+            .iter()
+            .filter_map(|(k, v)| Some((parse_offset_key(k)?, *v)))
+            .collect();
+        let committer = match &config.kafka {
             Some(kafka) => {
+                let skip: BTreeMap<i32, i64> = consumed
+                    .iter()
+                    .filter(|((t, _), _)| *t == kafka.topic)
+                    .map(|((_, p), o)| (*p, *o))
+                    .collect();
+                tracing::debug!(?skip, "resuming past the checkpoint's offsets");
                 let decoder = Decoder::new(config.decode.clone())?;
-                let dead_letters = DeadLetterSink::new(data_dir, std::time::Duration::from_secs(5));
                 let source = ingest::kafka::spawn(
                     kafka.clone(),
                     decoder,
-                    dead_letters,
                     ingest_stats.clone(),
                     batch_tx,
                     stop_ingest.clone(),
+                    skip,
                 )?;
                 ingest_thread = Some(source.thread);
-                let committer = source.committer;
-                tasks.push(tokio::spawn(engine.run(
-                    batch_rx,
-                    commands,
-                    Some(Box::new(CommitAfterStep(committer))),
-                    shutdown_rx.clone(),
-                )));
+                Some(source.committer)
             }
             None => {
                 let session = ingest::embedded::bundled_session()?;
@@ -149,26 +175,38 @@ impl App {
                     looping: config.embedded_loop,
                     tick: config.engine.tick,
                 };
+                let start = consumed
+                    .get(&(ingest::embedded::TOPIC.to_string(), 0))
+                    .copied()
+                    .unwrap_or(0);
                 let stats = ingest_stats.clone();
                 tasks.push(tokio::spawn(async move {
-                    if let Err(e) = ingest::embedded::run(session, cfg, stats, batch_tx).await {
+                    if let Err(e) =
+                        ingest::embedded::run(session, cfg, stats, batch_tx, start).await
+                    {
                         tracing::error!(error = %e, "embedded replay stopped");
                     }
                 }));
-                tasks.push(tokio::spawn(engine.run(
-                    batch_rx,
-                    commands,
-                    None,
-                    shutdown_rx.clone(),
-                )));
+                None
             }
-        }
+        };
+        let archive = Archive::start(store.clone(), config.archive.clone(), next_seq, committer)?;
+        let sink = archive.sink(&config.archive);
+        let archive_stats = archive.stats.clone();
+        let engine_task = tokio::spawn(engine.run(
+            batch_rx,
+            commands,
+            Some(Box::new(sink)),
+            shutdown_rx.clone(),
+        ));
         let state = Arc::new(flight::FlightState {
             engine: handle.clone(),
             ingest: ingest_stats.clone(),
             subscriber_buffer: config.subscriber_buffer,
             subscribers_dropped: Default::default(),
             adhoc: flight::adhoc::AdhocLimits::default(),
+            archive: Some(Arc::new(ArchiveCatalog { store })),
+            archive_stats: Some(archive_stats.clone()),
             started: std::time::Instant::now(),
         });
         let (flight_addr, flight_task) = flight::serve(
@@ -184,31 +222,60 @@ impl App {
             flight_addr,
             engine: handle,
             ingest_stats,
+            archive_stats,
             shutdown,
             stop_ingest,
+            engine_task: Some(engine_task),
             tasks,
             ingest_thread,
+            archive: Some(archive),
         })
     }
 
-    /// Runs until Ctrl-C.
+    /// Runs until Ctrl-C or SIGTERM, then stops cleanly (a last checkpoint included).
     pub async fn run_until_stopped(self) -> Result<()> {
         let running = self.start().await?;
         tracing::info!(addr = %running.flight_addr, "Pitwall is up");
-        let _ = tokio::signal::ctrl_c().await;
+        wait_for_signal().await;
         tracing::info!("stopping");
         running.stop().await;
         Ok(())
     }
 }
 
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 impl RunningApp {
+    /// Stops ingest, lets the engine take a last checkpoint, waits for the archive to write it.
     pub async fn stop(mut self) {
         self.stop_ingest.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
+        if let Some(mut t) = self.engine_task.take() {
+            if tokio::time::timeout(Duration::from_secs(10), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
+        }
+        if let Some(a) = self.archive.take() {
+            let _ = tokio::task::spawn_blocking(move || a.finish()).await;
+        }
         for mut t in self.tasks.drain(..) {
-            // The engine and the endpoint end on the shutdown signal; anything else is aborted.
-            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut t)
+            if tokio::time::timeout(Duration::from_secs(5), &mut t)
                 .await
                 .is_err()
             {
@@ -218,22 +285,6 @@ impl RunningApp {
         }
         if let Some(t) = self.ingest_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-    }
-}
-
-/// Without an archive, a micro-batch is done once the engine has run it: commit its offsets.
-struct CommitAfterStep(ingest::kafka::Committer);
-
-impl engine::StepSink for CommitAfterStep {
-    fn on_step(
-        &mut self,
-        batch: Option<&ingest::MicroBatch>,
-        _outputs: &engine::StepOutput,
-        _wm: Option<i64>,
-    ) {
-        if let Some(b) = batch {
-            self.0.commit(ingest::kafka::next_offsets(b));
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod archive;
 mod engine;
 mod flight;
 mod replay;

@@ -25,7 +25,14 @@ pub fn parse_read_only(state: &SessionState, sql: &str) -> Result<DFStatement, S
         DFStatement::CopyTo(_) => {
             Err("COPY is refused: writing files from SQL is not allowed".into())
         }
-        DFStatement::Explain(_) => Err("EXPLAIN of extension statements is refused".into()),
+        DFStatement::Explain(e) => {
+            let query = matches!(e.statement.as_ref(), DFStatement::Statement(s) if matches!(**s, Statement::Query(_)));
+            if query {
+                Ok(stmt)
+            } else {
+                Err("EXPLAIN is for queries only (EXPLAIN SELECT ...)".into())
+            }
+        }
         DFStatement::Reset(_) => {
             Err("RESET is refused: settings cannot be changed from SQL".into())
         }

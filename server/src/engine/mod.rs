@@ -13,6 +13,7 @@ pub mod guard;
 pub mod oracle;
 pub mod pipeline;
 pub mod results;
+pub mod snapshot;
 pub mod splice;
 pub mod watermark;
 pub mod windows;
@@ -169,6 +170,8 @@ pub struct Engine {
     stats: Arc<EngineStats>,
     registry: ResultRegistry,
     task_ctx: Arc<TaskContext>,
+    /// "topic/partition" -> next offset to read, for the rows this engine has processed.
+    consumed: BTreeMap<String, i64>,
 }
 
 impl Engine {
@@ -184,6 +187,7 @@ impl Engine {
             stats: Arc::default(),
             registry: Arc::default(),
             task_ctx,
+            consumed: BTreeMap::new(),
         })
     }
 
@@ -445,6 +449,9 @@ impl Engine {
                     self.stats
                         .late_rows
                         .fetch_add(late as u64, Ordering::Relaxed);
+                    if late > 0 {
+                        tracing::debug!(late, watermark = wm, partitions = ?b.partitions, "late rows");
+                    }
                 }
                 input.push(b.rows.clone());
             }
@@ -455,6 +462,12 @@ impl Engine {
             }
             self.watermarks
                 .progress(b.assigned.as_deref(), &b.caught_up, now);
+            for p in &b.partitions {
+                self.consumed.insert(
+                    snapshot::offset_key(&b.topic, p.partition),
+                    p.last_offset + 1,
+                );
+            }
         }
         let wm = self.watermarks.advance(now);
         let idle = self.watermarks.input_idle(now);
@@ -505,6 +518,86 @@ impl Engine {
             }
         }
         outputs
+    }
+}
+
+/// What a restore found in a checkpoint.
+#[derive(Debug, Default, Clone)]
+pub struct RestoreReport {
+    pub restored: Vec<String>,
+    /// Queries whose SQL or parameters changed since the checkpoint: they start afresh.
+    pub changed: Vec<String>,
+    /// Queries in the checkpoint that no longer run.
+    pub gone: Vec<String>,
+}
+
+fn fingerprint(def: &QueryDef) -> String {
+    let params: Vec<String> = def
+        .params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", literal_text(v)))
+        .collect();
+    format!("{}\n--params: {}", def.sql, params.join(","))
+}
+
+impl Engine {
+    /// The state of every open window, the watermark and the offsets processed so far.
+    pub fn snapshot(&self) -> (snapshot::EngineState, snapshot::Batches) {
+        let mut batches = snapshot::Batches::default();
+        let queries = self
+            .order
+            .iter()
+            .map(|n| {
+                let q = &self.queries[n];
+                snapshot::QueryState {
+                    name: n.clone(),
+                    fingerprint: fingerprint(&q.def),
+                    late_rows: q.pipeline.late_rows(),
+                    stages: q.pipeline.snapshot(&mut batches),
+                }
+            })
+            .collect();
+        let state = snapshot::EngineState {
+            watermark: self.watermarks.snapshot(),
+            consumed: self.consumed.clone(),
+            queries,
+        };
+        (state, batches)
+    }
+
+    /// Offsets processed so far ("topic/partition" -> next offset).
+    pub fn consumed(&self) -> &BTreeMap<String, i64> {
+        &self.consumed
+    }
+
+    /// Resumes from a checkpoint: window state of queries whose SQL is unchanged, the
+    /// watermark, and the offsets already processed.
+    pub fn restore(
+        &mut self,
+        state: &snapshot::EngineState,
+        batches: &snapshot::Batches,
+    ) -> Result<RestoreReport> {
+        let mut report = RestoreReport::default();
+        for qs in &state.queries {
+            let Some(q) = self.queries.get_mut(&qs.name) else {
+                report.gone.push(qs.name.clone());
+                continue;
+            };
+            if fingerprint(&q.def) != qs.fingerprint {
+                report.changed.push(qs.name.clone());
+                continue;
+            }
+            match q.pipeline.restore(&qs.stages, qs.late_rows, batches) {
+                Ok(()) => report.restored.push(qs.name.clone()),
+                Err(e) => {
+                    tracing::warn!(query = %qs.name, error = %e, "window state not restored; the query starts afresh");
+                    report.changed.push(qs.name.clone());
+                }
+            }
+        }
+        self.watermarks.restore(&state.watermark);
+        self.consumed = state.consumed.clone();
+        Ok(report)
     }
 }
 
@@ -577,7 +670,9 @@ impl EngineHandle {
 
 /// Receives each step's input and output, e.g. the archive.
 pub trait StepSink: Send {
-    fn on_step(&mut self, batch: Option<&MicroBatch>, outputs: &StepOutput, watermark: Option<i64>);
+    fn on_step(&mut self, engine: &Engine, batch: Option<&MicroBatch>, outputs: &StepOutput);
+    /// Called once when the engine stops.
+    fn on_shutdown(&mut self, _engine: &Engine) {}
 }
 
 impl Engine {
@@ -641,7 +736,7 @@ impl Engine {
                     Some(b) => {
                         let out = self.step(Some(&b), Instant::now()).await;
                         if let Some(s) = sink.as_mut() {
-                            s.on_step(Some(&b), &out, self.watermark());
+                            s.on_step(&self, Some(&b), &out);
                         }
                     }
                     None => {
@@ -652,12 +747,13 @@ impl Engine {
                 _ = tick.tick() => {
                     let out = self.step(None, Instant::now()).await;
                     if let Some(s) = sink.as_mut() {
-                        if !out.is_empty() {
-                            s.on_step(None, &out, self.watermark());
-                        }
+                        s.on_step(&self, None, &out);
                     }
                 }
             }
+        }
+        if let Some(s) = sink.as_mut() {
+            s.on_shutdown(&self);
         }
     }
 }

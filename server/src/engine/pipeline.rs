@@ -483,3 +483,90 @@ async fn window_step(
         None => Ok(vec![emitted]),
     }
 }
+
+mod checkpoint {
+    //! Snapshot and restore of a pipeline's stage state.
+    use super::*;
+    use crate::engine::snapshot::{Batches, StageState as Snap};
+
+    impl Pipeline {
+        pub fn snapshot(&self, batches: &mut Batches) -> Vec<Snap> {
+            self.states
+                .iter()
+                .map(|s| match s {
+                    StageState::Aggregate(a) => match (&a.time, &a.laps) {
+                        (Some(t), _) => Snap::Time(t.snapshot(batches)),
+                        (None, Some(l)) => Snap::Laps(l.snapshot(batches)),
+                        (None, None) => unreachable!("an aggregate stage has time or lap windows"),
+                    },
+                    StageState::WindowFn(w) => {
+                        let mut pending: Vec<u64> = w.pending.iter().copied().collect();
+                        pending.sort_unstable();
+                        Snap::WindowFn {
+                            held: batches.put_all(&w.held),
+                            released_through: w.released_through,
+                            retained: w.retained.as_ref().map(|r| batches.put(r)),
+                            pending,
+                            next_seq: w.next_seq,
+                        }
+                    }
+                })
+                .collect()
+        }
+
+        /// Restores stage state saved by [`Pipeline::snapshot`] of the same query.
+        pub fn restore(
+            &mut self,
+            stages: &[Snap],
+            late_rows: u64,
+            batches: &Batches,
+        ) -> Result<()> {
+            if stages.len() != self.states.len() {
+                return Err(Error::Archive(
+                    "checkpoint stages do not match the query".into(),
+                ));
+            }
+            let mut restored = Vec::with_capacity(stages.len());
+            for (snap, plan) in stages.iter().zip(&self.compiled.stages) {
+                restored.push(match (snap, plan) {
+                    (Snap::Time(t), StagePlan::Aggregate(_)) => {
+                        StageState::Aggregate(AggregateState {
+                            time: Some(TimeWindows::restore(t, batches)?),
+                            laps: None,
+                        })
+                    }
+                    (Snap::Laps(l), StagePlan::Aggregate(_)) => {
+                        StageState::Aggregate(AggregateState {
+                            time: None,
+                            laps: Some(LapWindows::restore(l, batches)?),
+                        })
+                    }
+                    (
+                        Snap::WindowFn {
+                            held,
+                            released_through,
+                            retained,
+                            pending,
+                            next_seq,
+                        },
+                        StagePlan::WindowFn(_),
+                    ) => StageState::WindowFn(WindowFnState {
+                        held: batches.get_all(held)?,
+                        released_through: *released_through,
+                        retained: retained.map(|r| batches.get(r)).transpose()?,
+                        pending: pending.iter().copied().collect(),
+                        next_seq: *next_seq,
+                    }),
+                    _ => {
+                        return Err(Error::Archive(
+                            "checkpoint stages do not match the query".into(),
+                        ));
+                    }
+                });
+            }
+            self.states = restored;
+            self.late_rows = late_rows;
+            Ok(())
+        }
+    }
+}

@@ -49,6 +49,7 @@ pub async fn stream_result(
         watermark: WatermarkConfig {
             lateness_ms: 1_000,
             idle_timeout: Duration::from_millis(500),
+            require_assignment: false,
         },
         lap_gap_ms: 10_000,
         ..EngineConfig::default()
@@ -95,6 +96,7 @@ pub async fn stream_result(
             }],
             assigned: None,
             caught_up: vec![0],
+            dead_letters: Vec::new(),
             ready_at: now,
         };
         now += Duration::from_millis(batch_ms as u64);

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 pub struct WatermarkConfig {
     pub lateness_ms: i64,
     pub idle_timeout: Duration,
+    /// The source reports which partitions it owns (Kafka): until it has, nothing is known
+    /// about the partitions not seen yet, and the watermark waits.
+    pub require_assignment: bool,
 }
 
 impl Default for WatermarkConfig {
@@ -24,6 +27,7 @@ impl Default for WatermarkConfig {
         Self {
             lateness_ms: 1_000,
             idle_timeout: Duration::from_secs(1),
+            require_assignment: false,
         }
     }
 }
@@ -73,6 +77,11 @@ impl Watermarks {
         if let Some(a) = assigned {
             self.assigned = Some(a.iter().copied().collect());
         }
+        for (p, c) in self.partitions.iter_mut() {
+            if !caught_up.contains(p) {
+                c.caught_up_at = None;
+            }
+        }
         for p in caught_up {
             self.partitions
                 .entry(*p)
@@ -101,6 +110,9 @@ impl Watermarks {
 
     /// Recomputes the stream watermark at `now` and returns it.
     pub fn advance(&mut self, now: Instant) -> Option<i64> {
+        if self.config.require_assignment && self.assigned.is_none() {
+            return self.current;
+        }
         let relevant = self.relevant();
         let mut active_min: Option<i64> = None;
         for p in &relevant {
@@ -135,6 +147,9 @@ impl Watermarks {
             }
         };
         if let Some(c) = candidate {
+            if self.current.is_none_or(|w| c > w) {
+                tracing::trace!(watermark = c, ?relevant, partitions = ?self.partitions, assigned = ?self.assigned, "watermark advanced");
+            }
             self.current = Some(self.current.map_or(c, |w| w.max(c)));
         }
         self.current
@@ -159,6 +174,29 @@ impl Watermarks {
     }
 }
 
+impl Watermarks {
+    pub fn snapshot(&self) -> crate::engine::snapshot::WatermarkState {
+        let mut partitions: Vec<(i32, i64)> = self
+            .partitions
+            .iter()
+            .filter_map(|(p, c)| Some((*p, c.max_ts?)))
+            .collect();
+        partitions.sort_unstable();
+        crate::engine::snapshot::WatermarkState {
+            current: self.current,
+            partitions,
+        }
+    }
+
+    /// Restores the event-time progress of a checkpoint (arrival times start afresh).
+    pub fn restore(&mut self, state: &crate::engine::snapshot::WatermarkState) {
+        self.current = state.current;
+        for (p, ts) in &state.partitions {
+            self.partitions.entry(*p).or_default().max_ts = Some(*ts);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +205,33 @@ mod tests {
         Watermarks::new(WatermarkConfig {
             lateness_ms: 1_000,
             idle_timeout: Duration::from_secs(2),
+            require_assignment: false,
         })
+    }
+
+    #[test]
+    fn after_a_restore_the_watermark_waits_for_the_assignment() {
+        let mut w = Watermarks::new(WatermarkConfig {
+            require_assignment: true,
+            ..WatermarkConfig::default()
+        });
+        let t = Instant::now();
+        // A checkpoint taken before partition 0 delivered anything.
+        w.restore(&crate::engine::snapshot::WatermarkState {
+            current: None,
+            partitions: vec![(1, 50_000), (2, 60_000)],
+        });
+        assert_eq!(
+            w.advance(t),
+            None,
+            "partition 0 may exist and hold older rows"
+        );
+        w.progress(Some(&[]), &[], t);
+        assert_eq!(w.advance(t), None, "no partitions yet (rebalancing)");
+        w.progress(Some(&[0, 1, 2]), &[], t);
+        assert_eq!(w.advance(t), None, "partition 0 not read yet");
+        w.observe(0, 10_000, t);
+        assert_eq!(w.advance(t), Some(9_000));
     }
 
     #[test]
@@ -233,6 +297,18 @@ mod tests {
         assert_eq!(w.advance(t + Duration::from_secs(2)), Some(12_000));
         assert!(w.input_idle(t + Duration::from_secs(2)));
         assert_eq!(w.advance(t + Duration::from_secs(5)), Some(15_000));
+    }
+
+    #[test]
+    fn a_partition_no_longer_reported_at_its_end_is_not_idle() {
+        let mut w = wm();
+        let t = Instant::now();
+        w.observe(0, 10_000, t);
+        w.progress(None, &[0], t);
+        // The broker went away: nobody knows where the end is any more.
+        w.progress(None, &[], t + Duration::from_millis(100));
+        assert_eq!(w.advance(t + Duration::from_secs(30)), Some(9_000));
+        assert!(!w.input_idle(t + Duration::from_secs(30)));
     }
 
     #[test]

@@ -249,3 +249,92 @@ mod tests {
         assert_eq!(w.open_windows(), 2);
     }
 }
+
+mod checkpoint {
+    //! Snapshot and restore of window buffers.
+    use super::*;
+    use crate::engine::snapshot::{Batches, CarState, LapState, LapWindowsState, TimeWindowsState};
+    use crate::error::Result;
+
+    impl TimeWindows {
+        pub fn snapshot(&self, batches: &mut Batches) -> TimeWindowsState {
+            TimeWindowsState {
+                size_ms: self.size_ms,
+                closed_through: self.closed_through,
+                open: self
+                    .open
+                    .iter()
+                    .map(|(s, b)| (*s, batches.put_all(b)))
+                    .collect(),
+            }
+        }
+
+        pub fn restore(state: &TimeWindowsState, batches: &Batches) -> Result<Self> {
+            Ok(Self {
+                size_ms: state.size_ms,
+                closed_through: state.closed_through,
+                open: state
+                    .open
+                    .iter()
+                    .map(|(s, idx)| Ok((*s, batches.get_all(idx)?)))
+                    .collect::<Result<_>>()?,
+            })
+        }
+    }
+
+    impl LapWindows {
+        pub fn snapshot(&self, batches: &mut Batches) -> LapWindowsState {
+            let mut cars: Vec<CarState> = self
+                .cars
+                .iter()
+                .map(|(car, c)| CarState {
+                    car: car.clone(),
+                    closed_upto: c.closed_upto,
+                    last_ts: c.last_ts,
+                    open: c
+                        .open
+                        .iter()
+                        .map(|(lap, w)| LapState {
+                            lap: *lap,
+                            min_ts: w.min_ts,
+                            rows: batches.put_all(&w.rows),
+                        })
+                        .collect(),
+                })
+                .collect();
+            cars.sort_by(|a, b| a.car.cmp(&b.car));
+            LapWindowsState {
+                gap_ms: self.gap_ms,
+                cars,
+            }
+        }
+
+        pub fn restore(state: &LapWindowsState, batches: &Batches) -> Result<Self> {
+            let mut cars = HashMap::new();
+            for c in &state.cars {
+                let mut open = BTreeMap::new();
+                for l in &c.open {
+                    open.insert(
+                        l.lap,
+                        LapWindow {
+                            rows: batches.get_all(&l.rows)?,
+                            min_ts: l.min_ts,
+                        },
+                    );
+                }
+                cars.insert(
+                    c.car.clone(),
+                    CarLaps {
+                        open,
+                        closed_upto: c.closed_upto,
+                        last_ts: c.last_ts,
+                    },
+                );
+            }
+            Ok(Self {
+                gap_ms: state.gap_ms,
+                cars,
+            })
+        }
+    }
+}

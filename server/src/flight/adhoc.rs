@@ -1,6 +1,6 @@
 //! Ad-hoc SQL from clients (Flight SQL, `pitwall sql`): read-only queries over each
-//! continuous query's recent results (schema `live`, the default), under a memory limit and a
-//! timeout.
+//! continuous query's recent results (schema `live`, the default) and over the archive
+//! (schema `archive`), under a memory limit and a timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +67,11 @@ pub async fn context(state: &FlightState) -> Result<SessionContext, Status> {
             .map_err(|e| Status::internal(e.to_string()))?;
         ctx.register_table(q.name.as_str(), Arc::new(table))
             .map_err(|e| Status::internal(e.to_string()))?;
+    }
+    if let Some(archive) = &state.archive {
+        if let Err(e) = archive.register(&ctx, CATALOG).await {
+            tracing::warn!(error = %e, "the archive is not queryable right now");
+        }
     }
     Ok(ctx)
 }

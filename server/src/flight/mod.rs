@@ -40,6 +40,8 @@ pub struct FlightState {
     pub subscriber_buffer: usize,
     pub subscribers_dropped: AtomicU64,
     pub adhoc: adhoc::AdhocLimits,
+    pub archive: Option<Arc<crate::archive::ArchiveCatalog>>,
+    pub archive_stats: Option<Arc<crate::archive::ArchiveStats>>,
     pub started: Instant,
 }
 

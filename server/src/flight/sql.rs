@@ -224,9 +224,22 @@ impl PitwallSql {
                     open_windows: q.open_windows,
                 })
                 .collect(),
-            archive_rows: 0,
-            archive_files: 0,
-            archive_error: String::new(),
+            archive_rows: self
+                .state
+                .archive_stats
+                .as_ref()
+                .map_or(0, |a| a.rows.load(Ordering::Relaxed)),
+            archive_files: self
+                .state
+                .archive_stats
+                .as_ref()
+                .map_or(0, |a| a.files.load(Ordering::Relaxed)),
+            archive_error: self
+                .state
+                .archive_stats
+                .as_ref()
+                .and_then(|a| a.last_error())
+                .unwrap_or_default(),
             subscribers_dropped: self.state.subscribers_dropped.load(Ordering::Relaxed),
             uptime_s: self.state.started.elapsed().as_secs_f64(),
         })
@@ -621,6 +634,28 @@ impl FlightSqlService for PitwallSql {
                 ))
             }
             a::STATS => answer(self.stats().await?),
+            a::SESSIONS => {
+                let archive = self
+                    .state
+                    .archive
+                    .as_ref()
+                    .ok_or_else(|| Status::failed_precondition("no archive"))?;
+                let ctx = adhoc::context(&self.state).await?;
+                let batch = archive.sessions(&ctx).await.map_err(super::status)?;
+                let mut buf = Vec::new();
+                {
+                    let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(
+                        &mut buf,
+                        &batch.schema(),
+                    )
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                    w.write(&batch)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    w.finish().map_err(|e| Status::internal(e.to_string()))?;
+                }
+                let r = arrow_flight::Result { body: buf.into() };
+                Ok(Response::new(Box::pin(futures::stream::iter([Ok(r)]))))
+            }
             other => Err(Status::invalid_argument(format!(
                 "unknown action {other:?}; `ListActions` names the ones this server takes"
             ))),
@@ -645,6 +680,10 @@ impl FlightSqlService for PitwallSql {
                 "Set parameters, from the next micro-batch (SetParams) -> QueryInfo",
             ),
             (a::STATS, "Server statistics (GetStats) -> ServerStats"),
+            (
+                a::SESSIONS,
+                "Archived sessions -> one Arrow IPC stream (session, drivers, rows, time range, size)",
+            ),
         ];
         Some(
             described

@@ -1,20 +1,16 @@
 //! Dead letters: messages that could not be decoded, kept with everything needed to look at
-//! them later (raw bytes, topic, partition, offset, reason, error) as Parquet files under
-//! `DATA_DIR/dead_letters/`, and optionally republished to a dead-letter topic.
+//! them later (raw bytes, topic, partition, offset, reason, error). They travel with their
+//! micro-batch to the archive (`DATA_DIR/dead_letters/*.parquet`, exactly once like the
+//! rows), and are optionally republished to a dead-letter topic.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{
     ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use crate::error::Result;
 
@@ -82,7 +78,7 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-fn to_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
+pub fn to_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -122,92 +118,4 @@ fn to_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
         ),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
-}
-
-struct OpenFile {
-    writer: ArrowWriter<File>,
-    tmp: PathBuf,
-    path: PathBuf,
-    opened: Instant,
-    rows: usize,
-}
-
-/// Writes dead letters to Parquet files, each closed (and visible) after `roll_after` or
-/// 100,000 rows, and when the sink is closed.
-pub struct DeadLetterSink {
-    dir: Option<PathBuf>,
-    file: Option<OpenFile>,
-    roll_after: Duration,
-    files: u64,
-}
-
-impl DeadLetterSink {
-    /// `dir` None keeps no files (dead letters are still counted).
-    pub fn new(dir: Option<&Path>, roll_after: Duration) -> Self {
-        Self {
-            dir: dir.map(|d| d.join("dead_letters")),
-            file: None,
-            roll_after,
-            files: 0,
-        }
-    }
-
-    pub fn write(&mut self, letters: &[DeadLetter]) -> Result<()> {
-        let Some(dir) = &self.dir else { return Ok(()) };
-        if letters.is_empty() {
-            return self.maybe_roll();
-        }
-        if self.file.is_none() {
-            std::fs::create_dir_all(dir)?;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis();
-            self.files += 1;
-            let name = format!("dead-letters-{now}-{}.parquet", self.files);
-            let path = dir.join(&name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .build();
-            let writer = ArrowWriter::try_new(File::create(&tmp)?, schema(), Some(props))?;
-            self.file = Some(OpenFile {
-                writer,
-                tmp,
-                path,
-                opened: Instant::now(),
-                rows: 0,
-            });
-        }
-        let f = self.file.as_mut().expect("opened above");
-        f.writer.write(&to_batch(letters)?)?;
-        f.rows += letters.len();
-        self.maybe_roll()
-    }
-
-    fn maybe_roll(&mut self) -> Result<()> {
-        let due = self
-            .file
-            .as_ref()
-            .is_some_and(|f| f.opened.elapsed() >= self.roll_after || f.rows >= 100_000);
-        if due { self.close() } else { Ok(()) }
-    }
-
-    /// Finishes the open file, if any.
-    pub fn close(&mut self) -> Result<()> {
-        if let Some(f) = self.file.take() {
-            let file = f.writer.into_inner()?;
-            file.sync_all()?;
-            std::fs::rename(&f.tmp, &f.path)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for DeadLetterSink {
-    fn drop(&mut self) {
-        if let Err(e) = self.close() {
-            tracing::error!(error = %e, "cannot finish the dead-letter file");
-        }
-    }
 }

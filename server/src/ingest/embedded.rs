@@ -24,6 +24,8 @@ use crate::error::{Error, Result};
 /// The bundled session, compiled into the binary (see data/PROVENANCE.md).
 pub const BUNDLED_PARQUET: &[u8] = include_bytes!("../../../data/2023-british-gp-race.parquet");
 pub const BUNDLED_NAME: &str = "2023-british-gp-race";
+/// The topic name offsets of the embedded source are recorded under.
+pub const TOPIC: &str = "embedded";
 
 /// The bundled session's rows in the canonical schema, sorted by event time.
 pub fn bundled_session() -> Result<RecordBatch> {
@@ -58,6 +60,7 @@ pub async fn run(
     config: EmbeddedConfig,
     stats: Arc<IngestStats>,
     tx: mpsc::Sender<MicroBatch>,
+    start_offset: i64,
 ) -> Result<()> {
     let ts = session
         .column_by_name(col::TS)
@@ -76,11 +79,15 @@ pub async fn run(
         .value(0)
         .to_string();
     tracing::info!(session = %name, rows = session.num_rows(), speed = config.speed, "embedded replay started");
-    let mut round = 0i64;
-    let mut offset: i64 = 0;
+    // Offsets count rows across rounds; a restart resumes at the checkpoint's offset.
+    let n = session.num_rows() as i64;
+    let mut round = start_offset / n;
+    let mut offset: i64 = start_offset;
+    let mut resume_at = (start_offset % n) as usize;
     loop {
+        let mut pos = std::mem::take(&mut resume_at);
+        let first = ts.value(pos);
         let started = Instant::now();
-        let mut pos = 0usize;
         let mut tick = tokio::time::interval(config.tick);
         while pos < session.num_rows() {
             tick.tick().await;
@@ -96,7 +103,7 @@ pub async fn run(
             let max_ts = ts.value(end - 1) + round * span;
             stats.count((end - pos) as u64, 0, (end - pos) as u64);
             let batch = MicroBatch {
-                topic: "embedded".into(),
+                topic: TOPIC.into(),
                 rows,
                 partitions: vec![PartitionSlice {
                     partition: 0,
@@ -106,6 +113,7 @@ pub async fn run(
                 }],
                 assigned: None,
                 caught_up: vec![0],
+                dead_letters: Vec::new(),
                 ready_at: Instant::now(),
             };
             offset += (end - pos) as i64;

@@ -10,17 +10,133 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use pitwall_proto::schema::col;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer as RdBaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::dead_letter::{DeadLetter, DeadLetterSink};
+use super::dead_letter::DeadLetter;
 use super::decode::{Decoder, RawMessage};
 use super::{IngestStats, MicroBatch, PartitionSlice};
 use crate::error::Result;
+
+/// The consumer's librdkafka context: reaching the end of a partition is how the watermark
+/// learns the input is caught up, not an error worth a log line.
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::warn!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+type BaseConsumer = RdBaseConsumer<Quiet>;
+
+/// Makes sure consumption resumes at or before the last checkpoint's offsets.
+///
+/// A broker asked for an offset in the middle of a record batch must return that batch; some
+/// (tansu 0.6 among them) return the next one, which would skip the rest of the batch. The
+/// first message of each resumed partition is checked; if it is past the checkpoint, the
+/// partition is sought back (further each time) and the rows below the checkpoint are dropped
+/// by the offset filter.
+struct ResumeGuard {
+    topic: String,
+    /// partition -> (checkpoint offset, how far back the next seek goes, reached offset 0)
+    pending: BTreeMap<i32, (i64, i64, bool)>,
+}
+
+impl ResumeGuard {
+    fn new(topic: &str, skip_below: &BTreeMap<i32, i64>) -> Self {
+        Self {
+            topic: topic.to_string(),
+            pending: skip_below
+                .iter()
+                .map(|(p, o)| (*p, (*o, 16_384, false)))
+                .collect(),
+        }
+    }
+
+    /// Whether to keep `m`; seeks back when the partition resumed past the checkpoint.
+    fn admit(&mut self, consumer: &BaseConsumer, m: &BorrowedMessage<'_>) -> bool {
+        let p = m.partition();
+        let Some((target, back, exhausted)) = self.pending.get_mut(&p) else {
+            return true;
+        };
+        if m.offset() <= *target || *exhausted {
+            if m.offset() > *target {
+                tracing::warn!(
+                    partition = p,
+                    from = *target,
+                    to = m.offset(),
+                    "messages below this offset are no longer in the topic"
+                );
+            }
+            self.pending.remove(&p);
+            return true;
+        }
+        let to = (*target - *back).max(0);
+        tracing::warn!(
+            partition = p,
+            checkpoint = *target,
+            got = m.offset(),
+            seek = to,
+            "resumed past the checkpoint; seeking back"
+        );
+        *exhausted = to == 0;
+        *back *= 2;
+        if let Err(e) = consumer.seek(&self.topic, p, Offset::Offset(to), Duration::from_secs(10)) {
+            tracing::warn!(partition = p, error = %e, "seek failed; will retry");
+        }
+        false
+    }
+
+    /// A partition at the end of its log has nothing left to miss, unless the end is past
+    /// the checkpoint and no message at or below it came: then the broker skipped them too.
+    fn at_end(&mut self, consumer: &BaseConsumer, p: i32) {
+        let Some((target, back, exhausted)) = self.pending.get_mut(&p) else {
+            return;
+        };
+        let position = consumer.position().ok().and_then(|tpl| {
+            tpl.find_partition(&self.topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+        });
+        match position {
+            Some(pos) if pos > *target && !*exhausted => {
+                let to = (*target - *back).max(0);
+                tracing::warn!(
+                    partition = p,
+                    checkpoint = *target,
+                    end = pos,
+                    seek = to,
+                    "resumed past the checkpoint; seeking back"
+                );
+                *exhausted = to == 0;
+                *back *= 2;
+                if let Err(e) =
+                    consumer.seek(&self.topic, p, Offset::Offset(to), Duration::from_secs(10))
+                {
+                    tracing::warn!(partition = p, error = %e, "seek failed; will retry");
+                }
+            }
+            _ => {
+                self.pending.remove(&p);
+            }
+        }
+    }
+}
 
 /// Where a new consumer group starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -102,13 +218,21 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
 pub fn spawn(
     config: KafkaConfig,
     mut decoder: Decoder,
-    mut dead_letters: DeadLetterSink,
     stats: Arc<IngestStats>,
     tx: mpsc::Sender<MicroBatch>,
     stop: Arc<AtomicBool>,
+    skip_below: BTreeMap<i32, i64>,
 ) -> Result<KafkaSource> {
-    let consumer: BaseConsumer = consumer_config(&config).create()?;
+    let consumer: BaseConsumer = consumer_config(&config).create_with_context(Quiet)?;
     consumer.subscribe(&[&config.topic])?;
+    let mut probe_config = ClientConfig::new();
+    probe_config.set("bootstrap.servers", &config.brokers);
+    for (k, v) in &config.options {
+        if !k.starts_with("group.") && !k.contains("session.timeout") && !k.contains("heartbeat") {
+            probe_config.set(k, v);
+        }
+    }
+    let prober: BaseConsumer = probe_config.create_with_context(Quiet)?;
     let dlq: Option<(BaseProducer, String)> = match &config.dead_letter_topic {
         Some(t) => {
             let mut pc = ClientConfig::new();
@@ -125,6 +249,8 @@ pub fn spawn(
             let mut pending: Offsets = BTreeMap::new();
             let mut at_end: BTreeSet<i32> = BTreeSet::new();
             let mut last_assigned: Option<Vec<i32>> = None;
+            let mut guard = ResumeGuard::new(&config.topic, &skip_below);
+            let mut last_probe = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 while let Ok(o) = commit_rx.try_recv() {
                     pending.extend(o);
@@ -132,14 +258,27 @@ pub fn spawn(
                 if !pending.is_empty() {
                     commit(&consumer, &mut pending);
                 }
-                let (messages, ends_changed) = poll_batch(&consumer, &config, &stop, &mut at_end);
+                let (messages, mut ends_changed) = poll_batch(&consumer, &config, &stop, &mut at_end, &mut guard);
                 let assigned = assignment(&consumer, &config.topic);
                 let assignment_changed = assigned != last_assigned;
+                // With nothing arriving, ask the broker whether we are really at the end: an
+                // unreachable broker means we do not know, and the watermark must wait.
+                if messages.is_empty() && last_probe.elapsed() >= Duration::from_millis(200) {
+                    last_probe = Instant::now();
+                    let probed = probe_ends(&consumer, &prober, &config.topic, assigned.as_deref().unwrap_or(&[]));
+                    if probed != at_end {
+                        at_end = probed;
+                        ends_changed = true;
+                    }
+                }
                 if messages.is_empty() && !ends_changed && !assignment_changed {
                     continue;
                 }
+                                if assignment_changed || ends_changed {
+                    tracing::debug!(?assigned, at_end = ?at_end, "partition progress");
+                }
                 last_assigned = assigned.clone();
-                let mut batch = match decode_batch(&config, &messages, &mut decoder, &mut dead_letters, dlq.as_ref(), &stats) {
+                let mut batch = match decode_batch(&config, &messages, &mut decoder, dlq.as_ref(), &stats, &skip_below) {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::error!(error = %e, "micro-batch could not be decoded; it is skipped");
@@ -147,6 +286,7 @@ pub fn spawn(
                     }
                 };
                 drop(messages);
+                tracing::trace!(partitions = ?batch.partitions, rows = batch.rows.num_rows(), "micro-batch");
                 batch.assigned = assigned;
                 batch.caught_up = at_end.iter().copied().collect();
                 if tx.blocking_send(batch).is_err() {
@@ -158,9 +298,6 @@ pub fn spawn(
             }
             if !pending.is_empty() {
                 commit(&consumer, &mut pending);
-            }
-            if let Err(e) = dead_letters.close() {
-                tracing::error!(error = %e, "cannot close the dead-letter file");
             }
             tracing::info!("consumer stopped");
         })?;
@@ -186,6 +323,37 @@ fn commit(consumer: &BaseConsumer, pending: &mut Offsets) {
     }
 }
 
+/// The partitions whose position has reached the broker's high watermark. Any broker error
+/// (e.g. it is down) yields none: being cut off is not being caught up.
+/// `prober` is a separate client, so that its requests never queue behind (or time out) the
+/// consumer's fetches.
+fn probe_ends(
+    consumer: &BaseConsumer,
+    prober: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> BTreeSet<i32> {
+    let positions = consumer.position().ok();
+    let mut ends = BTreeSet::new();
+    for &p in partitions {
+        let (low, high) = match prober.fetch_watermarks(topic, p, Duration::from_millis(500)) {
+            Ok(w) => w,
+            Err(_) => return BTreeSet::new(),
+        };
+        let pos = positions
+            .as_ref()
+            .and_then(|tpl| tpl.find_partition(topic, p))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        if high <= low || pos.is_some_and(|o| o >= high) {
+            ends.insert(p);
+        }
+    }
+    ends
+}
+
 /// The partitions of `topic` this consumer owns, sorted (None if unknown).
 fn assignment(consumer: &BaseConsumer, topic: &str) -> Option<Vec<i32>> {
     let tpl = consumer.assignment().ok()?;
@@ -206,6 +374,7 @@ fn poll_batch<'c>(
     config: &KafkaConfig,
     stop: &AtomicBool,
     at_end: &mut BTreeSet<i32>,
+    guard: &mut ResumeGuard,
 ) -> (Vec<BorrowedMessage<'c>>, bool) {
     let mut messages = Vec::new();
     let mut changed = false;
@@ -224,12 +393,23 @@ fn poll_batch<'c>(
         };
         match consumer.poll(wait) {
             Some(Ok(m)) => {
-                changed |= at_end.remove(&m.partition());
-                messages.push(m);
+                if guard.admit(consumer, &m) {
+                    changed |= at_end.remove(&m.partition());
+                    messages.push(m);
+                }
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => changed |= at_end.insert(p),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                guard.at_end(consumer, p);
+                changed |= at_end.insert(p);
+            }
             Some(Err(e)) => {
+                // Cut off from the broker we cannot know we are at the end of the log: the
+                // watermark waits instead of advancing on idleness.
                 tracing::warn!(error = %e, "kafka consumer error");
+                if !at_end.is_empty() {
+                    at_end.clear();
+                    changed = true;
+                }
                 break;
             }
             None if messages.is_empty() && !changed => {}
@@ -243,12 +423,19 @@ fn decode_batch(
     config: &KafkaConfig,
     messages: &[BorrowedMessage<'_>],
     decoder: &mut Decoder,
-    dead_letters: &mut DeadLetterSink,
     dlq: Option<&(BaseProducer, String)>,
     stats: &IngestStats,
+    skip_below: &BTreeMap<i32, i64>,
 ) -> Result<MicroBatch> {
+    // Messages below the last checkpoint's offsets were processed and archived before a
+    // restart: read again, they are skipped, not counted twice.
     let raw: Vec<RawMessage<'_>> = messages
         .iter()
+        .filter(|m| {
+            skip_below
+                .get(&m.partition())
+                .is_none_or(|&s| m.offset() >= s)
+        })
         .map(|m| RawMessage {
             payload: m.payload().unwrap_or(&[]),
             key: m.key(),
@@ -265,8 +452,9 @@ fn decode_batch(
     let decoded = decoder.decode(&raw)?;
     let bytes: u64 = raw.iter().map(|m| m.payload.len() as u64).sum();
     stats.count(raw.len() as u64, bytes, decoded.rows.num_rows() as u64);
+    let mut letters: Vec<DeadLetter> = Vec::new();
     if !decoded.bad.is_empty() {
-        let letters: Vec<DeadLetter> = decoded
+        letters = decoded
             .bad
             .iter()
             .map(|b| {
@@ -285,9 +473,6 @@ fn decode_batch(
             })
             .collect();
         tracing::debug!(count = letters.len(), "dead letters");
-        if let Err(e) = dead_letters.write(&letters) {
-            tracing::error!(error = %e, "cannot write dead letters");
-        }
         if let Some((producer, topic)) = dlq {
             for l in &letters {
                 let headers = rdkafka::message::OwnedHeaders::new()
@@ -313,8 +498,6 @@ fn decode_batch(
             }
             producer.poll(Duration::ZERO);
         }
-    } else {
-        dead_letters.write(&[])?;
     }
     // Per-partition progress: offsets of every message, event time of valid rows.
     let mut slices: BTreeMap<i32, PartitionSlice> = BTreeMap::new();
@@ -344,6 +527,7 @@ fn decode_batch(
         partitions: slices.into_values().collect(),
         assigned: None,
         caught_up: Vec::new(),
+        dead_letters: letters,
         ready_at: Instant::now(),
     })
 }

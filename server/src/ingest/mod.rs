@@ -38,6 +38,8 @@ pub struct MicroBatch {
     pub assigned: Option<Vec<i32>>,
     /// Partitions at the end of their log after this poll (nothing more to read right now).
     pub caught_up: Vec<i32>,
+    /// Messages that could not be decoded (archived with the batch).
+    pub dead_letters: Vec<dead_letter::DeadLetter>,
     /// When the batch was complete (decoded and ready for the engine).
     pub ready_at: Instant,
 }

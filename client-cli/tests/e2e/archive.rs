@@ -1,0 +1,455 @@
+//! The archive across crashes and outages: the server killed with SIGKILL and restarted, the
+//! broker stopped mid-replay, the data dir unwritable for a while. Afterwards the archive holds
+//! exactly the produced rows and the results of an uninterrupted run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::prelude::SessionContext;
+use pitwall_cli::client::{Client, ServerAddress};
+use pitwall_server::engine::oracle::{assert_same_rows, batch_result, canonical_rows};
+
+use crate::engine::stats;
+use crate::support::*;
+
+/// `pitwall-server` as a separate process, so that it can be killed.
+struct ServerProcess {
+    child: Child,
+    port: u16,
+}
+
+impl ServerProcess {
+    fn start(bootstrap: &str, topic: &str, group: &str, data: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .unwrap();
+        let child = Command::new(pitwall_server_binary())
+            .args(["--brokers", bootstrap, "--topic", topic, "--group", group])
+            .args([
+                "--flight-addr",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .args([
+                "--idle-timeout-ms",
+                "500",
+                "--lap-gap-ms",
+                "3000",
+                "--checkpoint-ms",
+                "700",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child, port }
+    }
+
+    async fn client(&self) -> Client {
+        let addr = ServerAddress {
+            url: format!("http://127.0.0.1:{}", self.port),
+            token: None,
+            tls_ca: None,
+        };
+        let started = Instant::now();
+        loop {
+            match Client::connect(&addr).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "server did not come up: {e:#}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM: a clean stop writes a last checkpoint.
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads an archived table straight from its Parquet files (as DuckDB or pyarrow would).
+async fn read_archive(data: &Path, dir: &str, partitions: &[&str]) -> Vec<RecordBatch> {
+    let ctx = SessionContext::new();
+    let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(
+            partitions
+                .iter()
+                .map(|p| (p.to_string(), arrow::datatypes::DataType::Utf8))
+                .collect(),
+        );
+    let url = format!("{}/{dir}/", data.display());
+    ctx.register_listing_table("t", &url, opts, None, None)
+        .await
+        .unwrap();
+    ctx.sql("SELECT * FROM t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+}
+
+/// Per driver: (row count, sorted canonical rows) of telemetry, from the archive or the source.
+fn by_driver(batches: &[RecordBatch]) -> BTreeMap<String, Vec<String>> {
+    let columns = [
+        "driver",
+        "session",
+        "lap",
+        "ts",
+        "session_time",
+        "speed",
+        "rpm",
+        "gear",
+        "throttle",
+        "brake",
+        "drs",
+    ];
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for b in batches {
+        let b = b
+            .project(
+                &columns
+                    .iter()
+                    .map(|c| b.schema().index_of(c).unwrap())
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        let driver = b.column(0).as_string::<i32>().clone();
+        let text = arrow::util::pretty::pretty_format_batches(std::slice::from_ref(&b))
+            .unwrap()
+            .to_string();
+        for (i, line) in text
+            .lines()
+            .skip(3)
+            .filter(|l| l.starts_with('|'))
+            .enumerate()
+        {
+            // Cells without the padding, which depends on the widest value of each batch.
+            let row: Vec<&str> = line.split('|').map(str::trim).collect();
+            out.entry(driver.value(i).to_string())
+                .or_default()
+                .push(row.join("|"));
+        }
+    }
+    for rows in out.values_mut() {
+        rows.sort();
+    }
+    out
+}
+
+fn assert_archive_holds_exactly(archived: &[RecordBatch], source: &RecordBatch) {
+    let (got, want) = (by_driver(archived), by_driver(std::slice::from_ref(source)));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    let mut lost = 0;
+    let mut duplicated = 0;
+    for (d, rows) in &want {
+        let g = &got[d];
+        let mut counts: BTreeMap<&String, i64> = BTreeMap::new();
+        for r in rows {
+            *counts.entry(r).or_default() += 1;
+        }
+        for r in g {
+            *counts.entry(r).or_default() -= 1;
+        }
+        let (l, dup): (i64, i64) = (
+            counts.values().filter(|c| **c > 0).sum(),
+            counts.values().filter(|c| **c < 0).map(|c| -c).sum(),
+        );
+        if l + dup > 0 {
+            let sample: Vec<(&&String, &i64)> =
+                counts.iter().filter(|(_, c)| **c != 0).take(3).collect();
+            println!(
+                "{d}: {} archived, {} produced, {l} lost, {dup} duplicated, e.g. {sample:?}",
+                g.len(),
+                rows.len()
+            );
+        }
+        lost += l;
+        duplicated += dup;
+    }
+    println!(
+        "archive: {} drivers, {} rows, lost {lost}, duplicated {duplicated}",
+        want.len(),
+        want.values().map(Vec::len).sum::<usize>()
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+}
+
+/// Waits until the archive holds `rows` raw rows and no window is open, then stops cleanly.
+async fn finish(server: ServerProcess, rows: u64) {
+    let mut c = server.client().await;
+    let started = Instant::now();
+    loop {
+        let s = stats(&mut c).await;
+        // Until the first checkpoint there is no archive.telemetry table yet.
+        let n = match c.sql("SELECT count(*) FROM archive.telemetry").await {
+            Ok(b) => b.first().map_or(0, |b| {
+                b.column(0)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .value(0)
+            }),
+            Err(_) => 0,
+        };
+        if n as u64 == rows && s.queries.iter().all(|q| q.open_windows == 0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "archive has {n} of {rows} rows; stats {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    server.stop();
+}
+
+async fn assert_results_equal_batch(data: &Path, rows: &RecordBatch) {
+    let queries = pitwall_server::initial_queries(None).unwrap();
+    for q in ["lap_anomaly", "lap_stats", "speed_1s"] {
+        let archived = read_archive(data, &format!("results/query={q}"), &["session"]).await;
+        // Put `session` back where the query has it, for comparison.
+        let batch = batch_result(&queries, q, rows).await.unwrap();
+        let names: Vec<String> = batch[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let archived: Vec<RecordBatch> = archived
+            .iter()
+            .map(|b| {
+                b.project(
+                    &names
+                        .iter()
+                        .map(|n| b.schema().index_of(n).unwrap())
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_same_rows(q, &canonical_rows(&archived), &canonical_rows(&batch));
+        println!(
+            "results_{q}: {} rows, equal to an uninterrupted run",
+            canonical_rows(&batch).len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() {
+    // The server is what crashes here; tansu's memory storage keeps the test fast (its sqlite
+    // storage stalls for minutes on consumer-group requests after a large backlog).
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = broker();
+    let topic = unique("crash");
+    // The whole race, all 20 cars, in Kafka first.
+    replay(&bootstrap, &topic, &["--partitions", "4"]);
+    let rows = pitwall_cli::session::Session::bundled().unwrap().rows;
+    let data = dir.path().join("data");
+    let group = unique("group");
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    // The broker's minimum: a killed member leaves the group after 6 s.
+    let fast_rebalance = [
+        "--kafka-opt",
+        "session.timeout.ms=6000",
+        "--kafka-opt",
+        "heartbeat.interval.ms=500",
+    ];
+    for kill in 1..=5 {
+        let server = ServerProcess::start(&bootstrap, &topic, &group, &data, &fast_rebalance);
+        let mut c = server.client().await;
+        // A random moment once the server is busy (after the group has rebalanced).
+        let started = Instant::now();
+        while stats(&mut c).await.rows_ingested == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the restarted server consumes nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let after = Duration::from_millis(200 + rng % 3_000);
+        tokio::time::sleep(after).await;
+        let s = stats(&mut c).await;
+        println!(
+            "kill -9 #{kill} {after:?} into consuming: {} rows ingested since the restart",
+            s.rows_ingested
+        );
+        server.kill9();
+    }
+    let server = ServerProcess::start(&bootstrap, &topic, &group, &data, &fast_rebalance);
+    finish(server, rows.num_rows() as u64).await;
+    let archived = read_archive(&data, "telemetry", &["session", "driver"]).await;
+    assert_archive_holds_exactly(&archived, &rows);
+    assert_results_equal_batch(&data, &rows).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_outage_of_30_s_mid_replay_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = OwnBroker::start(true, &dir.path().join("broker")).unwrap();
+    let bootstrap = broker.bootstrap();
+    let topic = unique("outage");
+    create_topic(&bootstrap, &topic, 4).await.unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&bootstrap, &topic, &unique("group"), &data, &[]);
+    let replay = pitwall()
+        .args([
+            "replay",
+            "--brokers",
+            &bootstrap,
+            "--topic",
+            &topic,
+            "--laps",
+            "1-2",
+            "--speed",
+            "8",
+            "--quiet",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    broker.stop();
+    println!("broker stopped mid-replay");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    broker.restart().unwrap();
+    println!("broker started again");
+    let out = tokio::task::spawn_blocking(move || replay.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the replay survives the outage: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = session_rows(2);
+    finish(server, rows.num_rows() as u64).await;
+    let archived = read_archive(&data, "telemetry", &["session", "driver"]).await;
+    assert_archive_holds_exactly(&archived, &rows);
+    assert_results_equal_batch(&data, &rows).await;
+    broker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_data_dir_commits_no_offsets_and_loses_nothing() {
+    let bootstrap = broker();
+    let topic = unique("unwritable");
+    replay(&bootstrap, &topic, &["--laps", "1-1", "--partitions", "2"]);
+    let rows = session_rows(1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // A file where the archive needs a directory: writes fail, for root too.
+    let blocker = data.join("telemetry");
+    std::fs::write(&blocker, b"in the way").unwrap();
+    let group = unique("group");
+    let server = ServerProcess::start(&bootstrap, &topic, &group, &data, &[]);
+    let mut c = server.client().await;
+    let started = Instant::now();
+    let error = loop {
+        let s = stats(&mut c).await;
+        if !s.archive_error.is_empty() && s.rows_ingested > 0 {
+            break s.archive_error;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no archive error reported: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("archive error while unwritable: {error}");
+    assert!(
+        error.contains("cannot") && error.contains("retrying") && error.lines().count() == 1,
+        "{error}"
+    );
+    assert!(
+        committed_offsets(&bootstrap, &topic, &group, 2).is_empty(),
+        "no offsets committed while unwritable"
+    );
+    std::fs::remove_file(&blocker).unwrap();
+    finish(server, rows.num_rows() as u64).await;
+    assert!(
+        !committed_offsets(&bootstrap, &topic, &group, 2).is_empty(),
+        "offsets committed once written"
+    );
+    let archived = read_archive(&data, "telemetry", &["session", "driver"]).await;
+    assert_archive_holds_exactly(&archived, &rows);
+}
+
+/// Offsets the consumer group has committed (partition -> offset), valid ones only.
+fn committed_offsets(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}

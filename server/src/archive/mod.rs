@@ -1,0 +1,562 @@
+//! Archive: every ingested row (late rows included), every query result and every dead letter,
+//! as plain Parquet in a Hive layout under the data dir, exactly once across crashes.
+//!
+//! The engine sends what each step ingested and emitted, and, every checkpoint interval, a
+//! snapshot of its open windows with the offsets it has processed. The archive writer (its own
+//! thread) writes everything received before that checkpoint as files named after the
+//! checkpoint's sequence number, then the snapshot, then a commit record
+//! `_pitwall/commits/commit-SEQ.json`: the commit record is the moment the checkpoint counts.
+//! Only then are the Kafka offsets committed. On restart ([`recover`]) files of checkpoints
+//! that never committed are deleted, the last snapshot is restored into the engine, and ingest
+//! skips whatever it reads again below the checkpoint's offsets: nothing is lost, nothing is
+//! archived twice, and windows that were open go on as if nothing happened.
+//!
+//! When storage fails (disk full, directory not writable) the writer keeps the data, reports
+//! the error in the stats, commits no offsets, and retries; past a memory bound it stops
+//! taking data, which holds the engine and ingest back rather than losing anything.
+
+pub mod catalog;
+pub mod housekeeping;
+pub mod store;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use datafusion::arrow::array::RecordBatch;
+use pitwall_proto::schema::telemetry_schema;
+use serde::{Deserialize, Serialize};
+
+pub use self::catalog::ArchiveCatalog;
+pub use self::store::Store;
+use crate::engine::snapshot::{self, Batches, EngineState};
+use crate::engine::{Engine, StepOutput, StepSink};
+use crate::error::{Error, Result};
+use crate::ingest::MicroBatch;
+use crate::ingest::dead_letter::{self, DeadLetter};
+use crate::ingest::kafka::{Committer, Offsets};
+
+#[derive(Debug, Clone)]
+pub struct ArchiveConfig {
+    /// How often the engine checkpoints (and the archive rolls files).
+    pub checkpoint_interval: Duration,
+    /// A checkpoint is also taken when this many rows wait to be written.
+    pub checkpoint_rows: usize,
+    /// Rows the writer may hold while storage fails before it stops taking more.
+    pub max_buffered_rows: usize,
+    /// Delete archived files older than this.
+    pub retention: Option<Duration>,
+    /// Merge a directory's files once it has this many small ones.
+    pub compact_min_files: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_rows: 1_000_000,
+            max_buffered_rows: 4_000_000,
+            retention: None,
+            compact_min_files: 16,
+        }
+    }
+}
+
+/// Counters for the stats endpoint.
+#[derive(Debug, Default)]
+pub struct ArchiveStats {
+    pub rows: AtomicU64,
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub last_seq: AtomicU64,
+    pub compactions: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ArchiveStats {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("stats lock").clone()
+    }
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().expect("stats lock") = e;
+    }
+}
+
+/// A commit record: what one checkpoint made durable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub seq: u64,
+    pub created: String,
+    pub state: String,
+    pub consumed: BTreeMap<String, i64>,
+    pub watermark_ms: Option<i64>,
+    pub files: Vec<CommittedFile>,
+    /// Files this commit supersedes (compaction); deleted once it is written.
+    #[serde(default)]
+    pub replaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommittedFile {
+    pub path: String,
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+const COMMITS: &str = "_pitwall/commits";
+const STATES: &str = "_pitwall/state";
+
+fn commit_path(seq: u64) -> String {
+    format!("{COMMITS}/commit-{seq:010}.json")
+}
+
+fn state_path(seq: u64) -> String {
+    format!("{STATES}/state-{seq:010}.bin")
+}
+
+fn seq_of(path: &str, prefix: &str) -> Option<u64> {
+    path.rsplit('/')
+        .next()?
+        .strip_prefix(prefix)?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What a restart finds in the archive.
+pub struct Recovered {
+    pub next_seq: u64,
+    pub state: Option<(EngineState, Batches)>,
+    pub deleted_orphans: usize,
+}
+
+/// Makes the archive consistent after a crash and loads the last checkpoint.
+pub async fn recover(store: &Store) -> Result<Recovered> {
+    let commits = store.list(COMMITS).await?;
+    let last = commits
+        .iter()
+        .filter_map(|f| seq_of(&f.path, "commit-"))
+        .max();
+    let mut state = None;
+    if let Some(seq) = last {
+        let record: CommitRecord = serde_json::from_slice(&store.get(&commit_path(seq)).await?)
+            .map_err(|e| Error::Archive(format!("commit record {seq} is damaged: {e}")))?;
+        for old in &record.replaces {
+            store.delete(old).await?;
+        }
+        let bytes = store.get(&record.state).await?;
+        state = Some(snapshot::decode(&bytes)?);
+    }
+    let committed = last.unwrap_or(0);
+    // Files of checkpoints that never committed, and temporaries of interrupted writes.
+    let mut deleted = 0;
+    for dir in ["telemetry", "results", "dead_letters", STATES] {
+        for f in store.list(dir).await? {
+            let name = f.path.rsplit('/').next().unwrap_or("");
+            let seq = writer::file_seq(&f.path).or_else(|| seq_of(&f.path, "state-"));
+            let orphan = name.starts_with('.') || seq.is_some_and(|s| s > committed);
+            if orphan {
+                store.delete(&f.path).await?;
+                deleted += 1;
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::warn!(
+            files = deleted,
+            committed,
+            "removed files of a checkpoint that never committed"
+        );
+    }
+    Ok(Recovered {
+        next_seq: committed + 1,
+        state,
+        deleted_orphans: deleted,
+    })
+}
+
+enum Message {
+    Step {
+        raw: Option<RecordBatch>,
+        dead_letters: Vec<DeadLetter>,
+        results: StepOutput,
+    },
+    Checkpoint {
+        state: Bytes,
+        consumed: BTreeMap<String, i64>,
+        watermark_ms: Option<i64>,
+    },
+    Stop,
+}
+
+/// Data received since the previous checkpoint.
+#[derive(Default)]
+struct Segment {
+    raw: Vec<RecordBatch>,
+    dead_letters: Vec<DeadLetter>,
+    results: BTreeMap<String, Vec<RecordBatch>>,
+    rows: usize,
+}
+
+impl Segment {
+    fn absorb(&mut self, other: Segment) {
+        self.raw.extend(other.raw);
+        self.dead_letters.extend(other.dead_letters);
+        for (q, b) in other.results {
+            self.results.entry(q).or_default().extend(b);
+        }
+        self.rows += other.rows;
+    }
+}
+
+/// The archive writer thread's handle.
+pub struct Archive {
+    tx: SyncSender<Message>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub stats: Arc<ArchiveStats>,
+    buffered_rows: Arc<AtomicU64>,
+}
+
+struct WriterState {
+    store: Store,
+    config: ArchiveConfig,
+    stats: Arc<ArchiveStats>,
+    committer: Option<Committer>,
+    next_seq: u64,
+    open: Segment,
+    /// Closed segments waiting to be written, merged, with the latest checkpoint.
+    pending: Option<(Segment, Message)>,
+    buffered_rows: Arc<AtomicU64>,
+    last_housekeeping: Instant,
+    /// The latest commit (compaction carries its checkpoint forward).
+    last_record: Option<CommitRecord>,
+}
+
+impl Archive {
+    pub fn start(
+        store: Store,
+        config: ArchiveConfig,
+        next_seq: u64,
+        committer: Option<Committer>,
+    ) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(256);
+        let stats = Arc::new(ArchiveStats::default());
+        let buffered_rows = Arc::new(AtomicU64::new(0));
+        let mut w = WriterState {
+            store,
+            config,
+            stats: stats.clone(),
+            committer,
+            next_seq,
+            open: Segment::default(),
+            pending: None,
+            buffered_rows: buffered_rows.clone(),
+            last_housekeeping: Instant::now(),
+            last_record: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("pitwall-archive".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("archive runtime");
+                rt.block_on(w.run(rx));
+            })?;
+        Ok(Self {
+            tx,
+            thread: Some(thread),
+            stats,
+            buffered_rows,
+        })
+    }
+
+    /// A sink for the engine: sends each step here and checkpoints on schedule.
+    pub fn sink(&self, config: &ArchiveConfig) -> ArchiveSink {
+        ArchiveSink {
+            tx: self.tx.clone(),
+            interval: config.checkpoint_interval,
+            max_rows: config.checkpoint_rows,
+            last: Instant::now(),
+            rows_since: 0,
+            dirty: false,
+        }
+    }
+
+    /// Waits for the writer to finish what it has (after the engine's final checkpoint).
+    pub fn finish(mut self) {
+        let _ = self.tx.send(Message::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub fn buffered_rows(&self) -> u64 {
+        self.buffered_rows.load(Ordering::Relaxed)
+    }
+}
+
+impl WriterState {
+    async fn run(&mut self, rx: Receiver<Message>) {
+        let mut stopping = false;
+        loop {
+            // While storage fails and too much waits, take nothing more: hold the engine back.
+            let full = self
+                .pending
+                .as_ref()
+                .is_some_and(|(s, _)| s.rows + self.open.rows >= self.config.max_buffered_rows);
+            let msg = if full || stopping {
+                None
+            } else {
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        stopping = true;
+                        None
+                    }
+                }
+            };
+            match msg {
+                Some(Message::Step {
+                    raw,
+                    dead_letters,
+                    results,
+                }) => {
+                    let mut rows = raw.as_ref().map_or(0, |r| r.num_rows());
+                    if let Some(r) = raw {
+                        self.open.raw.push(r);
+                    }
+                    self.open.dead_letters.extend(dead_letters);
+                    for (q, batches) in results {
+                        rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+                        self.open.results.entry(q).or_default().extend(batches);
+                    }
+                    self.open.rows += rows;
+                }
+                Some(cp @ Message::Checkpoint { .. }) => {
+                    let seg = std::mem::take(&mut self.open);
+                    self.pending = Some(match self.pending.take() {
+                        Some((mut s, _older)) => {
+                            s.absorb(seg);
+                            (s, cp)
+                        }
+                        None => (seg, cp),
+                    });
+                }
+                Some(Message::Stop) => stopping = true,
+                None => {}
+            }
+            self.buffered_rows.store(
+                (self.open.rows + self.pending.as_ref().map_or(0, |(s, _)| s.rows)) as u64,
+                Ordering::Relaxed,
+            );
+            if self.pending.is_some() {
+                match self.flush().await {
+                    Ok(()) => self.stats.set_error(None),
+                    Err(e) => {
+                        let msg = format!(
+                            "cannot write the archive at {}: {e}; offsets stay uncommitted, retrying",
+                            self.store.describe()
+                        );
+                        if self.stats.last_error().as_deref() != Some(msg.as_str()) {
+                            tracing::error!("{msg}");
+                        }
+                        self.stats.set_error(Some(msg));
+                        if stopping {
+                            tracing::error!(
+                                "stopping with archive data not written; it will be read again from Kafka"
+                            );
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            } else if stopping {
+                return;
+            }
+            if self.last_housekeeping.elapsed() >= Duration::from_secs(30) {
+                self.last_housekeeping = Instant::now();
+                if let Err(e) = housekeeping::run(self).await {
+                    tracing::warn!(error = %e, "archive housekeeping failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Writes the pending segment and its checkpoint as one atomic commit.
+    async fn flush(&mut self) -> Result<()> {
+        let Some((
+            seg,
+            Message::Checkpoint {
+                state,
+                consumed,
+                watermark_ms,
+            },
+        )) = self.pending.as_ref()
+        else {
+            return Ok(());
+        };
+        let seq = self.next_seq;
+        let mut k = 0;
+        let mut files = writer::telemetry_files(&seg.raw, &telemetry_schema(), seq, &mut k)?;
+        for (q, batches) in &seg.results {
+            files.extend(writer::result_files(q, batches, seq, &mut k)?);
+        }
+        if !seg.dead_letters.is_empty() {
+            let batch = dead_letter::to_batch(&seg.dead_letters)?;
+            files.push(writer::EncodedFile {
+                path: format!("dead_letters/{}", writer::part_name(seq, k)),
+                rows: batch.num_rows(),
+                bytes: writer::to_parquet(&batch, None)?,
+            });
+        }
+        let mut written = Vec::new();
+        let result = async {
+            for f in &files {
+                self.store.put(&f.path, f.bytes.clone()).await?;
+                written.push(f.path.clone());
+            }
+            self.store.put(&state_path(seq), state.clone()).await?;
+            let record = CommitRecord {
+                seq,
+                created: chrono::Utc::now().to_rfc3339(),
+                state: state_path(seq),
+                consumed: consumed.clone(),
+                watermark_ms: *watermark_ms,
+                files: files
+                    .iter()
+                    .map(|f| CommittedFile {
+                        path: f.path.clone(),
+                        rows: f.rows,
+                        bytes: f.bytes.len(),
+                    })
+                    .collect(),
+                replaces: vec![],
+            };
+            let json =
+                serde_json::to_vec_pretty(&record).map_err(|e| Error::Archive(e.to_string()))?;
+            self.store.put(&commit_path(seq), Bytes::from(json)).await?;
+            Ok::<CommitRecord, Error>(record)
+        }
+        .await;
+        let record = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // A retry uses the next sequence number: clear what this attempt left.
+                for p in written {
+                    let _ = self.store.delete(&p).await;
+                }
+                let _ = self.store.delete(&state_path(seq)).await;
+                self.next_seq += 1;
+                return Err(e);
+            }
+        };
+        tracing::debug!(seq, consumed = ?record.consumed, files = record.files.len(), "checkpoint committed");
+        self.last_record = Some(record);
+        let raw_rows: usize = seg.raw.iter().map(|b| b.num_rows()).sum();
+        self.stats
+            .rows
+            .fetch_add(raw_rows as u64, Ordering::Relaxed);
+        self.stats
+            .files
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(
+            files.iter().map(|f| f.bytes.len() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_seq.store(seq, Ordering::Relaxed);
+        if let Some(c) = &self.committer {
+            let offsets: Offsets = consumed
+                .iter()
+                .filter_map(|(k, v)| snapshot::parse_offset_key(k).map(|tp| (tp, *v)))
+                .filter(|((t, _), _)| t != crate::ingest::embedded::TOPIC)
+                .collect();
+            c.commit(offsets);
+        }
+        self.next_seq = seq + 1;
+        self.pending = None;
+        self.prune_checkpoints(seq).await;
+        Ok(())
+    }
+
+    /// Keeps the last two commit records and state files.
+    async fn prune_checkpoints(&self, seq: u64) {
+        for (dir, prefix) in [(COMMITS, "commit-"), (STATES, "state-")] {
+            if let Ok(files) = self.store.list(dir).await {
+                for f in files {
+                    if seq_of(&f.path, prefix).is_some_and(|s| s + 1 < seq) {
+                        let _ = self.store.delete(&f.path).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The engine side: forwards each step to the writer and takes checkpoints.
+pub struct ArchiveSink {
+    tx: SyncSender<Message>,
+    interval: Duration,
+    max_rows: usize,
+    last: Instant,
+    rows_since: usize,
+    dirty: bool,
+}
+
+impl ArchiveSink {
+    fn send(&self, m: Message) {
+        // Blocks while the writer is full (storage failing): backpressure, not loss.
+        let _ = tokio::task::block_in_place(|| self.tx.send(m));
+    }
+
+    fn checkpoint(&mut self, engine: &Engine) {
+        let (state, batches) = engine.snapshot();
+        match snapshot::encode(&state, &batches) {
+            Ok(bytes) => self.send(Message::Checkpoint {
+                state: Bytes::from(bytes),
+                consumed: state.consumed.clone(),
+                watermark_ms: engine.watermark(),
+            }),
+            Err(e) => tracing::error!(error = %e, "cannot encode a checkpoint"),
+        }
+        self.last = Instant::now();
+        self.rows_since = 0;
+        self.dirty = false;
+    }
+}
+
+impl StepSink for ArchiveSink {
+    fn on_step(&mut self, engine: &Engine, batch: Option<&MicroBatch>, outputs: &StepOutput) {
+        let raw = batch.map(|b| b.rows.clone()).filter(|r| r.num_rows() > 0);
+        let dead_letters = batch.map(|b| b.dead_letters.clone()).unwrap_or_default();
+        let advanced = batch.is_some_and(|b| !b.partitions.is_empty());
+        if raw.is_some() || !dead_letters.is_empty() || !outputs.is_empty() || advanced {
+            self.rows_since += raw.as_ref().map_or(0, |r| r.num_rows());
+            self.dirty = true;
+            self.send(Message::Step {
+                raw,
+                dead_letters,
+                results: outputs.clone(),
+            });
+        }
+        if self.dirty && (self.last.elapsed() >= self.interval || self.rows_since >= self.max_rows)
+        {
+            self.checkpoint(engine);
+        }
+    }
+
+    fn on_shutdown(&mut self, engine: &Engine) {
+        if self.dirty {
+            self.checkpoint(engine);
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Where archive files go: a local directory (written to a hidden temporary file, fsynced, then
+//! atomically renamed) or an object store (`s3://bucket/prefix`, where a PUT is atomic;
+//! credentials and region come from the usual `AWS_*` environment variables).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::error::{Error, Result};
+
+/// A file in the store.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    /// Path relative to the archive root, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Store {
+    Local {
+        root: PathBuf,
+    },
+    Remote {
+        store: Arc<dyn ObjectStore>,
+        base: url::Url,
+        prefix: String,
+    },
+}
+
+fn archive_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Archive(format!("{what}: {e}"))
+}
+
+impl Store {
+    /// A local path, or `s3://bucket/prefix` (also `memory://name` for tests).
+    pub fn open(location: &str) -> Result<Self> {
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let s3 = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| Error::Config(format!("data dir {location}: {e}")))?;
+            let base = url::Url::parse(&format!("s3://{bucket}/"))
+                .map_err(|e| Error::Config(e.to_string()))?;
+            return Ok(Store::Remote {
+                store: Arc::new(s3),
+                base,
+                prefix: prefix.trim_matches('/').to_string(),
+            });
+        }
+        if let Some(name) = location.strip_prefix("memory://") {
+            let base = url::Url::parse(&format!("memory://{}/", name.trim_matches('/')))
+                .map_err(|e| Error::Config(e.to_string()))?;
+            return Ok(Store::Remote {
+                store: Arc::new(object_store::memory::InMemory::new()),
+                base,
+                prefix: String::new(),
+            });
+        }
+        if location.contains("://") {
+            return Err(Error::Config(format!(
+                "data dir {location}: use a local path or s3://bucket/prefix"
+            )));
+        }
+        let root = PathBuf::from(location);
+        std::fs::create_dir_all(&root).map_err(|e| {
+            archive_err(&format!("cannot create the data dir {}", root.display()), e)
+        })?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| archive_err(&root.display().to_string(), e))?;
+        Ok(Store::Local { root })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Local { root } => root.display().to_string(),
+            Store::Remote { base, prefix, .. } => format!("{base}{prefix}"),
+        }
+    }
+
+    fn object_path(prefix: &str, rel: &str) -> ObjectPath {
+        if prefix.is_empty() {
+            ObjectPath::from(rel)
+        } else {
+            ObjectPath::from(format!("{prefix}/{rel}"))
+        }
+    }
+
+    /// Writes a whole file durably and atomically.
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        match self {
+            Store::Local { root } => {
+                let path = root.join(rel);
+                tokio::task::spawn_blocking(move || write_local(&path, &bytes))
+                    .await
+                    .map_err(|e| archive_err("write task", e))?
+            }
+            Store::Remote { store, prefix, .. } => {
+                store
+                    .put(&Self::object_path(prefix, rel), bytes.into())
+                    .await
+                    .map_err(|e| archive_err(rel, e))?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn get(&self, rel: &str) -> Result<Bytes> {
+        match self {
+            Store::Local { root } => Ok(Bytes::from(
+                std::fs::read(root.join(rel)).map_err(|e| archive_err(rel, e))?,
+            )),
+            Store::Remote { store, prefix, .. } => {
+                let r = store
+                    .get(&Self::object_path(prefix, rel))
+                    .await
+                    .map_err(|e| archive_err(rel, e))?;
+                r.bytes().await.map_err(|e| archive_err(rel, e))
+            }
+        }
+    }
+
+    /// Every file under `dir` (recursively), hidden temporaries included for local stores.
+    pub async fn list(&self, dir: &str) -> Result<Vec<StoredFile>> {
+        match self {
+            Store::Local { root } => {
+                let base = root.join(dir);
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || list_local(&root, &base))
+                    .await
+                    .map_err(|e| archive_err("list task", e))?
+            }
+            Store::Remote { store, prefix, .. } => {
+                let p = Self::object_path(prefix, dir);
+                let metas: Vec<_> = store
+                    .list(Some(&p))
+                    .try_collect()
+                    .await
+                    .map_err(|e| archive_err(dir, e))?;
+                let strip = if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                };
+                Ok(metas
+                    .into_iter()
+                    .map(|m| StoredFile {
+                        path: m
+                            .location
+                            .to_string()
+                            .strip_prefix(&strip)
+                            .unwrap_or(m.location.as_ref())
+                            .to_string(),
+                        size: m.size,
+                        modified: m.last_modified,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        match self {
+            Store::Local { root } => match std::fs::remove_file(root.join(rel)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(archive_err(rel, e)),
+            },
+            Store::Remote { store, prefix, .. } => {
+                match store.delete(&Self::object_path(prefix, rel)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(archive_err(rel, e)),
+                }
+            }
+        }
+    }
+
+    /// URL of a directory for DataFusion's listing tables (with a trailing slash).
+    pub fn table_url(&self, dir: &str) -> String {
+        match self {
+            Store::Local { root } => format!("{}/{}/", root.display(), dir.trim_matches('/')),
+            Store::Remote { base, prefix, .. } => {
+                let p = if prefix.is_empty() {
+                    dir.trim_matches('/').to_string()
+                } else {
+                    format!("{prefix}/{}", dir.trim_matches('/'))
+                };
+                format!("{base}{p}/")
+            }
+        }
+    }
+
+    /// Makes the store readable by DataFusion in `ctx`.
+    pub fn register(&self, ctx: &SessionContext) {
+        if let Store::Remote { store, base, .. } = self {
+            ctx.register_object_store(base, store.clone());
+        }
+    }
+}
+
+fn write_local(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Archive(format!("{} has no directory", path.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| archive_err(&format!("cannot create {}", dir.display()), e))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)
+        .map_err(|e| archive_err(&format!("cannot write {}", tmp.display()), e))?;
+    f.write_all(bytes)
+        .map_err(|e| archive_err(&format!("cannot write {}", tmp.display()), e))?;
+    f.sync_all()
+        .map_err(|e| archive_err(&format!("cannot sync {}", tmp.display()), e))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .map_err(|e| archive_err(&format!("cannot rename into {}", path.display()), e))?;
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn list_local(root: &Path, base: &Path) -> Result<Vec<StoredFile>> {
+    let mut out = Vec::new();
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            // Nothing listed there: missing, or a file where a directory belongs (writes will
+            // fail and say so).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(archive_err(&format!("cannot list {}", dir.display()), e)),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                out.push(StoredFile {
+                    path: rel.to_string_lossy().replace('\\', "/"),
+                    size: meta.len(),
+                    modified: meta
+                        .modified()
+                        .map(chrono::DateTime::<chrono::Utc>::from)
+                        .unwrap_or_default(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}

@@ -1,0 +1,215 @@
+//! Engine checkpoints: the state of every open window, written with the archive so that a
+//! restarted server resumes exactly where the last checkpoint left off.
+//!
+//! A snapshot is a JSON manifest (watermarks, consumed offsets, and per query the structure of
+//! its open windows) whose record batches are stored as Arrow IPC streams next to it:
+//! `PWSTATE1`, the manifest length (u64 LE), the manifest, then per batch its length (u64 LE)
+//! and its IPC bytes.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"PWSTATE1";
+
+/// Batches referenced by index from the manifest.
+#[derive(Default)]
+pub struct Batches(pub Vec<RecordBatch>);
+
+impl Batches {
+    pub fn put(&mut self, b: &RecordBatch) -> usize {
+        self.0.push(b.clone());
+        self.0.len() - 1
+    }
+    pub fn put_all(&mut self, bs: &[RecordBatch]) -> Vec<usize> {
+        bs.iter().map(|b| self.put(b)).collect()
+    }
+    pub fn get(&self, i: usize) -> Result<RecordBatch> {
+        self.0
+            .get(i)
+            .cloned()
+            .ok_or_else(|| Error::Archive(format!("checkpoint refers to missing batch {i}")))
+    }
+    pub fn get_all(&self, idx: &[usize]) -> Result<Vec<RecordBatch>> {
+        idx.iter().map(|&i| self.get(i)).collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimeWindowsState {
+    pub size_ms: i64,
+    pub closed_through: Option<i64>,
+    /// window start -> batches
+    pub open: Vec<(i64, Vec<usize>)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LapState {
+    pub lap: i64,
+    pub min_ts: Option<i64>,
+    pub rows: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CarState {
+    pub car: Vec<u8>,
+    pub closed_upto: Option<i64>,
+    pub last_ts: i64,
+    pub open: Vec<LapState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LapWindowsState {
+    pub gap_ms: i64,
+    pub cars: Vec<CarState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum StageState {
+    Time(TimeWindowsState),
+    Laps(LapWindowsState),
+    WindowFn {
+        held: Vec<usize>,
+        released_through: Option<i64>,
+        retained: Option<usize>,
+        pending: Vec<u64>,
+        next_seq: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueryState {
+    pub name: String,
+    /// Hash of the SQL and parameter values the state was built with.
+    pub fingerprint: String,
+    pub late_rows: u64,
+    pub stages: Vec<StageState>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WatermarkState {
+    pub current: Option<i64>,
+    /// partition -> highest event time delivered
+    pub partitions: Vec<(i32, i64)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EngineState {
+    pub watermark: WatermarkState,
+    /// "topic/partition" -> next offset to read
+    pub consumed: BTreeMap<String, i64>,
+    pub queries: Vec<QueryState>,
+}
+
+pub fn offset_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+pub fn parse_offset_key(key: &str) -> Option<(String, i32)> {
+    let (t, p) = key.rsplit_once('/')?;
+    Some((t.to_string(), p.parse().ok()?))
+}
+
+pub fn encode(state: &EngineState, batches: &Batches) -> Result<Vec<u8>> {
+    let manifest = serde_json::to_vec(state)
+        .map_err(|e| Error::Archive(format!("checkpoint manifest: {e}")))?;
+    let mut out = Vec::with_capacity(manifest.len() + 1024);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(manifest.len() as u64).to_le_bytes());
+    out.extend_from_slice(&manifest);
+    for b in &batches.0 {
+        let mut buf = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut buf, &b.schema())?;
+            w.write(b)?;
+            w.finish()?;
+        }
+        out.extend_from_slice(&(buf.len() as u64).to_le_bytes());
+        out.extend_from_slice(&buf);
+    }
+    Ok(out)
+}
+
+pub fn decode(bytes: &[u8]) -> Result<(EngineState, Batches)> {
+    let bad = |what: &str| Error::Archive(format!("checkpoint is damaged: {what}"));
+    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+        return Err(bad("not a Pitwall checkpoint"));
+    }
+    let take_len = |at: usize| -> Result<usize> {
+        let raw: [u8; 8] = bytes
+            .get(at..at + 8)
+            .ok_or_else(|| bad("truncated"))?
+            .try_into()
+            .expect("8 bytes");
+        Ok(u64::from_le_bytes(raw) as usize)
+    };
+    let n = take_len(8)?;
+    let manifest = bytes
+        .get(16..16 + n)
+        .ok_or_else(|| bad("truncated manifest"))?;
+    let state: EngineState = serde_json::from_slice(manifest).map_err(|e| bad(&e.to_string()))?;
+    let mut at = 16 + n;
+    let mut batches = Batches::default();
+    while at < bytes.len() {
+        let len = take_len(at)?;
+        let blob = bytes
+            .get(at + 8..at + 8 + len)
+            .ok_or_else(|| bad("truncated batch"))?;
+        let mut reader = StreamReader::try_new(Cursor::new(blob), None)?;
+        let b = reader.next().ok_or_else(|| bad("empty batch"))??;
+        batches.0.push(b);
+        at += 8 + len;
+    }
+    Ok((state, batches))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::Int32Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int32, true)]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int32Array::from(vec![Some(1), None]))],
+        )
+        .unwrap();
+        let mut batches = Batches::default();
+        let i = batches.put(&b);
+        let state = EngineState {
+            watermark: WatermarkState {
+                current: Some(5),
+                partitions: vec![(0, 9)],
+            },
+            consumed: [(offset_key("t", 3), 42)].into(),
+            queries: vec![QueryState {
+                name: "q".into(),
+                fingerprint: "f".into(),
+                late_rows: 1,
+                stages: vec![StageState::Time(TimeWindowsState {
+                    size_ms: 1000,
+                    closed_through: Some(0),
+                    open: vec![(1000, vec![i])],
+                })],
+            }],
+        };
+        let bytes = encode(&state, &batches).unwrap();
+        let (s2, b2) = decode(&bytes).unwrap();
+        assert_eq!(s2, state);
+        assert_eq!(b2.0[0], b);
+        assert!(decode(&bytes[..bytes.len() - 3]).is_err());
+        assert_eq!(parse_offset_key("a/b/7"), Some(("a/b".into(), 7)));
+    }
+}
