@@ -4,6 +4,7 @@
 //! ([`commands`], printed by [`output`]). It depends on the wire contract (`pitwall-proto`) and
 //! Arrow Flight only, never on server internals.
 
+pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod convert;

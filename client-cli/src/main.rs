@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use pitwall_cli::client::{Client, ServerAddress};
 use pitwall_cli::output::Format;
-use pitwall_cli::{commands, convert, replay};
+use pitwall_cli::{bench, commands, convert, replay};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,8 @@ enum Command {
     },
     /// Publish a recorded session to a Kafka topic.
     Replay(replay::ReplayArgs),
+    /// Measure the whole path under load (starts its own server against a broker).
+    Bench(bench::BenchArgs),
     /// Convert a FastF1 export into a Parquet file in the Pitwall schema.
     Convert(convert::ConvertArgs),
 }
@@ -105,6 +107,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", convert::run(&args)?);
             Ok(())
         }
+        Command::Bench(args) => {
+            let report = bench::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                bench::print(&report);
+            }
+            Ok(())
+        }
         other => {
             let mut c = Client::connect(&addr).await?;
             use pitwall_proto::actions as a;
@@ -127,7 +138,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Sql { query, format } => commands::sql(&mut c, &query, format).await,
                 Command::Stats => commands::stats(&mut c).await,
                 Command::Sessions { format } => commands::sessions(&mut c, format).await,
-                Command::Replay(_) | Command::Convert(_) => unreachable!("handled above"),
+                Command::Replay(_) | Command::Convert(_) | Command::Bench(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

@@ -61,6 +61,9 @@ pub struct KafkaArgs {
     /// Longest wait for a micro-batch to fill, in ms.
     #[arg(long)]
     pub batch_ms: Option<u64>,
+    /// How long a micro-batch stays open after its first message, in ms.
+    #[arg(long)]
+    pub linger_ms: Option<u64>,
     /// Also republish dead letters to this topic.
     #[arg(long)]
     pub dead_letter_topic: Option<String>,
@@ -270,6 +273,7 @@ impl Config {
             options: kafka_opts,
             max_batch_rows: k.batch_rows.or(fk.batch_rows).unwrap_or(16 * 1024),
             max_batch_wait: Duration::from_millis(k.batch_ms.or(fk.batch_ms).unwrap_or(50)),
+            linger: Duration::from_millis(k.linger_ms.or(fk.linger_ms).unwrap_or(5)),
             dead_letter_topic: k.dead_letter_topic.clone().or(fk.dead_letter_topic.clone()),
         });
 
@@ -359,4 +363,61 @@ impl Config {
 fn default_queries_dir() -> Option<PathBuf> {
     let p = PathBuf::from("queries");
     p.is_dir().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_valid_and_flags_override_it() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../pitwall.example.toml");
+        let c = Config::resolve(ServerArgs::parse_from([
+            "pitwall-server",
+            "--config",
+            path,
+            "--lateness-ms",
+            "250",
+        ]))
+        .unwrap();
+        let kafka = c.kafka.expect("brokers set in the file");
+        assert_eq!(kafka.topic, "telemetry");
+        assert_eq!(kafka.linger, Duration::from_millis(5));
+        assert_eq!(c.engine.watermark.lateness_ms, 250, "the flag wins");
+        assert_eq!(c.engine.watermark.idle_timeout, Duration::from_millis(1000));
+        assert!(c.engine.watermark.require_assignment);
+        assert_eq!(
+            c.decode.json_names[0],
+            ("kmh".to_string(), "speed".to_string())
+        );
+        assert_eq!(c.archive.checkpoint_interval, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn no_brokers_means_the_embedded_replay() {
+        let c = Config::resolve(ServerArgs::parse_from(["pitwall-server"])).unwrap();
+        assert!(c.kafka.is_none());
+        assert!(!c.engine.watermark.require_assignment);
+        assert_eq!(c.flight_addr.to_string(), "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn bad_settings_say_which() {
+        let err = Config::resolve(ServerArgs::parse_from([
+            "pitwall-server",
+            "--kafka-opt",
+            "nonsense",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("nonsense"), "{err}");
+        let err = Config::resolve(ServerArgs::parse_from([
+            "pitwall-server",
+            "--tls-cert",
+            "c.pem",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("--tls-key"), "{err}");
+    }
 }

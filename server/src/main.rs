@@ -3,7 +3,10 @@ use pitwall_server::{App, Config, ServerArgs};
 
 #[tokio::main]
 async fn main() {
+    // Logs go to stderr (stdout stays free for data), colored only on a terminal.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -18,6 +18,33 @@ use pitwall_server::engine::oracle::{assert_same_rows, batch_result, canonical_r
 use crate::engine::stats;
 use crate::support::*;
 
+/// The tests here restart servers and brokers and time their recovery: on a 2-core machine
+/// they run one at a time (beside the lighter tests of the other modules), so that one's
+/// load does not stretch another's broker past its timeouts.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Prints the end of the servers' log when the test fails: CI keeps nothing else.
+struct LogOnPanic(Vec<std::path::PathBuf>);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for path in &self.0 {
+                let log = std::fs::read_to_string(path).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- last lines of {} ---", path.display());
+                for l in &lines[lines.len().saturating_sub(150)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
 /// `pitwall-server` as a separate process, so that it can be killed.
 struct ServerProcess {
     child: Child,
@@ -40,16 +67,14 @@ impl ServerProcess {
                 "--data-dir",
                 data.to_str().unwrap(),
             ])
-            .args([
-                "--idle-timeout-ms",
-                "500",
-                "--lap-gap-ms",
-                "3000",
-                "--checkpoint-ms",
-                "700",
-            ])
+            .args(["--lap-gap-ms", "3000", "--checkpoint-ms", "700"])
+            .args(if extra.contains(&"--idle-timeout-ms") {
+                &[][..]
+            } else {
+                &["--idle-timeout-ms", "500"][..]
+            })
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,pitwall_server::engine=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -280,6 +305,7 @@ async fn assert_results_equal_batch(data: &Path, rows: &RecordBatch) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() {
+    let _serial = one_at_a_time();
     // The server is what crashes here; tansu's memory storage keeps the test fast (its sqlite
     // storage stalls for minutes on consumer-group requests after a large backlog).
     let dir = tempfile::tempdir().unwrap();
@@ -289,6 +315,10 @@ async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() 
     replay(&bootstrap, &topic, &["--partitions", "4"]);
     let rows = pitwall_cli::session::Session::bundled().unwrap().rows;
     let data = dir.path().join("data");
+    let _log = LogOnPanic(vec![
+        data.with_extension("log"),
+        dir.path().join("broker/broker.log"),
+    ]);
     let group = unique("group");
     let mut rng = 0x2545F4914F6CDD1Du64;
     // The broker's minimum: a killed member leaves the group after 6 s.
@@ -331,13 +361,27 @@ async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_outage_of_30_s_mid_replay_loses_nothing() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut broker = OwnBroker::start(true, &dir.path().join("broker")).unwrap();
     let bootstrap = broker.bootstrap();
     let topic = unique("outage");
     create_topic(&bootstrap, &topic, 4).await.unwrap();
     let data = dir.path().join("data");
-    let server = ServerProcess::start(&bootstrap, &topic, &unique("group"), &data, &[]);
+    let _log = LogOnPanic(vec![
+        data.with_extension("log"),
+        dir.path().join("broker/broker.log"),
+    ]);
+    // Producer and consumer reconnect on their own schedules (librdkafka backs off up to
+    // 10 s): the consumer back first and at the end of the log must not call the input idle
+    // before the producer's backlog arrives.
+    let server = ServerProcess::start(
+        &bootstrap,
+        &topic,
+        &unique("group"),
+        &data,
+        &["--idle-timeout-ms", "15000"],
+    );
     let replay = pitwall()
         .args([
             "replay",
@@ -380,12 +424,17 @@ async fn a_broker_outage_of_30_s_mid_replay_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_data_dir_commits_no_offsets_and_loses_nothing() {
+    let _serial = one_at_a_time();
     let bootstrap = broker();
     let topic = unique("unwritable");
     replay(&bootstrap, &topic, &["--laps", "1-1", "--partitions", "2"]);
     let rows = session_rows(1);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let _log = LogOnPanic(vec![
+        data.with_extension("log"),
+        dir.path().join("broker/broker.log"),
+    ]);
     std::fs::create_dir_all(&data).unwrap();
     // A file where the archive needs a directory: writes fail, for root too.
     let blocker = data.join("telemetry");

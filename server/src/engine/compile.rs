@@ -109,8 +109,23 @@ pub enum WindowKey {
         car_cols: Vec<usize>,
         lap: Arc<dyn PhysicalExpr>,
         lap_col: usize,
-        ts: Arc<dyn PhysicalExpr>,
+        progress: LapProgress,
     },
+}
+
+/// Where an aggregate stage learns that a car has started a later lap.
+#[derive(Debug, Clone)]
+pub enum LapProgress {
+    /// From the raw rows of the stream the query reads (columns by index: car key, lap,
+    /// ts), before any filter: a lap ends when the car's next lap starts, whatever the
+    /// query keeps of it.
+    Input {
+        car: Vec<usize>,
+        lap: usize,
+        ts: usize,
+    },
+    /// From the stage's own input rows (event time column).
+    Stage { ts: Arc<dyn PhysicalExpr> },
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +232,7 @@ impl Compiler {
             )));
         }
         let scan_schema = scan.projected_schema.clone();
+        let stream_schema: SchemaRef = scan.source.schema();
         let bottom = if bottom_nodes.len() > 1 {
             let p = replace_at(
                 bottom_nodes[0],
@@ -233,7 +249,14 @@ impl Compiler {
             let lowest_stateful = stages.is_empty();
             match *seg.last().expect("segment") {
                 LogicalPlan::Aggregate(agg) => {
-                    let stage = self.aggregate_stage(&state, seg, agg).await?;
+                    let stage = self
+                        .aggregate_stage(
+                            &state,
+                            seg,
+                            agg,
+                            lowest_stateful.then_some(&stream_schema),
+                        )
+                        .await?;
                     kinds.push(stage.window.describe());
                     stages.push(StagePlan::Aggregate(stage));
                 }
@@ -274,11 +297,14 @@ impl Compiler {
         })
     }
 
+    /// `stream`: the schema of the stream the query reads, when this is its lowest stateful
+    /// stage (its input is that stream's rows through row-local operators only).
     async fn aggregate_stage(
         &self,
         state: &SessionState,
         seg: &[&LogicalPlan],
         agg: &Aggregate,
+        stream: Option<&SchemaRef>,
     ) -> Result<AggregatePlan> {
         if agg.group_expr.is_empty() {
             return Err(Error::Refused(
@@ -330,18 +356,37 @@ impl Compiler {
                 },
             ),
             (None, Some(l), Some(d)) => {
-                let ts_idx = (0..input.schema().fields().len())
-                    .find(|&j| {
-                        let (q, f) = input.schema().qualified_field(j);
-                        lineage(&Expr::Column(Column::from((q, f))), input)
-                            .is_some_and(|e| matches!(&e, Expr::Column(c) if c.name == "ts"))
-                    })
-                    .ok_or_else(|| {
-                        Error::Refused("lap windows need the event time: keep the ts column in the query's input".into())
-                    })?;
-                let ts_name = input.schema().field(ts_idx).name().clone();
                 let mut car_cols = vec![d];
                 car_cols.extend(session);
+                let named = |s: &SchemaRef, n: &str| s.index_of(n).ok();
+                let from_input = stream.and_then(|s| {
+                    let car = std::iter::once(named(s, "driver"))
+                        .chain(session.map(|_| named(s, "session")))
+                        .collect::<Option<Vec<usize>>>()?;
+                    Some(LapProgress::Input {
+                        car,
+                        lap: named(s, "lap")?,
+                        ts: named(s, "ts")?,
+                    })
+                });
+                let progress = match from_input {
+                    Some(p) => p,
+                    None => {
+                        let ts_idx = (0..input.schema().fields().len())
+                            .find(|&j| {
+                                let (q, f) = input.schema().qualified_field(j);
+                                lineage(&Expr::Column(Column::from((q, f))), input)
+                                    .is_some_and(|e| matches!(&e, Expr::Column(c) if c.name == "ts"))
+                            })
+                            .ok_or_else(|| {
+                                Error::Refused("lap windows need the event time: keep the ts column in the query's input".into())
+                            })?;
+                        let ts_name = input.schema().field(ts_idx).name().clone();
+                        LapProgress::Stage {
+                            ts: Arc::new(PhysicalColumn::new(&ts_name, ts_idx)),
+                        }
+                    }
+                };
                 (
                     WindowKind::Lap {
                         gap_ms: self.lap_gap_ms,
@@ -351,7 +396,7 @@ impl Compiler {
                         car_cols,
                         lap: groups[l].clone(),
                         lap_col: l,
-                        ts: Arc::new(PhysicalColumn::new(&ts_name, ts_idx)),
+                        progress,
                     },
                 )
             }

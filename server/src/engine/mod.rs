@@ -460,8 +460,12 @@ impl Engine {
                     self.watermarks.observe(p.partition, ts, now);
                 }
             }
-            self.watermarks
-                .progress(b.assigned.as_deref(), &b.caught_up, now);
+            self.watermarks.progress(
+                b.assigned.as_deref(),
+                &b.caught_up,
+                b.caught_up_confirmed,
+                now,
+            );
             for p in &b.partitions {
                 self.consumed.insert(
                     snapshot::offset_key(&b.topic, p.partition),

@@ -100,3 +100,121 @@ pub fn assert_same_rows(name: &str, streamed: &[String], batch: &[String]) {
         batch.len()
     );
 }
+
+/// The bundled race cut to laps 1..=`last_lap` (and the samples before the start).
+pub fn race_laps(last_lap: i32) -> Result<RecordBatch> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int32Type;
+    let all = crate::ingest::embedded::bundled_session()?;
+    let lap = all
+        .column_by_name("lap")
+        .expect("canonical")
+        .as_primitive::<Int32Type>();
+    let keep = lap
+        .iter()
+        .map(|l| Some(l.is_none_or(|l| l <= last_lap)))
+        .collect();
+    Ok(datafusion::arrow::compute::filter_record_batch(
+        &all, &keep,
+    )?)
+}
+
+/// Moves rows around within `within_ms` of event time, deterministically (a network's
+/// reordering, within the allowed lateness when `within_ms` is below it).
+pub fn shuffle(rows: &RecordBatch, within_ms: i64) -> Result<RecordBatch> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampMillisecondType;
+    let ts = rows
+        .column_by_name("ts")
+        .expect("canonical")
+        .as_primitive::<TimestampMillisecondType>();
+    let mut keyed: Vec<(i64, u32)> = (0..rows.num_rows())
+        .map(|i| {
+            (
+                (ts.value(i)
+                    + ((i as u64).wrapping_mul(2_654_435_761) % within_ms.max(1) as u64) as i64),
+                i as u32,
+            )
+        })
+        .collect();
+    keyed.sort();
+    let idx = datafusion::arrow::array::UInt32Array::from(
+        keyed.into_iter().map(|(_, i)| i).collect::<Vec<_>>(),
+    );
+    Ok(datafusion::arrow::compute::take_record_batch(rows, &idx)?)
+}
+
+/// Streams `rows` (in their order) through a fresh engine running `queries`, in micro-batches
+/// of `batch_ms` of event time, then lets the input go idle until every window has closed.
+/// Returns what each query emitted.
+pub async fn stream(
+    queries: &[QueryDef],
+    rows: &RecordBatch,
+    batch_ms: i64,
+) -> Result<std::collections::HashMap<String, Vec<RecordBatch>>> {
+    use std::time::{Duration, Instant};
+
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampMillisecondType;
+
+    use crate::engine::{Engine, EngineConfig, WatermarkConfig};
+    use crate::ingest::{MicroBatch, PartitionSlice};
+
+    let config = EngineConfig {
+        watermark: WatermarkConfig {
+            lateness_ms: 1_000,
+            idle_timeout: Duration::from_millis(500),
+            require_assignment: false,
+        },
+        lap_gap_ms: 10_000,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config)?;
+    for q in queries {
+        engine.submit(q.clone()).await?;
+    }
+    let mut out: std::collections::HashMap<String, Vec<RecordBatch>> =
+        queries.iter().map(|q| (q.name.clone(), vec![])).collect();
+    let ts = rows
+        .column_by_name("ts")
+        .expect("canonical")
+        .as_primitive::<TimestampMillisecondType>()
+        .clone();
+    let mut now = Instant::now();
+    let mut pos = 0;
+    while pos < rows.num_rows() {
+        let start = ts.value(pos);
+        let mut end = pos;
+        while end < rows.num_rows() && ts.value(end) < start + batch_ms {
+            end += 1;
+        }
+        let b = MicroBatch {
+            topic: "oracle".into(),
+            rows: rows.slice(pos, end - pos),
+            partitions: vec![PartitionSlice {
+                partition: 0,
+                first_offset: pos as i64,
+                last_offset: end as i64 - 1,
+                max_ts: ts.values()[pos..end].iter().copied().max(),
+            }],
+            assigned: None,
+            caught_up: vec![0],
+            caught_up_confirmed: None,
+            dead_letters: Vec::new(),
+            ready_at: now,
+        };
+        now += Duration::from_millis(batch_ms as u64);
+        for (name, batches) in engine.step(Some(&b), now).await {
+            out.entry(name).or_default().extend(batches);
+        }
+        pos = end;
+    }
+    // The input stops: the watermark advances with processing time until everything closed.
+    for _ in 0..40 {
+        now += Duration::from_millis(500);
+        for (name, batches) in engine.step(None, now).await {
+            out.entry(name).or_default().extend(batches);
+        }
+    }
+    Ok(out)
+}

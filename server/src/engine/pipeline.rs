@@ -15,7 +15,9 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::compile::{AggregatePlan, CompiledQuery, StagePlan, WindowFnPlan, WindowKey};
+use super::compile::{
+    AggregatePlan, CompiledQuery, LapProgress, StagePlan, WindowFnPlan, WindowKey,
+};
 use super::windows::{LapWindows, TimeWindows, WindowKind};
 use crate::error::{Error, Result};
 
@@ -124,7 +126,16 @@ impl Pipeline {
             rows.retain(|b| b.num_rows() > 0);
             rows = match (stage, state) {
                 (StagePlan::Aggregate(plan), StageState::Aggregate(state)) => {
-                    aggregate_step(plan, state, rows, watermark, &mut self.late_rows, ctx).await?
+                    aggregate_step(
+                        plan,
+                        state,
+                        input,
+                        rows,
+                        watermark,
+                        &mut self.late_rows,
+                        ctx,
+                    )
+                    .await?
                 }
                 (StagePlan::WindowFn(plan), StageState::WindowFn(state)) => {
                     window_step(plan, state, rows, watermark, idle, &mut self.late_rows, ctx)
@@ -230,11 +241,30 @@ fn group_rows<K: std::hash::Hash + Eq + Clone>(
 async fn aggregate_step(
     plan: &AggregatePlan,
     state: &mut AggregateState,
+    stream_rows: &[RecordBatch],
     rows: Vec<RecordBatch>,
     watermark: Option<i64>,
     late_rows: &mut u64,
     ctx: &Arc<TaskContext>,
 ) -> Result<Vec<RecordBatch>> {
+    // 0. Lap progress from the raw stream rows, before any filter.
+    if let WindowKey::Lap {
+        progress: LapProgress::Input { car, lap, ts },
+        ..
+    } = &plan.key
+    {
+        let laps = state.laps.as_mut().expect("lap state");
+        for b in stream_rows.iter().filter(|b| b.num_rows() > 0) {
+            let cars = row_keys(&car.iter().map(|&c| b.column(c).clone()).collect::<Vec<_>>())?;
+            let lap_values = int_values(b.column(*lap))?;
+            let ts_values = ms_values(b.column(*ts))?;
+            for i in 0..b.num_rows() {
+                if let (Some(l), Some(t)) = (lap_values[i], ts_values[i]) {
+                    laps.observe(&cars[i], l, t);
+                }
+            }
+        }
+    }
     // 1. Drop rows of windows already closed (late) and rows with no window.
     let mut kept = Vec::with_capacity(rows.len());
     for batch in rows {
@@ -254,7 +284,9 @@ async fn aggregate_step(
                     })
                     .collect()
             }
-            WindowKey::Lap { car, lap, ts, .. } => {
+            WindowKey::Lap {
+                car, lap, progress, ..
+            } => {
                 let laps = state.laps.as_mut().expect("lap state");
                 let cars = row_keys(
                     &car.iter()
@@ -262,19 +294,22 @@ async fn aggregate_step(
                         .collect::<Result<Vec<_>>>()?,
                 )?;
                 let lap_values = int_values(&eval(lap, &batch)?)?;
-                let ts_values = ms_values(&eval(ts, &batch)?)?;
-                (0..batch.num_rows())
-                    .map(|i| match (lap_values[i], ts_values[i]) {
-                        (Some(l), Some(t)) => {
+                if let LapProgress::Stage { ts } = progress {
+                    let ts_values = ms_values(&eval(ts, &batch)?)?;
+                    for i in 0..batch.num_rows() {
+                        if let (Some(l), Some(t)) = (lap_values[i], ts_values[i]) {
                             laps.observe(&cars[i], l, t);
-                            if laps.is_late(&cars[i], l) {
-                                *late_rows += 1;
-                                Some(false)
-                            } else {
-                                Some(true)
-                            }
                         }
-                        _ => Some(false), // samples with no lap are not in lap windows
+                    }
+                }
+                (0..batch.num_rows())
+                    .map(|i| match lap_values[i] {
+                        Some(l) if laps.is_late(&cars[i], l) => {
+                            *late_rows += 1;
+                            Some(false)
+                        }
+                        Some(_) => Some(true),
+                        None => Some(false), // samples with no lap are not in lap windows
                     })
                     .collect()
             }

@@ -6,9 +6,16 @@
 //! it is at the end of its log. A partition that is at the end of its log and has received
 //! nothing for the idle timeout stops holding it back. When every partition is idle the input
 //! has stopped (or paused): the watermark then advances with processing time from the highest
-//! event time seen, `max_ts + (now - last_arrival)`, so the last windows close instead of
+//! event time seen, `max_ts + (confirmed - last_arrival)`, so the last windows close instead of
 //! waiting for data that may never come. A consumer catching up on old data is never idle,
 //! however long a fetch takes. The watermark never goes back.
+//!
+//! Idleness is a fact the source must keep confirming, not an assumption that lasts: a Kafka
+//! consumer re-asks the broker where the end of each log is, and a partition counts as quiet
+//! only up to the latest answer (`confirmed`). When the broker goes away the answers stop, and
+//! so does the watermark, however long the outage: the rows produced meanwhile are not late
+//! when they arrive. An in-process source (`confirmed` = None) is believed until it says
+//! otherwise.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -38,6 +45,8 @@ struct PartitionClock {
     last_arrival: Option<Instant>,
     /// Since when the partition has been at the end of its log (None = behind, or unknown).
     caught_up_at: Option<Instant>,
+    /// The source's latest confirmation that it still is (None: believed until told otherwise).
+    confirmed_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -69,26 +78,51 @@ impl Watermarks {
         c.max_ts = Some(c.max_ts.map_or(max_ts, |m| m.max(max_ts)));
         c.last_arrival = Some(now);
         c.caught_up_at = None;
+        c.confirmed_at = None;
     }
 
     /// Records the consumer's assignment (when known) and which partitions are at the end of
-    /// their log after the latest poll.
-    pub fn progress(&mut self, assigned: Option<&[i32]>, caught_up: &[i32], now: Instant) {
+    /// their log after the latest poll, as the source confirmed at `confirmed` (None: an
+    /// in-process source, whose word holds until it says otherwise).
+    pub fn progress(
+        &mut self,
+        assigned: Option<&[i32]>,
+        caught_up: &[i32],
+        confirmed: Option<Instant>,
+        now: Instant,
+    ) {
         if let Some(a) = assigned {
             self.assigned = Some(a.iter().copied().collect());
         }
         for (p, c) in self.partitions.iter_mut() {
             if !caught_up.contains(p) {
                 c.caught_up_at = None;
+                c.confirmed_at = None;
             }
         }
+        let confirmed = confirmed.map(|c| c.min(now));
+        let gap = self.config.idle_timeout;
         for p in caught_up {
-            self.partitions
-                .entry(*p)
-                .or_default()
-                .caught_up_at
-                .get_or_insert(now);
+            let c = self.partitions.entry(*p).or_default();
+            // Unconfirmed for longer than the idle timeout (the broker was away, or the
+            // consumer stuck): quiet is only known again from this confirmation on.
+            if let (Some(prev), Some(new)) = (c.confirmed_at, confirmed) {
+                if new.saturating_duration_since(prev) > gap {
+                    c.caught_up_at = Some(new);
+                }
+            }
+            c.caught_up_at.get_or_insert(confirmed.unwrap_or(now));
+            c.confirmed_at = match (c.confirmed_at, confirmed) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (_, b) => b,
+            };
         }
+    }
+
+    /// Until when `c` is known to have been at the end of its log (None: it is not).
+    fn known_quiet_until(c: &PartitionClock, now: Instant) -> Option<Instant> {
+        c.caught_up_at?;
+        Some(c.confirmed_at.unwrap_or(now).min(now))
     }
 
     fn relevant(&self) -> Vec<i32> {
@@ -98,13 +132,21 @@ impl Watermarks {
         }
     }
 
+    /// Since when `c` is known to have been quiet at the end of its log.
+    fn quiet_since(c: &PartitionClock) -> Option<Instant> {
+        let since = c.caught_up_at?;
+        Some(c.last_arrival.map_or(since, |l| l.max(since)))
+    }
+
+    /// Quiet at the end of its log for the idle timeout, as confirmed within the idle timeout
+    /// (an older claim is stale: the partition may have data by now).
     fn is_idle(&self, c: &PartitionClock, now: Instant) -> bool {
-        match c.caught_up_at {
-            Some(since) => {
-                let quiet_since = c.last_arrival.map_or(since, |l| l.max(since));
-                now.saturating_duration_since(quiet_since) >= self.config.idle_timeout
+        match (Self::quiet_since(c), Self::known_quiet_until(c, now)) {
+            (Some(since), Some(until)) => {
+                now.saturating_duration_since(until) <= self.config.idle_timeout
+                    && until.saturating_duration_since(since) >= self.config.idle_timeout
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -134,13 +176,21 @@ impl Watermarks {
                     .iter()
                     .filter_map(|p| self.partitions.get(p)?.max_ts)
                     .max();
+                // Event time moves on with the time the input is known to have been quiet:
+                // from the last arrival or, if later (after a restart, or an outage), from
+                // when it was found at its end again.
                 let last = relevant
                     .iter()
-                    .filter_map(|p| self.partitions.get(p)?.last_arrival)
+                    .filter_map(|p| Self::quiet_since(self.partitions.get(p)?))
                     .max();
-                match (max_ts, last) {
-                    (Some(m), Some(l)) => {
-                        Some(m + now.saturating_duration_since(l).as_millis() as i64)
+                // Only as far as every partition is known to have stayed quiet.
+                let until = relevant
+                    .iter()
+                    .filter_map(|p| Self::known_quiet_until(self.partitions.get(p)?, now))
+                    .min();
+                match (max_ts, last, until) {
+                    (Some(m), Some(l), Some(u)) => {
+                        Some(m + u.saturating_duration_since(l).as_millis() as i64)
                     }
                     _ => None,
                 }
@@ -226,9 +276,9 @@ mod tests {
             None,
             "partition 0 may exist and hold older rows"
         );
-        w.progress(Some(&[]), &[], t);
+        w.progress(Some(&[]), &[], None, t);
         assert_eq!(w.advance(t), None, "no partitions yet (rebalancing)");
-        w.progress(Some(&[0, 1, 2]), &[], t);
+        w.progress(Some(&[0, 1, 2]), &[], None, t);
         assert_eq!(w.advance(t), None, "partition 0 not read yet");
         w.observe(0, 10_000, t);
         assert_eq!(w.advance(t), Some(9_000));
@@ -249,14 +299,14 @@ mod tests {
     fn an_assigned_partition_not_read_yet_holds_the_watermark() {
         let mut w = wm();
         let t = Instant::now();
-        w.progress(Some(&[0, 1]), &[], t);
+        w.progress(Some(&[0, 1]), &[], None, t);
         w.observe(0, 10_000, t);
         assert_eq!(
             w.advance(t + Duration::from_secs(60)),
             None,
             "partition 1 may still hold old rows"
         );
-        w.progress(None, &[1], t);
+        w.progress(None, &[1], None, t);
         assert_eq!(
             w.advance(t),
             Some(9_000),
@@ -278,7 +328,7 @@ mod tests {
             Some(4_000),
             "partition 1 is behind, not idle"
         );
-        w.progress(None, &[1], t);
+        w.progress(None, &[1], None, t);
         assert_eq!(
             w.advance(later),
             Some(19_000),
@@ -291,7 +341,7 @@ mod tests {
         let mut w = wm();
         let t = Instant::now();
         w.observe(0, 10_000, t);
-        w.progress(None, &[0], t);
+        w.progress(None, &[0], None, t);
         assert_eq!(w.advance(t + Duration::from_millis(1_500)), Some(9_000));
         assert!(!w.input_idle(t + Duration::from_millis(1_500)));
         assert_eq!(w.advance(t + Duration::from_secs(2)), Some(12_000));
@@ -304,11 +354,76 @@ mod tests {
         let mut w = wm();
         let t = Instant::now();
         w.observe(0, 10_000, t);
-        w.progress(None, &[0], t);
+        w.progress(None, &[0], None, t);
         // The broker went away: nobody knows where the end is any more.
-        w.progress(None, &[], t + Duration::from_millis(100));
+        w.progress(None, &[], None, t + Duration::from_millis(100));
         assert_eq!(w.advance(t + Duration::from_secs(30)), Some(9_000));
         assert!(!w.input_idle(t + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn idleness_lasts_only_as_long_as_the_source_confirms_it() {
+        let mut w = wm();
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        w.observe(0, 10_000, t);
+        w.progress(None, &[0], Some(at(100)), at(100));
+        w.progress(None, &[0], Some(at(1_500)), at(1_500));
+        // Confirmed quiet for 1.4 s only: not idle yet, whatever the clock says now.
+        assert_eq!(w.advance(at(1_600)), Some(9_000));
+        assert!(!w.input_idle(at(1_600)));
+        w.progress(None, &[0], Some(at(2_500)), at(2_500));
+        assert!(w.input_idle(at(2_500)));
+        assert_eq!(w.advance(at(2_600)), Some(12_400));
+        // The broker goes away: no more confirmations, the watermark stays where it was
+        // confirmed, however long the outage lasts.
+        assert_eq!(w.advance(at(4_000)), Some(12_400));
+        assert!(!w.input_idle(at(40_000)), "a stale claim is not idleness");
+        assert_eq!(w.advance(at(40_000)), Some(12_400));
+        // Back, still at the end: quiet counts again from there, not across the outage.
+        w.progress(None, &[0], Some(at(41_000)), at(41_000));
+        assert_eq!(w.advance(at(41_000)), Some(12_400));
+        w.progress(None, &[0], Some(at(42_000)), at(42_000));
+        w.progress(None, &[0], Some(at(43_500)), at(43_500));
+        assert_eq!(w.advance(at(43_500)), Some(12_500));
+    }
+
+    #[test]
+    fn restored_and_at_the_end_it_idles_from_when_it_was_found_there() {
+        let mut w = wm();
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        // A checkpoint taken when everything had been read; nothing arrives after the restart.
+        w.restore(&crate::engine::snapshot::WatermarkState {
+            current: Some(9_000),
+            partitions: vec![(0, 10_000), (1, 8_000)],
+        });
+        w.progress(Some(&[0, 1]), &[0, 1], Some(at(100)), at(100));
+        assert_eq!(w.advance(at(100)), Some(9_000));
+        w.progress(Some(&[0, 1]), &[0, 1], Some(at(1_100)), at(1_100));
+        w.progress(Some(&[0, 1]), &[0, 1], Some(at(2_100)), at(2_100));
+        assert!(w.input_idle(at(2_100)));
+        assert_eq!(w.advance(at(3_100)), Some(12_000));
+    }
+
+    #[test]
+    fn a_quiet_partition_whose_claim_went_stale_holds_the_watermark_again() {
+        let mut w = wm();
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        w.observe(0, 10_000, t);
+        w.observe(1, 5_000, t);
+        for ms in [0, 1_000, 2_000] {
+            w.progress(None, &[1], Some(at(ms)), at(ms));
+        }
+        w.observe(0, 20_000, at(2_000));
+        assert_eq!(w.advance(at(2_000)), Some(19_000), "1 is confirmed quiet");
+        w.observe(0, 30_000, at(5_000));
+        assert_eq!(
+            w.advance(at(5_000)),
+            Some(19_000),
+            "1 was last confirmed 3 s ago: it may have rows by now"
+        );
     }
 
     #[test]
@@ -324,7 +439,7 @@ mod tests {
         let mut w = wm();
         let t = Instant::now();
         w.observe(0, 10_000, t);
-        w.progress(None, &[0], t);
+        w.progress(None, &[0], None, t);
         w.advance(t + Duration::from_secs(10));
         w.observe(0, 11_000, t + Duration::from_secs(10));
         assert_eq!(w.advance(t + Duration::from_secs(10)), Some(20_000));

@@ -113,6 +113,7 @@ pub async fn run(
                 }],
                 assigned: None,
                 caught_up: vec![0],
+                caught_up_confirmed: None,
                 dead_letters: Vec::new(),
                 ready_at: Instant::now(),
             };

@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::TimestampMillisecondType;
 use pitwall_proto::schema::col;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer as RdBaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -41,6 +41,76 @@ impl ClientContext for Quiet {
 impl ConsumerContext for Quiet {}
 
 type BaseConsumer = RdBaseConsumer<Quiet>;
+
+/// Commits offsets on a thread of its own. A commit waits for the group coordinator, which can
+/// take long (a coordinator moving, a broker restarting); consumption must not wait with it.
+/// Offsets arriving meanwhile are merged: a later commit covers an earlier one, and a failed
+/// one is retried. (Asynchronous commits would not need the thread, but rdkafka 0.39 never
+/// reports their outcome: fede1024/rust-rdkafka#856.)
+fn spawn_committer(
+    consumer: Arc<BaseConsumer>,
+    rx: std::sync::mpsc::Receiver<Offsets>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("pitwall-commit".into())
+        .spawn(move || {
+            let mut pending = Offsets::new();
+            let mut stopping_since: Option<Instant> = None;
+            loop {
+                let received = rx.recv_timeout(Duration::from_millis(200));
+                let disconnected = matches!(
+                    received,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+                );
+                let mut add = |o: Offsets| {
+                    for (k, v) in o {
+                        let e = pending.entry(k).or_insert(v);
+                        *e = (*e).max(v);
+                    }
+                };
+                if let Ok(o) = received {
+                    add(o);
+                }
+                while let Ok(o) = rx.try_recv() {
+                    add(o);
+                }
+                if !pending.is_empty() {
+                    match commit(&consumer, &pending) {
+                        Ok(()) => pending.clear(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "offset commit failed; will retry");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                }
+                // After a stop the last checkpoint's offsets still come; then this ends.
+                if stop.load(Ordering::Relaxed) {
+                    let since = *stopping_since.get_or_insert_with(Instant::now);
+                    let quiet = pending.is_empty() && since.elapsed() > Duration::from_secs(1);
+                    if quiet || since.elapsed() > Duration::from_secs(10) {
+                        break;
+                    }
+                }
+                if disconnected && pending.is_empty() {
+                    break;
+                }
+            }
+            if !pending.is_empty() {
+                tracing::warn!(offsets = ?pending, "stopping with offsets not committed: they will be read again and skipped");
+            }
+        })
+}
+
+fn commit(consumer: &BaseConsumer, offsets: &Offsets) -> KafkaResult<()> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    tracing::debug!(?offsets, "offsets committed");
+    Ok(())
+}
 
 /// Makes sure consumption resumes at or before the last checkpoint's offsets.
 ///
@@ -98,6 +168,14 @@ impl ResumeGuard {
             tracing::warn!(partition = p, error = %e, "seek failed; will retry");
         }
         false
+    }
+
+    /// Checks `partition`'s first message again: it was (re)assigned after a rebalance, and
+    /// everything before `next` has been processed already.
+    fn arm(&mut self, partition: i32, next: i64) {
+        self.pending
+            .entry(partition)
+            .or_insert((next, 16_384, false));
     }
 
     /// A partition at the end of its log has nothing left to miss, unless the end is past
@@ -158,6 +236,8 @@ pub struct KafkaConfig {
     pub options: Vec<(String, String)>,
     pub max_batch_rows: usize,
     pub max_batch_wait: Duration,
+    /// How long a micro-batch stays open after its first message.
+    pub linger: Duration,
     pub dead_letter_topic: Option<String>,
 }
 
@@ -204,8 +284,13 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
                 StartAt::Latest => "latest",
             },
         )
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
+        // The session timeout stays librdkafka's (45 s): shorter ones expire members whose
+        // coordinator is merely slow to answer heartbeats under load, and a group that keeps
+        // rebalancing consumes nothing. The poll interval is also the rebalance timeout: how
+        // long a rejoin may wait for members that are gone (Kafka's 5 minutes would stall a
+        // restarted instance that long). The ingest thread polls continuously, so a minute
+        // without a poll means it is stuck.
+        .set("max.poll.interval.ms", "60000")
         .set("fetch.wait.max.ms", "10")
         .set("queued.min.messages", "200000");
     for (k, v) in &config.options {
@@ -223,7 +308,8 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
     skip_below: BTreeMap<i32, i64>,
 ) -> Result<KafkaSource> {
-    let consumer: BaseConsumer = consumer_config(&config).create_with_context(Quiet)?;
+    let consumer: Arc<BaseConsumer> =
+        Arc::new(consumer_config(&config).create_with_context(Quiet)?);
     consumer.subscribe(&[&config.topic])?;
     let mut probe_config = ClientConfig::new();
     probe_config.set("bootstrap.servers", &config.brokers);
@@ -242,63 +328,108 @@ pub fn spawn(
         None => None,
     };
     let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Offsets>();
-    tracing::info!(brokers = %config.brokers, topic = %config.topic, group = %config.group_id, "consuming");
+    let committer = spawn_committer(consumer.clone(), commit_rx, stop.clone())?;
+    tracing::info!(
+        brokers = %config.brokers,
+        topic = %config.topic,
+        group = %config.group_id,
+        "consuming"
+    );
     let thread = std::thread::Builder::new()
         .name("pitwall-ingest".into())
         .spawn(move || {
-            let mut pending: Offsets = BTreeMap::new();
-            let mut at_end: BTreeSet<i32> = BTreeSet::new();
+            // Partitions at the end of their log -> when the broker last said so.
+            let mut at_end: BTreeMap<i32, Instant> = BTreeMap::new();
             let mut last_assigned: Option<Vec<i32>> = None;
             let mut guard = ResumeGuard::new(&config.topic, &skip_below);
+            // Partition -> next offset not processed yet. A rebalance (a broker restart, a
+            // session timeout, another instance joining) resumes at the committed offset,
+            // which lags what was processed: what comes again below this is skipped, not
+            // counted, archived or windowed twice.
+            let mut processed: BTreeMap<i32, i64> = skip_below.clone();
             let mut last_probe = Instant::now();
+            let mut start_offsets: BTreeMap<i32, i64> = BTreeMap::new();
             while !stop.load(Ordering::Relaxed) {
-                while let Ok(o) = commit_rx.try_recv() {
-                    pending.extend(o);
-                }
-                if !pending.is_empty() {
-                    commit(&consumer, &mut pending);
-                }
-                let (messages, mut ends_changed) = poll_batch(&consumer, &config, &stop, &mut at_end, &mut guard);
+                let (messages, mut ends_changed) =
+                    poll_batch(&consumer, &config, &stop, &mut at_end, &mut guard);
                 let assigned = assignment(&consumer, &config.topic);
                 let assignment_changed = assigned != last_assigned;
-                // With nothing arriving, ask the broker whether we are really at the end: an
-                // unreachable broker means we do not know, and the watermark must wait.
-                if messages.is_empty() && last_probe.elapsed() >= Duration::from_millis(200) {
-                    last_probe = Instant::now();
-                    let probed = probe_ends(&consumer, &prober, &config.topic, assigned.as_deref().unwrap_or(&[]));
-                    if probed != at_end {
-                        at_end = probed;
-                        ends_changed = true;
+                if assignment_changed {
+                    start_offsets.clear();
+                    let before = last_assigned.as_deref().unwrap_or(&[]);
+                    for p in assigned.as_deref().unwrap_or(&[]) {
+                        if let (false, Some(next)) = (before.contains(p), processed.get(p)) {
+                            guard.arm(*p, *next);
+                        }
                     }
                 }
-                if messages.is_empty() && !ends_changed && !assignment_changed {
+                // While any partition is (or may be) at its end, keep asking the broker whether
+                // it really is, and tell the engine each answer: idleness lasts only as long as
+                // it is confirmed, and a quiet partition that received rows meanwhile must hold
+                // the watermark again before the others' rows move it past them. An unreachable
+                // broker means we do not know, and the watermark waits.
+                let mut confirmed = false;
+                if (messages.is_empty() || !at_end.is_empty())
+                    && last_probe.elapsed() >= PROBE_INTERVAL
+                {
+                    last_probe = Instant::now();
+                    let probed = probe_ends(
+                        &consumer,
+                        &prober,
+                        &config.topic,
+                        assigned.as_deref().unwrap_or(&[]),
+                        &mut start_offsets,
+                    );
+                    if probed.iter().ne(at_end.keys()) {
+                        ends_changed = true;
+                    }
+                    at_end = probed.into_iter().map(|p| (p, last_probe)).collect();
+                    confirmed = !at_end.is_empty();
+                }
+                if messages.is_empty() && !ends_changed && !assignment_changed && !confirmed {
                     continue;
                 }
-                                if assignment_changed || ends_changed {
+                if assignment_changed || ends_changed {
                     tracing::debug!(?assigned, at_end = ?at_end, "partition progress");
                 }
                 last_assigned = assigned.clone();
-                let mut batch = match decode_batch(&config, &messages, &mut decoder, dlq.as_ref(), &stats, &skip_below) {
+                let mut batch = match decode_batch(
+                    &config,
+                    &messages,
+                    &mut decoder,
+                    dlq.as_ref(),
+                    &stats,
+                    &processed,
+                ) {
                     Ok(b) => b,
                     Err(e) => {
-                        tracing::error!(error = %e, "micro-batch could not be decoded; it is skipped");
+                        tracing::error!(
+                        error = %e,
+                        "micro-batch could not be decoded; it is skipped"
+                        );
                         continue;
                     }
                 };
                 drop(messages);
-                tracing::trace!(partitions = ?batch.partitions, rows = batch.rows.num_rows(), "micro-batch");
+                for s in &batch.partitions {
+                    let next = processed.entry(s.partition).or_insert(0);
+                    *next = (*next).max(s.last_offset + 1);
+                }
+                tracing::trace!(
+                partitions = ?batch.partitions,
+                rows = batch.rows.num_rows(),
+                "micro-batch"
+                );
                 batch.assigned = assigned;
-                batch.caught_up = at_end.iter().copied().collect();
+                batch.caught_up = at_end.keys().copied().collect();
+                batch.caught_up_confirmed = at_end.values().min().copied();
                 if tx.blocking_send(batch).is_err() {
                     break;
                 }
             }
-            while let Ok(o) = commit_rx.recv_timeout(Duration::from_millis(200)) {
-                pending.extend(o);
-            }
-            if !pending.is_empty() {
-                commit(&consumer, &mut pending);
-            }
+            // The last checkpoint's offsets are the committer's to finish (it gives up after a
+            // few seconds rather than hold the stop).
+            let _ = committer.join();
             tracing::info!("consumer stopped");
         })?;
     Ok(KafkaSource {
@@ -307,46 +438,58 @@ pub fn spawn(
     })
 }
 
-fn commit(consumer: &BaseConsumer, pending: &mut Offsets) {
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in pending.iter() {
-        if tpl
-            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .is_err()
-        {
-            return;
-        }
-    }
-    match consumer.commit(&tpl, CommitMode::Sync) {
-        Ok(()) => pending.clear(),
-        Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
-    }
-}
-
 /// The partitions whose position has reached the broker's high watermark. Any broker error
 /// (e.g. it is down) yields none: being cut off is not being caught up.
 /// `prober` is a separate client, so that its requests never queue behind (or time out) the
 /// consumer's fetches.
+///
+/// librdkafka knows a position only once a message was consumed; a partition that has
+/// delivered nothing since it was assigned is where the group's committed offset put it
+/// (cached in `start_offsets`, cleared by the caller on a new assignment). Without this, a
+/// partition resumed exactly at its end would never count as caught up, and the last windows
+/// would never close.
 fn probe_ends(
     consumer: &BaseConsumer,
     prober: &BaseConsumer,
     topic: &str,
     partitions: &[i32],
+    start_offsets: &mut BTreeMap<i32, i64>,
 ) -> BTreeSet<i32> {
     let positions = consumer.position().ok();
+    let position = |p: i32| {
+        positions
+            .as_ref()
+            .and_then(|tpl| tpl.find_partition(topic, p))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+    };
+    let unknown: Vec<i32> = partitions
+        .iter()
+        .copied()
+        .filter(|p| position(*p).is_none() && !start_offsets.contains_key(p))
+        .collect();
+    if !unknown.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for p in &unknown {
+            tpl.add_partition(topic, *p);
+        }
+        if let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_millis(500)) {
+            for e in committed.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    start_offsets.insert(e.partition(), o);
+                }
+            }
+        }
+    }
     let mut ends = BTreeSet::new();
     for &p in partitions {
         let (low, high) = match prober.fetch_watermarks(topic, p, Duration::from_millis(500)) {
             Ok(w) => w,
             Err(_) => return BTreeSet::new(),
         };
-        let pos = positions
-            .as_ref()
-            .and_then(|tpl| tpl.find_partition(topic, p))
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
+        let pos = position(p).or_else(|| start_offsets.get(&p).copied());
         if high <= low || pos.is_some_and(|o| o >= high) {
             ends.insert(p);
         }
@@ -367,40 +510,49 @@ fn assignment(consumer: &BaseConsumer, topic: &str) -> Option<Vec<i32>> {
     Some(parts)
 }
 
-/// Polls up to a micro-batch of messages; keeps `at_end` (partitions at the end of their log)
-/// current and says whether it changed.
+/// How often an idle consumer asks the broker where the end of each log is.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Polls up to a micro-batch of messages; keeps `at_end` (partitions at the end of their log,
+/// and when the broker said so) current and says whether its set changed.
 fn poll_batch<'c>(
     consumer: &'c BaseConsumer,
     config: &KafkaConfig,
     stop: &AtomicBool,
-    at_end: &mut BTreeSet<i32>,
+    at_end: &mut BTreeMap<i32, Instant>,
     guard: &mut ResumeGuard,
 ) -> (Vec<BorrowedMessage<'c>>, bool) {
     let mut messages = Vec::new();
     let mut changed = false;
     let started = Instant::now();
+    let mut first_at: Option<Instant> = None;
     while messages.len() < config.max_batch_rows && !stop.load(Ordering::Relaxed) {
         let elapsed = started.elapsed();
         if elapsed >= config.max_batch_wait {
             break;
         }
-        // Block for the first message up to the whole window; after that, take what is queued.
+        // Block for the first message up to the whole window; after it, linger only briefly:
+        // low rates get small, fresh batches; high rates fill batches while the engine works.
         let left = config.max_batch_wait - elapsed;
-        let wait = if messages.is_empty() && !changed {
-            left
-        } else {
-            left.min(Duration::from_millis(5))
+        let wait = match first_at {
+            None if !changed => left,
+            None => left.min(Duration::from_millis(1)),
+            Some(t) => match config.linger.checked_sub(t.elapsed()) {
+                Some(l) => l.min(left),
+                None => break,
+            },
         };
         match consumer.poll(wait) {
             Some(Ok(m)) => {
                 if guard.admit(consumer, &m) {
-                    changed |= at_end.remove(&m.partition());
+                    changed |= at_end.remove(&m.partition()).is_some();
+                    first_at.get_or_insert_with(Instant::now);
                     messages.push(m);
                 }
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 guard.at_end(consumer, p);
-                changed |= at_end.insert(p);
+                changed |= at_end.insert(p, Instant::now()).is_none();
             }
             Some(Err(e)) => {
                 // Cut off from the broker we cannot know we are at the end of the log: the
@@ -427,8 +579,8 @@ fn decode_batch(
     stats: &IngestStats,
     skip_below: &BTreeMap<i32, i64>,
 ) -> Result<MicroBatch> {
-    // Messages below the last checkpoint's offsets were processed and archived before a
-    // restart: read again, they are skipped, not counted twice.
+    // Messages below these offsets were processed already (before a restart, or before a
+    // rebalance): read again, they are skipped, not counted twice.
     let raw: Vec<RawMessage<'_>> = messages
         .iter()
         .filter(|m| {
@@ -527,6 +679,7 @@ fn decode_batch(
         partitions: slices.into_values().collect(),
         assigned: None,
         caught_up: Vec::new(),
+        caught_up_confirmed: None,
         dead_letters: letters,
         ready_at: Instant::now(),
     })

@@ -38,6 +38,10 @@ pub struct MicroBatch {
     pub assigned: Option<Vec<i32>>,
     /// Partitions at the end of their log after this poll (nothing more to read right now).
     pub caught_up: Vec<i32>,
+    /// When the source last confirmed that all of `caught_up` are at their end (a Kafka
+    /// consumer re-asks the broker while idle); None for an in-process source, whose word
+    /// holds until it says otherwise. See [`crate::engine::watermark`].
+    pub caught_up_confirmed: Option<Instant>,
     /// Messages that could not be decoded (archived with the batch).
     pub dead_letters: Vec<dead_letter::DeadLetter>,
     /// When the batch was complete (decoded and ready for the engine).
@@ -81,6 +85,8 @@ impl IngestStats {
         self.messages.fetch_add(messages, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.rows.fetch_add(rows, Ordering::Relaxed);
-        self.micro_batches.fetch_add(1, Ordering::Relaxed);
+        if messages > 0 {
+            self.micro_batches.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

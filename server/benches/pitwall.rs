@@ -1,0 +1,245 @@
+//! Micro-benchmarks of the hot path: JSON and Protobuf decode, one engine step with the
+//! default queries, and the Parquet archive writer. Run with `cargo bench -p pitwall-server`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::datatypes::{Field, Schema, TimestampMillisecondType};
+use pitwall_proto::schema::{JSON_WIRE_NAMES, col, telemetry_schema};
+use pitwall_server::engine::{Engine, EngineConfig};
+use pitwall_server::ingest::decode::{DecodeConfig, Decoder, RawMessage};
+use pitwall_server::ingest::embedded::bundled_session;
+use pitwall_server::ingest::{MicroBatch, PartitionSlice};
+use prost::Message;
+
+const BATCH: usize = 16_384;
+
+/// One JSON message per row, FastF1 names, as `pitwall replay` publishes them.
+fn json_messages(rows: &RecordBatch) -> Vec<Vec<u8>> {
+    let wire = |c: &str| {
+        JSON_WIRE_NAMES
+            .iter()
+            .find(|(_, k)| *k == c)
+            .map(|(w, _)| *w)
+            .expect("wire name")
+    };
+    let fields: Vec<Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_name(wire(f.name())))
+        .collect();
+    let renamed = RecordBatch::try_new(Arc::new(Schema::new(fields)), rows.columns().to_vec())
+        .expect("batch");
+    let mut buf = Vec::new();
+    let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+    w.write(&renamed).expect("json");
+    w.finish().expect("json");
+    drop(w);
+    buf.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+fn protobuf_messages(rows: &RecordBatch) -> Vec<Vec<u8>> {
+    let driver = rows.column_by_name(col::DRIVER).unwrap().as_string::<i32>();
+    let ts = rows
+        .column_by_name(col::TS)
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>();
+    let speed = rows
+        .column_by_name(col::SPEED)
+        .unwrap()
+        .as_primitive::<datafusion::arrow::datatypes::Float32Type>();
+    let rpm = rows
+        .column_by_name(col::RPM)
+        .unwrap()
+        .as_primitive::<datafusion::arrow::datatypes::Float32Type>();
+    (0..rows.num_rows())
+        .map(|i| {
+            pitwall_proto::TelemetrySample {
+                session: "bench".into(),
+                driver: driver.value(i).into(),
+                date_ms: Some(ts.value(i)),
+                speed: Some(speed.value(i)),
+                rpm: Some(rpm.value(i)),
+                gear: Some(7),
+                throttle: Some(100.0),
+                brake: Some(false),
+                drs: Some(0),
+                lap: Some(3),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        })
+        .collect()
+}
+
+fn decode(c: &mut Criterion) {
+    let session = bundled_session().expect("bundled session");
+    let rows = session.slice(100_000, BATCH);
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for (name, payloads, header) in [
+        ("json_16k_rows", json_messages(&rows), &b"json"[..]),
+        (
+            "protobuf_16k_rows",
+            protobuf_messages(&rows),
+            &b"protobuf"[..],
+        ),
+    ] {
+        let raw: Vec<RawMessage> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RawMessage {
+                payload: p,
+                key: None,
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: Some(0),
+                format_header: Some(header),
+            })
+            .collect();
+        let mut decoder = Decoder::new(DecodeConfig::default()).expect("decoder");
+        g.bench_function(name, |b| b.iter(|| decoder.decode(&raw).expect("decode")));
+    }
+    g.finish();
+}
+
+/// `rows` as a micro-batch of partition 0.
+fn micro_batch(rows: RecordBatch, offset: i64) -> MicroBatch {
+    let ts = rows
+        .column_by_name(col::TS)
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>();
+    let max_ts = ts.values().iter().max().copied();
+    MicroBatch {
+        topic: "bench".into(),
+        partitions: vec![PartitionSlice {
+            partition: 0,
+            first_offset: offset,
+            last_offset: offset + rows.num_rows() as i64 - 1,
+            max_ts,
+        }],
+        rows,
+        assigned: None,
+        caught_up: vec![0],
+        caught_up_confirmed: None,
+        dead_letters: vec![],
+        ready_at: Instant::now(),
+    }
+}
+
+/// The race as an endless stream: each round shifted in time and named anew.
+struct Race {
+    rows: RecordBatch,
+    pos: usize,
+    round: i64,
+    span: i64,
+}
+
+impl Race {
+    fn new() -> Self {
+        let rows = bundled_session().expect("bundled session");
+        let ts = rows
+            .column_by_name(col::TS)
+            .unwrap()
+            .as_primitive::<TimestampMillisecondType>();
+        let span = ts.value(ts.len() - 1) - ts.value(0) + 5_000;
+        Self {
+            rows,
+            pos: 0,
+            round: 0,
+            span,
+        }
+    }
+
+    fn next(&mut self, n: usize) -> RecordBatch {
+        if self.pos + n > self.rows.num_rows() {
+            self.pos = 0;
+            self.round += 1;
+        }
+        let slice = self.rows.slice(self.pos, n);
+        self.pos += n;
+        if self.round == 0 {
+            return slice;
+        }
+        let schema = telemetry_schema();
+        let mut cols: Vec<ArrayRef> = slice.columns().to_vec();
+        let ts = slice
+            .column_by_name(col::TS)
+            .unwrap()
+            .as_primitive::<TimestampMillisecondType>();
+        cols[schema.index_of(col::TS).unwrap()] = Arc::new(
+            TimestampMillisecondArray::from_iter_values(
+                ts.values().iter().map(|t| t + self.round * self.span),
+            )
+            .with_timezone("UTC"),
+        );
+        cols[schema.index_of(col::SESSION).unwrap()] =
+            Arc::new(StringArray::from(vec![format!("r{}", self.round); n]));
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+}
+
+fn engine_step(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("engine_step");
+    // 20 cars x 60 Hz x 50 ms, and 200 cars x 1000 Hz x 50 ms.
+    for rows in [60usize, 10_000] {
+        g.throughput(Throughput::Elements(rows as u64));
+        let mut engine = Engine::new(EngineConfig::default()).unwrap();
+        rt.block_on(async {
+            for q in pitwall_server::initial_queries(None).unwrap() {
+                engine.submit(q).await.unwrap();
+            }
+        });
+        let mut race = Race::new();
+        let mut offset = 0i64;
+        let mut now = Instant::now();
+        g.bench_function(format!("default_queries_{rows}_rows"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let batch = micro_batch(race.next(rows), offset);
+                    offset += rows as i64;
+                    now += Duration::from_millis(50);
+                    let t = Instant::now();
+                    rt.block_on(engine.step(Some(&batch), now));
+                    total += t.elapsed();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+fn archive_write(c: &mut Criterion) {
+    let session = bundled_session().expect("bundled session");
+    let rows: Vec<RecordBatch> = (0..8).map(|i| session.slice(i * 32_768, 32_768)).collect();
+    let n: usize = rows.iter().map(|r| r.num_rows()).sum();
+    let mut g = c.benchmark_group("archive");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(10);
+    g.bench_function("telemetry_files_262k_rows", |b| {
+        b.iter(|| {
+            let mut k = 0;
+            pitwall_server::archive::writer::telemetry_files(&rows, &telemetry_schema(), 1, &mut k)
+                .expect("files")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, engine_step, archive_write);
+criterion_main!(benches);

@@ -1,0 +1,139 @@
+//! Is the engine incremental? Feeds a 20-car session of more than two hours (the bundled race,
+//! continued lap after lap) through the default queries in 50 ms micro-batches, as fast as it
+//! can, and compares the time per micro-batch in minute 1 and in hour 2.
+//!
+//! `cargo run --release -p pitwall-server --example engine_hours`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, Int32Array, RecordBatch, TimestampMillisecondArray,
+};
+use datafusion::arrow::datatypes::{Int32Type, TimestampMillisecondType};
+use pitwall_proto::schema::{col, telemetry_schema};
+use pitwall_server::engine::{Engine, EngineConfig};
+use pitwall_server::ingest::embedded::bundled_session;
+use pitwall_server::ingest::{MicroBatch, PartitionSlice};
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let race = bundled_session().expect("bundled session");
+    let ts = race
+        .column_by_name(col::TS)
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>()
+        .clone();
+    let lap = race
+        .column_by_name(col::LAP)
+        .unwrap()
+        .as_primitive::<Int32Type>()
+        .clone();
+    let (first, last) = (ts.value(0), ts.value(ts.len() - 1));
+    let span = last - first + 1_000;
+    let max_lap = lap.iter().flatten().max().unwrap_or(0);
+    let hours = 2.2;
+    let rounds = ((hours * 3_600_000.0) / span as f64).ceil() as i64;
+    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    for q in pitwall_server::initial_queries(None).unwrap() {
+        engine.submit(q).await.unwrap();
+    }
+    let schema = telemetry_schema();
+    let mut now = Instant::now();
+    let mut step_times: Vec<(i64, Duration, usize)> = Vec::new(); // (event ms since start, time, rows)
+    let mut offset = 0i64;
+    for round in 0..rounds {
+        let mut pos = 0;
+        while pos < race.num_rows() {
+            let start_ts = ts.value(pos);
+            let mut end = pos;
+            while end < race.num_rows() && ts.value(end) < start_ts + 50 {
+                end += 1;
+            }
+            let slice = race.slice(pos, end - pos);
+            let mut cols: Vec<ArrayRef> = slice.columns().to_vec();
+            if round > 0 {
+                let t = slice
+                    .column_by_name(col::TS)
+                    .unwrap()
+                    .as_primitive::<TimestampMillisecondType>();
+                cols[schema.index_of(col::TS).unwrap()] = Arc::new(
+                    TimestampMillisecondArray::from_iter_values(
+                        t.values().iter().map(|v| v + round * span),
+                    )
+                    .with_timezone("UTC"),
+                );
+                let l = slice
+                    .column_by_name(col::LAP)
+                    .unwrap()
+                    .as_primitive::<Int32Type>();
+                cols[schema.index_of(col::LAP).unwrap()] = Arc::new(
+                    l.iter()
+                        .map(|v| v.map(|v| v + round as i32 * max_lap))
+                        .collect::<Int32Array>(),
+                );
+            }
+            let rows = RecordBatch::try_new(schema.clone(), cols).unwrap();
+            let n = rows.num_rows();
+            let max_ts = start_ts + round * span + 49;
+            let batch = MicroBatch {
+                topic: "hours".into(),
+                rows,
+                partitions: vec![PartitionSlice {
+                    partition: 0,
+                    first_offset: offset,
+                    last_offset: offset + n as i64 - 1,
+                    max_ts: Some(max_ts),
+                }],
+                assigned: None,
+                caught_up: vec![0],
+                caught_up_confirmed: None,
+                dead_letters: vec![],
+                ready_at: now,
+            };
+            offset += n as i64;
+            now += Duration::from_millis(50);
+            let t = Instant::now();
+            engine.step(Some(&batch), now).await;
+            step_times.push((start_ts + round * span - first, t.elapsed(), n));
+            pos = end;
+        }
+    }
+    let window = |from_min: f64, to_min: f64| {
+        let sel: Vec<&(i64, Duration, usize)> = step_times
+            .iter()
+            .filter(|(e, _, _)| {
+                (*e as f64) >= from_min * 60_000.0 && (*e as f64) < to_min * 60_000.0
+            })
+            .collect();
+        let total: Duration = sel.iter().map(|s| s.1).sum();
+        let rows: usize = sel.iter().map(|s| s.2).sum();
+        (
+            total.as_secs_f64() * 1000.0 / sel.len().max(1) as f64,
+            sel.len(),
+            rows,
+        )
+    };
+    // Minute 1 of the race itself (after the 30 s lead-in), and the same minute of the race
+    // two hours of session later.
+    let (m1, n1, r1) = window(1.0, 2.0);
+    let (h2, n2, r2) = window(120.0, 121.0);
+    println!(
+        "session: 20 cars, {rounds} laps of the race = {:.1} h, {} micro-batches of 50 ms",
+        (rounds * span) as f64 / 3_600_000.0,
+        step_times.len()
+    );
+    println!("minute 1:  {m1:.3} ms per micro-batch ({n1} batches, {r1} rows)");
+    println!("hour 2:    {h2:.3} ms per micro-batch ({n2} batches, {r2} rows)");
+    println!("ratio:     {:.2}x", h2 / m1);
+    println!("peak RSS:  {:.0} MB", peak_rss_mb());
+}

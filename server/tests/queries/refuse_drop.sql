@@ -1,0 +1,3 @@
+-- DDL.
+-- fail: DROP TABLE statements are refused: Pitwall runs read-only queries (SELECT ... FROM ...)
+DROP TABLE telemetry

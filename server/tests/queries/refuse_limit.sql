@@ -1,0 +1,3 @@
+-- LIMIT on the stream.
+-- fail: LIMIT on an unbounded stream never completes: filter with WHERE instead
+SELECT * FROM telemetry LIMIT 10
