@@ -123,6 +123,8 @@ pub struct BenchReport {
     pub backlog_rows: i64,
     pub server_cpu_percent: f64,
     pub server_peak_rss_mb: f64,
+    /// RSS at the end of the run (steady state).
+    pub server_rss_end_mb: f64,
     pub subscribers: usize,
     pub slow_subscriber_dropped: Option<bool>,
 }
@@ -134,20 +136,22 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// CPU seconds (user + system) and peak RSS (bytes) of a process, from /proc.
-fn proc_usage(pid: u32) -> Result<(f64, u64)> {
+/// CPU seconds (user + system), peak RSS and current RSS (bytes) of a process, from /proc.
+fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or(&stat);
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    Ok((ticks / hz, hwm * 1024))
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((ticks / hz, kb("VmHWM:") * 1024, kb("VmRSS:") * 1024))
 }
 
 struct ServerChild(Child);
@@ -531,13 +535,13 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
     let stats0: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
-    let (cpu0, _) = proc_usage(pid)?;
+    let (cpu0, _, _) = proc_usage(pid)?;
     let produced0 = produced.load(Ordering::Relaxed);
     let t0 = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let (cpu1, _) = proc_usage(pid)?;
+    let (cpu1, _, _) = proc_usage(pid)?;
     let stats1: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
     let produced1 = produced.load(Ordering::Relaxed);
     // Stop input; the last windows must close on idleness.
@@ -548,7 +552,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     let stop_ms = now_ms();
     stopped_at.store(stop_ms as u64, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(idle_timeout_ms + 3_000)).await;
-    let (_, rss) = proc_usage(pid)?;
+    let (_, rss, rss_now) = proc_usage(pid)?;
     let stats2: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
     let slow_dropped = slow.as_ref().map(|_| stats2.subscribers_dropped > 0);
     drop(server);
@@ -584,6 +588,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
         backlog_rows: produced1 as i64 - stats1.rows_ingested as i64,
         server_cpu_percent: (cpu1 - cpu0) / elapsed * 100.0,
         server_peak_rss_mb: rss as f64 / (1024.0 * 1024.0),
+        server_rss_end_mb: rss_now as f64 / (1024.0 * 1024.0),
         subscribers: args.subscribers.max(1),
         slow_subscriber_dropped: slow_dropped,
     })
@@ -633,6 +638,10 @@ pub fn print(r: &BenchReport) {
             format!("{:.0}% of one core", r.server_cpu_percent),
         ),
         ("server peak RSS", format!("{:.0} MB", r.server_peak_rss_mb)),
+        (
+            "server RSS at the end",
+            format!("{:.0} MB", r.server_rss_end_mb),
+        ),
     ];
     for (k, v) in rows {
         t.add_row([k.to_string(), v]);

@@ -273,7 +273,7 @@ impl Config {
             options: kafka_opts,
             max_batch_rows: k.batch_rows.or(fk.batch_rows).unwrap_or(16 * 1024),
             max_batch_wait: Duration::from_millis(k.batch_ms.or(fk.batch_ms).unwrap_or(50)),
-            linger: Duration::from_millis(k.linger_ms.or(fk.linger_ms).unwrap_or(5)),
+            linger: Duration::from_millis(k.linger_ms.or(fk.linger_ms).unwrap_or(1)),
             dead_letter_topic: k.dead_letter_topic.clone().or(fk.dead_letter_topic.clone()),
         });
 
@@ -384,7 +384,7 @@ mod tests {
         .unwrap();
         let kafka = c.kafka.expect("brokers set in the file");
         assert_eq!(kafka.topic, "telemetry");
-        assert_eq!(kafka.linger, Duration::from_millis(5));
+        assert_eq!(kafka.linger, Duration::from_millis(1));
         assert_eq!(c.engine.watermark.lateness_ms, 250, "the flag wins");
         assert_eq!(c.engine.watermark.idle_timeout, Duration::from_millis(1000));
         assert!(c.engine.watermark.require_assignment);

@@ -350,7 +350,7 @@ pub fn spawn(
             let mut last_probe = Instant::now();
             let mut start_offsets: BTreeMap<i32, i64> = BTreeMap::new();
             while !stop.load(Ordering::Relaxed) {
-                let (messages, mut ends_changed) =
+                let (messages, ends_changed) =
                     poll_batch(&consumer, &config, &stop, &mut at_end, &mut guard);
                 let assigned = assignment(&consumer, &config.topic);
                 let assignment_changed = assigned != last_assigned;
@@ -363,15 +363,35 @@ pub fn spawn(
                         }
                     }
                 }
+                let probe_due = (messages.is_empty() || !at_end.is_empty())
+                    && last_probe.elapsed() >= PROBE_INTERVAL;
+                if !messages.is_empty() || ends_changed || assignment_changed {
+                    if assignment_changed || ends_changed {
+                        tracing::debug!(?assigned, at_end = ?at_end, "partition progress");
+                    }
+                    last_assigned = assigned.clone();
+                    let sent = send_batch(
+                        &config,
+                        &messages,
+                        &mut decoder,
+                        dlq.as_ref(),
+                        &stats,
+                        &mut processed,
+                        (assigned.clone(), &at_end),
+                        &tx,
+                    );
+                    drop(messages);
+                    if !sent {
+                        break;
+                    }
+                }
                 // While any partition is (or may be) at its end, keep asking the broker whether
                 // it really is, and tell the engine each answer: idleness lasts only as long as
                 // it is confirmed, and a quiet partition that received rows meanwhile must hold
                 // the watermark again before the others' rows move it past them. An unreachable
-                // broker means we do not know, and the watermark waits.
-                let mut confirmed = false;
-                if (messages.is_empty() || !at_end.is_empty())
-                    && last_probe.elapsed() >= PROBE_INTERVAL
-                {
+                // broker means we do not know, and the watermark waits. (After the batch is
+                // sent: the probe's round trips must not delay rows.)
+                if probe_due {
                     last_probe = Instant::now();
                     let probed = probe_ends(
                         &consumer,
@@ -380,51 +400,22 @@ pub fn spawn(
                         assigned.as_deref().unwrap_or(&[]),
                         &mut start_offsets,
                     );
-                    if probed.iter().ne(at_end.keys()) {
-                        ends_changed = true;
-                    }
+                    let changed = probed.iter().ne(at_end.keys());
                     at_end = probed.into_iter().map(|p| (p, last_probe)).collect();
-                    confirmed = !at_end.is_empty();
-                }
-                if messages.is_empty() && !ends_changed && !assignment_changed && !confirmed {
-                    continue;
-                }
-                if assignment_changed || ends_changed {
-                    tracing::debug!(?assigned, at_end = ?at_end, "partition progress");
-                }
-                last_assigned = assigned.clone();
-                let mut batch = match decode_batch(
-                    &config,
-                    &messages,
-                    &mut decoder,
-                    dlq.as_ref(),
-                    &stats,
-                    &processed,
-                ) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!(
-                        error = %e,
-                        "micro-batch could not be decoded; it is skipped"
-                        );
-                        continue;
+                    if (changed || !at_end.is_empty())
+                        && !send_batch(
+                            &config,
+                            &[],
+                            &mut decoder,
+                            dlq.as_ref(),
+                            &stats,
+                            &mut processed,
+                            (assigned.clone(), &at_end),
+                            &tx,
+                        )
+                    {
+                        break;
                     }
-                };
-                drop(messages);
-                for s in &batch.partitions {
-                    let next = processed.entry(s.partition).or_insert(0);
-                    *next = (*next).max(s.last_offset + 1);
-                }
-                tracing::trace!(
-                partitions = ?batch.partitions,
-                rows = batch.rows.num_rows(),
-                "micro-batch"
-                );
-                batch.assigned = assigned;
-                batch.caught_up = at_end.keys().copied().collect();
-                batch.caught_up_confirmed = at_end.values().min().copied();
-                if tx.blocking_send(batch).is_err() {
-                    break;
                 }
             }
             // The last checkpoint's offsets are the committer's to finish (it gives up after a
@@ -569,6 +560,37 @@ fn poll_batch<'c>(
         }
     }
     (messages, changed)
+}
+
+/// Decodes `messages` into a micro-batch with the consumer's progress and hands it to the
+/// engine; false when the engine is gone.
+#[allow(clippy::too_many_arguments)]
+fn send_batch(
+    config: &KafkaConfig,
+    messages: &[BorrowedMessage<'_>],
+    decoder: &mut Decoder,
+    dlq: Option<&(BaseProducer, String)>,
+    stats: &IngestStats,
+    processed: &mut BTreeMap<i32, i64>,
+    (assigned, at_end): (Option<Vec<i32>>, &BTreeMap<i32, Instant>),
+    tx: &mpsc::Sender<MicroBatch>,
+) -> bool {
+    let mut batch = match decode_batch(config, messages, decoder, dlq, stats, processed) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "micro-batch could not be decoded; it is skipped");
+            return true;
+        }
+    };
+    for s in &batch.partitions {
+        let next = processed.entry(s.partition).or_insert(0);
+        *next = (*next).max(s.last_offset + 1);
+    }
+    tracing::trace!(partitions = ?batch.partitions, rows = batch.rows.num_rows(), "micro-batch");
+    batch.assigned = assigned;
+    batch.caught_up = at_end.keys().copied().collect();
+    batch.caught_up_confirmed = at_end.values().min().copied();
+    tx.blocking_send(batch).is_ok()
 }
 
 fn decode_batch(
