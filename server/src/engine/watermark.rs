@@ -140,7 +140,20 @@ impl Watermarks {
 
     /// Quiet at the end of its log for the idle timeout, as confirmed within the idle timeout
     /// (an older claim is stale: the partition may have data by now).
+    ///
+    /// A claim confirmed before the newest rows of any partition arrived is stale too: the
+    /// producer is evidently active, and this partition's rows may be on their way.
     fn is_idle(&self, c: &PartitionClock, now: Instant) -> bool {
+        let newest = self
+            .relevant()
+            .iter()
+            .filter_map(|p| self.partitions.get(p)?.last_arrival)
+            .max();
+        if let (Some(confirmed), Some(newest)) = (c.confirmed_at, newest) {
+            if confirmed < newest {
+                return false;
+            }
+        }
         match (Self::quiet_since(c), Self::known_quiet_until(c, now)) {
             (Some(since), Some(until)) => {
                 now.saturating_duration_since(until) <= self.config.idle_timeout
@@ -424,6 +437,27 @@ mod tests {
             Some(19_000),
             "1 was last confirmed 3 s ago: it may have rows by now"
         );
+    }
+
+    #[test]
+    fn a_claim_older_than_the_newest_rows_holds_the_watermark() {
+        let mut w = wm();
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        w.observe(0, 10_000, t);
+        w.observe(1, 5_000, t);
+        for ms in [0, 1_000, 2_000] {
+            w.progress(None, &[1], Some(at(ms)), at(ms));
+        }
+        // Rows of partition 0 arrive after partition 1 was last found at its end.
+        w.observe(0, 20_000, at(2_050));
+        assert_eq!(
+            w.advance(at(2_050)),
+            Some(4_000),
+            "1's rows may be on their way"
+        );
+        w.progress(None, &[1], Some(at(2_100)), at(2_100));
+        assert_eq!(w.advance(at(2_100)), Some(19_000), "confirmed again since");
     }
 
     #[test]
