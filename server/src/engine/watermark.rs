@@ -143,12 +143,8 @@ impl Watermarks {
     ///
     /// A claim confirmed before the newest rows of any partition arrived is stale too: the
     /// producer is evidently active, and this partition's rows may be on their way.
-    fn is_idle(&self, c: &PartitionClock, now: Instant) -> bool {
-        let newest = self
-            .relevant()
-            .iter()
-            .filter_map(|p| self.partitions.get(p)?.last_arrival)
-            .max();
+    /// `newest` is the latest arrival over `relevant` (see [`Self::newest_arrival`]).
+    fn is_idle(&self, c: &PartitionClock, newest: Option<Instant>, now: Instant) -> bool {
         if let (Some(confirmed), Some(newest)) = (c.confirmed_at, newest) {
             if confirmed < newest {
                 return false;
@@ -163,16 +159,25 @@ impl Watermarks {
         }
     }
 
+    /// The latest arrival of rows on any of `relevant`.
+    fn newest_arrival(&self, relevant: &[i32]) -> Option<Instant> {
+        relevant
+            .iter()
+            .filter_map(|p| self.partitions.get(p)?.last_arrival)
+            .max()
+    }
+
     /// Recomputes the stream watermark at `now` and returns it.
     pub fn advance(&mut self, now: Instant) -> Option<i64> {
         if self.config.require_assignment && self.assigned.is_none() {
             return self.current;
         }
         let relevant = self.relevant();
+        let newest = self.newest_arrival(&relevant);
         let mut active_min: Option<i64> = None;
         for p in &relevant {
             let c = self.partitions.get(p).copied().unwrap_or_default();
-            if self.is_idle(&c, now) {
+            if self.is_idle(&c, newest, now) {
                 continue;
             }
             match c.max_ts {
@@ -230,10 +235,13 @@ impl Watermarks {
     /// True when every partition is at the end of its log and quiet for the idle timeout.
     pub fn input_idle(&self, now: Instant) -> bool {
         let relevant = self.relevant();
+        let newest = self.newest_arrival(&relevant);
         !relevant.is_empty()
-            && relevant
-                .iter()
-                .all(|p| self.partitions.get(p).is_some_and(|c| self.is_idle(c, now)))
+            && relevant.iter().all(|p| {
+                self.partitions
+                    .get(p)
+                    .is_some_and(|c| self.is_idle(c, newest, now))
+            })
     }
 }
 
