@@ -102,6 +102,13 @@ impl Percentiles {
 }
 
 #[derive(Debug, Serialize)]
+pub struct ServerEmit {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub cars: usize,
     pub rate_per_car: u64,
@@ -114,6 +121,10 @@ pub struct BenchReport {
     pub sampled_rows_received: u64,
     /// End-to-end latency per row (produce -> Flight client), ms.
     pub latency_ms: Percentiles,
+    /// Inside the server: micro-batch decoded -> results published (pass-through query), ms.
+    pub server_emit_ms: ServerEmit,
+    /// Results published -> received by the Flight client (per batch), ms.
+    pub flight_delivery_ms: Percentiles,
     /// A 1-second window's row: arrival minus the moment the watermark passed its end, ms.
     pub window_emit_after_watermark_ms: Percentiles,
     /// After input stops: time until the last 1-second windows arrive, ms.
@@ -452,14 +463,22 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
         subs.push(tokio::spawn(async move {
             let _keep = c;
             let mut h = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("histogram");
+            let mut flight_h = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("histogram");
             let mut n = 0u64;
             while let Some(item) = stream.next().await {
                 let Ok(item) = item else { break };
+                let meta = item.app_metadata();
                 if let DecodedPayload::RecordBatch(b) = item.payload {
                     if i > 0 || !measuring.load(Ordering::Relaxed) {
                         continue;
                     }
                     let now = now_ms();
+                    if let Some(e) = serde_json::from_slice::<serde_json::Value>(&meta)
+                        .ok()
+                        .and_then(|m| m["emitted_at_ms"].as_i64())
+                    {
+                        let _ = flight_h.record((now - e).max(0) as u64);
+                    }
                     let ts = b
                         .column_by_name("ts")
                         .expect("ts")
@@ -470,7 +489,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
                     n += b.num_rows() as u64;
                 }
             }
-            (h, n)
+            (h, flight_h, n)
         }));
     }
     // Window emission subscriber.
@@ -557,11 +576,13 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     let slow_dropped = slow.as_ref().map(|_| stats2.subscribers_dropped > 0);
     drop(server);
     let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("histogram");
+    let mut flight_latency = latency.clone();
     let mut received = 0;
     for (i, s) in subs.into_iter().enumerate() {
-        let (h, n) = s.await?;
+        let (h, f, n) = s.await?;
         if i == 0 {
             latency = h;
+            flight_latency = f;
             received = n;
         }
     }
@@ -582,6 +603,23 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
         rows_out_per_s: (out1 - out0) as f64 / elapsed,
         sampled_rows_received: received,
         latency_ms: Percentiles::of(&latency),
+        flight_delivery_ms: Percentiles::of(&flight_latency),
+        server_emit_ms: stats1
+            .queries
+            .iter()
+            .find(|q| q.name == "bench_latency")
+            .map_or(
+                ServerEmit {
+                    p50: 0.0,
+                    p99: 0.0,
+                    max: 0.0,
+                },
+                |q| ServerEmit {
+                    p50: q.emit_latency_p50_ms,
+                    p99: q.emit_latency_p99_ms,
+                    max: q.emit_latency_max_ms,
+                },
+            ),
         window_emit_after_watermark_ms: Percentiles::of(&window_h),
         last_windows_close_ms: (last_arrival > stop_ms).then(|| (last_arrival - stop_ms) as f64),
         idle_timeout_ms,
@@ -616,6 +654,20 @@ pub fn print(r: &BenchReport) {
             format!(
                 "{} / {} / {} / {} ms",
                 r.latency_ms.p50, r.latency_ms.p90, r.latency_ms.p99, r.latency_ms.max
+            ),
+        ),
+        (
+            "of which in the engine p50 / p99 / max",
+            format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                r.server_emit_ms.p50, r.server_emit_ms.p99, r.server_emit_ms.max
+            ),
+        ),
+        (
+            "of which Flight delivery p50 / p99 / max",
+            format!(
+                "{} / {} / {} ms",
+                r.flight_delivery_ms.p50, r.flight_delivery_ms.p99, r.flight_delivery_ms.max
             ),
         ),
         (

@@ -288,3 +288,16 @@ impl RunningApp {
         }
     }
 }
+
+/// Allocator settings for a long-running server. glibc raises its mmap threshold as large
+/// blocks are freed, after which Arrow's buffers (micro-batches, archive chunks) come from
+/// the heap and leave it fragmented: at 200K rows/s RSS settled near 370 MB for ~100 MB in
+/// use. A fixed 256 KB threshold gives large buffers back to the OS when freed (measured:
+/// 225 MB, same CPU). No-op on other allocators.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a glibc tunable; called once at start, before threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}

@@ -3,6 +3,7 @@ use pitwall_server::{App, Config, ServerArgs};
 
 #[tokio::main]
 async fn main() {
+    pitwall_server::tune_allocator();
     // Logs go to stderr (stdout stays free for data), colored only on a terminal.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -65,7 +65,10 @@ fn props(sorted_by: Option<usize>) -> WriterProperties {
 }
 
 pub fn to_parquet(batch: &RecordBatch, sorted_by: Option<usize>) -> Result<Bytes> {
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
+    // No capacity guess from the batch: a slice reports the memory of the whole batch it
+    // shares buffers with (one driver's rows of a checkpoint would reserve a quarter of the
+    // checkpoint, per driver), and compressed Parquet is far smaller than Arrow anyway.
+    let mut buf = Vec::new();
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props(sorted_by)))?;
     w.write(batch)?;
     w.close()?;

@@ -89,8 +89,29 @@ impl Template {
         ctx: Arc<TaskContext>,
     ) -> Result<Vec<RecordBatch>> {
         *self.slot.lock().expect("stage slot") = input;
-        Ok(collect(self.plan.clone(), ctx).await?)
+        // Each execution registers its metrics on the plan's nodes; run after run on the same
+        // nodes they would pile up (tens of MB an hour at 60 Hz). Fresh nodes per run keep
+        // them per micro-batch; the tree is a handful of nodes.
+        let plan = datafusion::physical_plan::execution_plan::reset_plan_states(self.plan.clone())?;
+        collect(plan, ctx).await?.into_iter().map(compact).collect()
     }
+}
+
+/// The batch in buffers of its own size. DataFusion's filters coalesce into buffers sized
+/// for `batch_size` rows (8192): a 20-row micro-batch result would keep ~64 KB per column
+/// alive for as long as it is held (replay buffers, window state), which at 60 Hz grew the
+/// server by megabytes a second. Copying the few rows is cheaper than holding the slack.
+pub fn compact(batch: RecordBatch) -> Result<RecordBatch> {
+    let used: usize = batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum();
+    if batch.get_array_memory_size() <= 2 * used + 4096 || batch.num_rows() == 0 {
+        return Ok(batch);
+    }
+    let all = datafusion::arrow::array::UInt32Array::from_iter_values(0..batch.num_rows() as u32);
+    Ok(datafusion::arrow::compute::take_record_batch(&batch, &all)?)
 }
 
 /// How an aggregate stage finds each row's window.
@@ -134,6 +155,9 @@ pub struct AggregatePlan {
     pub partial: Template,
     /// Final aggregation of a closed window's partial states, and what sits above it.
     pub finish: Template,
+    /// Merges a window's partial states into one row per group (still a partial state), so
+    /// an open window holds a few rows whatever the number of micro-batches it spans.
+    pub reduce: Option<Template>,
     pub window: WindowKind,
     pub key: WindowKey,
 }
@@ -346,6 +370,7 @@ impl Compiler {
         let plan = replace_at(seg[0], seg.len(), SpliceNode::plan(input.schema().clone()))?;
         let physical = splice::physical_plan(&plan, state).await?;
         let (partial, finish) = split_partial(physical)?;
+        let reduce = reduce_plan(&partial, &finish)?;
         let groups: Vec<Arc<dyn PhysicalExpr>> = partial_group_exprs(&partial)?;
         let (window, key) = match (time, lap, driver) {
             (Some((i, kind)), _, _) => (
@@ -419,6 +444,7 @@ impl Compiler {
         Ok(AggregatePlan {
             partial: Template::new(partial)?,
             finish: Template::new(finish)?,
+            reduce,
             window,
             key,
         })
@@ -713,6 +739,53 @@ fn split_partial(
     let partial = partial
         .ok_or_else(|| Error::Refused("internal: no partial aggregation in the plan".into()))?;
     Ok((partial, finish))
+}
+
+/// A `PartialReduce` aggregate over a splice of partial states: the final aggregate's groups
+/// and accumulators, producing the partial aggregate's schema. None when the plan has no
+/// final aggregate this can be built from (then windows keep every partial batch).
+fn reduce_plan(
+    partial: &Arc<dyn ExecutionPlan>,
+    finish: &Arc<dyn ExecutionPlan>,
+) -> Result<Option<Template>> {
+    let mut fin = None;
+    finish.apply(|node| {
+        if let Some(a) = node.downcast_ref::<AggregateExec>()
+            && matches!(
+                a.mode(),
+                AggregateMode::Final | AggregateMode::FinalPartitioned
+            )
+            && a.input().downcast_ref::<SpliceExec>().is_some()
+        {
+            fin = Some(node.clone());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let Some(fin) = fin else { return Ok(None) };
+    let a = fin
+        .downcast_ref::<AggregateExec>()
+        .expect("found as an AggregateExec");
+    let splice: Arc<dyn ExecutionPlan> = Arc::new(SpliceExec::new(partial.schema()));
+    let reduce = AggregateExec::try_new(
+        AggregateMode::PartialReduce,
+        a.group_expr().clone(),
+        a.aggr_expr().to_vec(),
+        a.filter_expr().to_vec(),
+        splice,
+        a.input_schema(),
+    )?;
+    let same = |x: &SchemaRef, y: &SchemaRef| {
+        x.fields().len() == y.fields().len()
+            && x.fields()
+                .iter()
+                .zip(y.fields())
+                .all(|(f, g)| f.data_type() == g.data_type())
+    };
+    if !same(&reduce.schema(), &partial.schema()) {
+        return Ok(None);
+    }
+    Ok(Some(Template::new(Arc::new(reduce))?))
 }
 
 fn partial_group_exprs(partial: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn PhysicalExpr>>> {

@@ -85,6 +85,8 @@ pub struct QueryInfo {
     pub kind: String,
     pub late_rows_dropped: u64,
     pub open_windows: u64,
+    /// Rows held as window state (partial aggregates, rows waiting for the watermark).
+    pub state_rows: u64,
     pub subscribers: usize,
     pub emit_latency_ms: LatencySummary,
 }
@@ -145,6 +147,7 @@ impl RunningQuery {
             kind: self.pipeline.compiled().kind.clone(),
             late_rows_dropped: self.pipeline.late_rows(),
             open_windows: self.pipeline.open_windows() as u64,
+            state_rows: self.pipeline.state_rows() as u64,
             subscribers: self.results.subscribers(),
             emit_latency_ms: LatencySummary {
                 p50: pct(0.5),

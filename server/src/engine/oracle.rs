@@ -152,6 +152,16 @@ pub async fn stream(
     rows: &RecordBatch,
     batch_ms: i64,
 ) -> Result<std::collections::HashMap<String, Vec<RecordBatch>>> {
+    stream_observed(queries, rows, batch_ms, |_| {}).await
+}
+
+/// [`stream`], calling `observe` with the engine after every step.
+pub async fn stream_observed(
+    queries: &[QueryDef],
+    rows: &RecordBatch,
+    batch_ms: i64,
+    mut observe: impl FnMut(&crate::engine::Engine),
+) -> Result<std::collections::HashMap<String, Vec<RecordBatch>>> {
     use std::time::{Duration, Instant};
 
     use datafusion::arrow::array::AsArray;
@@ -207,6 +217,7 @@ pub async fn stream(
         for (name, batches) in engine.step(Some(&b), now).await {
             out.entry(name).or_default().extend(batches);
         }
+        observe(&engine);
         pos = end;
     }
     // The input stops: the watermark advances with processing time until everything closed.

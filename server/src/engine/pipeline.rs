@@ -102,6 +102,24 @@ impl Pipeline {
             .sum()
     }
 
+    /// Rows this query's state holds: partial aggregates of open windows, rows held for the
+    /// watermark and context rows of window functions.
+    pub fn state_rows(&self) -> usize {
+        self.states
+            .iter()
+            .map(|s| match s {
+                StageState::Aggregate(a) => {
+                    a.time.as_ref().map_or(0, |t| t.state_rows())
+                        + a.laps.as_ref().map_or(0, |l| l.state_rows())
+                }
+                StageState::WindowFn(w) => {
+                    w.held.iter().map(|b| b.num_rows()).sum::<usize>()
+                        + w.retained.as_ref().map_or(0, |b| b.num_rows())
+                }
+            })
+            .sum()
+    }
+
     /// Feeds new input rows (any may be empty), closes what the watermark allows, and returns
     /// the rows to emit. `idle` says the whole input has gone quiet.
     pub async fn process(
@@ -362,19 +380,37 @@ async fn aggregate_step(
         }
     }
     // 3. Close what the watermark passed; finish their aggregation.
-    let Some(wm) = watermark else {
-        return Ok(Vec::new());
+    let closed: Vec<RecordBatch> = match (watermark, &mut state.time, &mut state.laps) {
+        (None, _, _) => Vec::new(),
+        (Some(wm), Some(t), _) => t.close(wm).into_iter().flat_map(|(_, b)| b).collect(),
+        (Some(wm), None, Some(l)) => l.close(wm).into_iter().flat_map(|(_, _, b)| b).collect(),
+        (Some(_), None, None) => Vec::new(),
     };
-    let closed: Vec<RecordBatch> = match (&mut state.time, &mut state.laps) {
-        (Some(t), _) => t.close(wm).into_iter().flat_map(|(_, b)| b).collect(),
-        (None, Some(l)) => l.close(wm).into_iter().flat_map(|(_, _, b)| b).collect(),
-        (None, None) => Vec::new(),
-    };
+    // 4. Windows that stay open merge their partial states once they span many micro-batches:
+    //    an open window costs a few rows, not one per micro-batch it has seen.
+    if let Some(reduce) = &plan.reduce {
+        let crowded = match (&mut state.time, &mut state.laps) {
+            (Some(t), _) => t.crowded(REDUCE_AT_BATCHES),
+            (None, Some(l)) => l.crowded(REDUCE_AT_BATCHES),
+            (None, None) => Vec::new(),
+        };
+        for rows in crowded {
+            let merged = reduce.run(std::mem::take(rows), ctx.clone()).await?;
+            let schema = merged
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| plan.partial.schema());
+            *rows = vec![concat_batches(&schema, &merged)?];
+        }
+    }
     if closed.is_empty() {
         return Ok(Vec::new());
     }
     plan.finish.run(closed, ctx.clone()).await
 }
+
+/// An open window merges its partial states when it holds this many batches.
+const REDUCE_AT_BATCHES: usize = 16;
 
 async fn window_step(
     plan: &WindowFnPlan,

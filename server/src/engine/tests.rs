@@ -66,3 +66,59 @@ async fn streaming_equals_batch_with_rows_out_of_order_within_lateness() {
 fn assert_same(name: &str, streamed: &[String], batch: &[String]) {
     oracle::assert_same_rows(name, streamed, batch)
 }
+
+#[tokio::test]
+async fn open_windows_hold_merged_partial_states_not_one_row_per_micro_batch() {
+    // Two laps in 20 ms micro-batches: a lap window spans ~4,500 of them.
+    let rows = session_laps(2);
+    let queries = shipped();
+    let mut peak = HashMap::<String, u64>::new();
+    let streamed = oracle::stream_observed(&queries, &rows, 20, |engine| {
+        for q in engine.list() {
+            let p = peak.entry(q.name.clone()).or_default();
+            *p = (*p).max(q.state_rows);
+        }
+    })
+    .await
+    .unwrap();
+    // 20 cars, at most two open laps each, each at most one merged row plus the batches of
+    // the micro-batches since the last merge.
+    let bound = 20 * 2 * 16;
+    assert!(
+        peak["lap_stats"] <= bound,
+        "lap_stats held {} state rows (bound {bound})",
+        peak["lap_stats"]
+    );
+    let batch = batch_result(&queries, "lap_stats", &rows).await;
+    assert_same(
+        "lap_stats",
+        &canonical_text(&streamed["lap_stats"]),
+        &canonical_text(&batch),
+    );
+}
+
+#[test]
+fn compact_gives_a_few_rows_buffers_of_their_own_size() {
+    use datafusion::arrow::array::{Array, Int64Builder};
+    // As DataFusion's filter coalescer builds them: room for 8192 rows, 20 used.
+    let mut b = Int64Builder::with_capacity(8192);
+    for i in 0..20 {
+        b.append_value(i);
+    }
+    let col: Arc<dyn Array> = Arc::new(b.finish());
+    let batch = RecordBatch::try_from_iter([("v", col)]).unwrap();
+    assert!(batch.get_array_memory_size() >= 8192 * 8);
+    let small = compile::compact(batch.clone()).unwrap();
+    assert_eq!(small, batch);
+    assert!(
+        small.get_array_memory_size() < 1024,
+        "{} bytes for 20 rows",
+        small.get_array_memory_size()
+    );
+    // Already tight: returned as is.
+    let again = compile::compact(small.clone()).unwrap();
+    assert_eq!(
+        again.column(0).to_data().buffers()[0].as_ptr(),
+        small.column(0).to_data().buffers()[0].as_ptr()
+    );
+}

@@ -90,6 +90,16 @@ impl TimeWindows {
     pub fn open_windows(&self) -> usize {
         self.open.len()
     }
+
+    /// Partial-state rows held by the open windows.
+    pub fn state_rows(&self) -> usize {
+        self.open.values().flatten().map(|b| b.num_rows()).sum()
+    }
+
+    /// The open windows holding at least `min` partial batches (to be merged).
+    pub fn crowded(&mut self, min: usize) -> Vec<&mut Vec<RecordBatch>> {
+        self.open.values_mut().filter(|b| b.len() >= min).collect()
+    }
 }
 
 /// One lap of one car: its partial rows and the event-time span of its samples.
@@ -182,6 +192,26 @@ impl LapWindows {
 
     pub fn open_windows(&self) -> usize {
         self.cars.values().map(|c| c.open.len()).sum()
+    }
+
+    /// Partial-state rows held by the open laps.
+    pub fn state_rows(&self) -> usize {
+        self.cars
+            .values()
+            .flat_map(|c| c.open.values())
+            .flat_map(|w| &w.rows)
+            .map(|b| b.num_rows())
+            .sum()
+    }
+
+    /// The open laps holding at least `min` partial batches (to be merged).
+    pub fn crowded(&mut self, min: usize) -> Vec<&mut Vec<RecordBatch>> {
+        self.cars
+            .values_mut()
+            .flat_map(|c| c.open.values_mut())
+            .map(|w| &mut w.rows)
+            .filter(|b| b.len() >= min)
+            .collect()
     }
 }
 

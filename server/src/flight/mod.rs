@@ -127,7 +127,14 @@ pub async fn serve(
     }
     let router = builder.add_service(svc);
     let task = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
+        // Results are small messages pushed as they are emitted: without TCP_NODELAY, Nagle's
+        // algorithm holds each one until the client's delayed ACK (~40 ms on Linux).
+        let incoming = futures::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+            if let Ok(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+            conn
+        });
         let stop = async move {
             let _ = shutdown.changed().await;
         };

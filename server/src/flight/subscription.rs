@@ -33,10 +33,20 @@ pub type FlightDataStream =
 /// Largest number of rows per Flight message (bigger batches are sliced).
 const MAX_ROWS_PER_MESSAGE: usize = 8192;
 
-/// `app_metadata` of a result batch: its sequence number and the watermark at emission.
+/// `app_metadata` of a result batch: its sequence number, the watermark at emission and the
+/// wall-clock emission time (ms since the epoch; clients measure delivery against it).
 fn metadata(item: &ResultBatch) -> Bytes {
+    let emitted_at_ms = item
+        .emitted_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     Bytes::from(
-        serde_json::json!({ "seq": item.seq, "watermark_ms": item.watermark_ms }).to_string(),
+        serde_json::json!({
+            "seq": item.seq,
+            "watermark_ms": item.watermark_ms,
+            "emitted_at_ms": emitted_at_ms,
+        })
+        .to_string(),
     )
 }
 

@@ -292,7 +292,10 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         // without a poll means it is stuck.
         .set("max.poll.interval.ms", "60000")
         .set("fetch.wait.max.ms", "10")
-        .set("queued.min.messages", "200000");
+        .set("queued.min.messages", "200000")
+        // librdkafka prefetches up to 64 MB by default; 16 MB is still over a second of input
+        // at 200K rows/s and keeps the consumer's share of memory small.
+        .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &config.options {
         c.set(k, v);
     }
@@ -318,7 +321,12 @@ pub fn spawn(
             probe_config.set(k, v);
         }
     }
-    let prober: BaseConsumer = probe_config.create_with_context(Quiet)?;
+    let mut prober = Prober::spawn(
+        consumer.clone(),
+        probe_config.create_with_context(Quiet)?,
+        config.topic.clone(),
+        stop.clone(),
+    )?;
     let dlq: Option<(BaseProducer, String)> = match &config.dead_letter_topic {
         Some(t) => {
             let mut pc = ClientConfig::new();
@@ -348,14 +356,31 @@ pub fn spawn(
             // counted, archived or windowed twice.
             let mut processed: BTreeMap<i32, i64> = skip_below.clone();
             let mut last_probe = Instant::now();
-            let mut start_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+            // Partition -> when its latest message was polled (a probe that started before
+            // it cannot say the partition is at its end).
+            let mut last_message: BTreeMap<i32, Instant> = BTreeMap::new();
+            let mut new_assignment = true;
             while !stop.load(Ordering::Relaxed) {
-                let (messages, ends_changed) =
-                    poll_batch(&consumer, &config, &stop, &mut at_end, &mut guard);
+                // While a probe is out, come back soon to hand its answer to the engine.
+                let max_idle_wait = prober.busy.then_some(Duration::from_millis(2));
+                let (messages, ends_changed) = poll_batch(
+                    &consumer,
+                    &config,
+                    &stop,
+                    &mut at_end,
+                    &mut guard,
+                    max_idle_wait,
+                );
+                if !messages.is_empty() {
+                    let now = Instant::now();
+                    for m in &messages {
+                        last_message.insert(m.partition(), now);
+                    }
+                }
                 let assigned = assignment(&consumer, &config.topic);
                 let assignment_changed = assigned != last_assigned;
                 if assignment_changed {
-                    start_offsets.clear();
+                    new_assignment = true;
                     let before = last_assigned.as_deref().unwrap_or(&[]);
                     for p in assigned.as_deref().unwrap_or(&[]) {
                         if let (false, Some(next)) = (before.contains(p), processed.get(p)) {
@@ -389,19 +414,30 @@ pub fn spawn(
                 // it really is, and tell the engine each answer: idleness lasts only as long as
                 // it is confirmed, and a quiet partition that received rows meanwhile must hold
                 // the watermark again before the others' rows move it past them. An unreachable
-                // broker means we do not know, and the watermark waits. (After the batch is
-                // sent: the probe's round trips must not delay rows.)
-                if probe_due {
+                // broker means we do not know, and the watermark waits. The round trips run on
+                // the prober's thread: polling goes on meanwhile.
+                if probe_due && !prober.busy {
                     last_probe = Instant::now();
-                    let probed = probe_ends(
-                        &consumer,
-                        &prober,
-                        &config.topic,
-                        assigned.as_deref().unwrap_or(&[]),
-                        &mut start_offsets,
+                    prober.ask(
+                        assigned.clone().unwrap_or_default(),
+                        std::mem::take(&mut new_assignment),
                     );
-                    let changed = probed.iter().ne(at_end.keys());
-                    at_end = probed.into_iter().map(|p| (p, last_probe)).collect();
+                }
+                if let Some((asked_at, probed)) = prober.answer() {
+                    // A partition that delivered rows since the question is not at its end;
+                    // one whose end-of-log event came since is.
+                    let mut next: BTreeMap<i32, Instant> = probed
+                        .into_iter()
+                        .filter(|p| last_message.get(p).is_none_or(|t| *t < asked_at))
+                        .map(|p| (p, asked_at))
+                        .collect();
+                    for (p, t) in &at_end {
+                        if *t > asked_at {
+                            next.insert(*p, *t);
+                        }
+                    }
+                    let changed = next.keys().ne(at_end.keys());
+                    at_end = next;
                     if (changed || !at_end.is_empty())
                         && !send_batch(
                             &config,
@@ -501,6 +537,67 @@ fn assignment(consumer: &BaseConsumer, topic: &str) -> Option<Vec<i32>> {
     Some(parts)
 }
 
+/// Asks the broker where each log ends, on its own thread, so that the round trips never hold
+/// up polling (at 100 ms intervals they would add their time to the latency of every row that
+/// arrives meanwhile).
+struct Prober {
+    tx: std::sync::mpsc::Sender<(Vec<i32>, bool)>,
+    rx: std::sync::mpsc::Receiver<(Instant, BTreeSet<i32>)>,
+    /// A question is out and its answer not yet taken.
+    busy: bool,
+}
+
+impl Prober {
+    fn spawn(
+        consumer: Arc<BaseConsumer>,
+        prober: BaseConsumer,
+        topic: String,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self> {
+        let (tx, questions) = std::sync::mpsc::channel::<(Vec<i32>, bool)>();
+        let (answers, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("pitwall-probe".into())
+            .spawn(move || {
+                let mut start_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let (partitions, new_assignment) =
+                        match questions.recv_timeout(Duration::from_millis(200)) {
+                            Ok(q) => q,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                        };
+                    if new_assignment {
+                        start_offsets.clear();
+                    }
+                    let asked_at = Instant::now();
+                    let ends =
+                        probe_ends(&consumer, &prober, &topic, &partitions, &mut start_offsets);
+                    if answers.send((asked_at, ends)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx,
+            rx,
+            busy: false,
+        })
+    }
+
+    fn ask(&mut self, partitions: Vec<i32>, new_assignment: bool) {
+        self.busy = self.tx.send((partitions, new_assignment)).is_ok();
+    }
+
+    /// The answer to the question out, once it has come: when it was asked, and the
+    /// partitions at their end then.
+    fn answer(&mut self) -> Option<(Instant, BTreeSet<i32>)> {
+        let a = self.rx.try_recv().ok()?;
+        self.busy = false;
+        Some(a)
+    }
+}
+
 /// How often an idle consumer asks the broker where the end of each log is.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -512,6 +609,7 @@ fn poll_batch<'c>(
     stop: &AtomicBool,
     at_end: &mut BTreeMap<i32, Instant>,
     guard: &mut ResumeGuard,
+    max_idle_wait: Option<Duration>,
 ) -> (Vec<BorrowedMessage<'c>>, bool) {
     let mut messages = Vec::new();
     let mut changed = false;
@@ -526,7 +624,7 @@ fn poll_batch<'c>(
         // low rates get small, fresh batches; high rates fill batches while the engine works.
         let left = config.max_batch_wait - elapsed;
         let wait = match first_at {
-            None if !changed => left,
+            None if !changed => max_idle_wait.map_or(left, |w| left.min(w)),
             None => left.min(Duration::from_millis(1)),
             Some(t) => match config.linger.checked_sub(t.elapsed()) {
                 Some(l) => l.min(left),
@@ -555,7 +653,7 @@ fn poll_batch<'c>(
                 }
                 break;
             }
-            None if messages.is_empty() && !changed => {}
+            None if messages.is_empty() && !changed && max_idle_wait.is_none() => {}
             None => break,
         }
     }
