@@ -27,6 +27,27 @@ struct AggregateState {
     laps: Option<LapWindows>,
 }
 
+impl AggregateState {
+    fn open_windows(&self) -> usize {
+        self.time.as_ref().map_or(0, |t| t.open_windows())
+            + self.laps.as_ref().map_or(0, |l| l.open_windows())
+    }
+
+    fn state_rows(&self) -> usize {
+        self.time.as_ref().map_or(0, |t| t.state_rows())
+            + self.laps.as_ref().map_or(0, |l| l.state_rows())
+    }
+
+    /// The open windows holding at least `min` partial batches.
+    fn crowded(&mut self, min: usize) -> Vec<&mut Vec<RecordBatch>> {
+        match (&mut self.time, &mut self.laps) {
+            (Some(t), _) => t.crowded(min),
+            (None, Some(l)) => l.crowded(min),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct WindowFnState {
     /// Rows waiting for the watermark (raw input is released in event-time order).
@@ -93,10 +114,7 @@ impl Pipeline {
         self.states
             .iter()
             .map(|s| match s {
-                StageState::Aggregate(a) => {
-                    a.time.as_ref().map_or(0, |t| t.open_windows())
-                        + a.laps.as_ref().map_or(0, |l| l.open_windows())
-                }
+                StageState::Aggregate(a) => a.open_windows(),
                 StageState::WindowFn(_) => 0,
             })
             .sum()
@@ -108,10 +126,7 @@ impl Pipeline {
         self.states
             .iter()
             .map(|s| match s {
-                StageState::Aggregate(a) => {
-                    a.time.as_ref().map_or(0, |t| t.state_rows())
-                        + a.laps.as_ref().map_or(0, |l| l.state_rows())
-                }
+                StageState::Aggregate(a) => a.state_rows(),
                 StageState::WindowFn(w) => {
                     w.held.iter().map(|b| b.num_rows()).sum::<usize>()
                         + w.retained.as_ref().map_or(0, |b| b.num_rows())
@@ -389,18 +404,9 @@ async fn aggregate_step(
     // 4. Windows that stay open merge their partial states once they span many micro-batches:
     //    an open window costs a few rows, not one per micro-batch it has seen.
     if let Some(reduce) = &plan.reduce {
-        let crowded = match (&mut state.time, &mut state.laps) {
-            (Some(t), _) => t.crowded(REDUCE_AT_BATCHES),
-            (None, Some(l)) => l.crowded(REDUCE_AT_BATCHES),
-            (None, None) => Vec::new(),
-        };
-        for rows in crowded {
+        for rows in state.crowded(REDUCE_AT_BATCHES) {
             let merged = reduce.run(std::mem::take(rows), ctx.clone()).await?;
-            let schema = merged
-                .first()
-                .map(|b| b.schema())
-                .unwrap_or_else(|| plan.partial.schema());
-            *rows = vec![concat_batches(&schema, &merged)?];
+            *rows = vec![concat_batches(&reduce.schema(), &merged)?];
         }
     }
     if closed.is_empty() {
