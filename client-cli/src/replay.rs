@@ -168,7 +168,10 @@ pub async fn run(args: &ReplayArgs) -> Result<ReplaySummary> {
     let session = args.load_session()?;
     let mut fleet = Fleet::new(&session, args.cars, args.looping)?;
     let mut config = client_config(&args.brokers, &[])?;
+    // Idempotent: a batch retried across a broker outage is written once, not twice (the
+    // default of Kafka's own clients since 3.0; librdkafka's default is off).
     config
+        .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
