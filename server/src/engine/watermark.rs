@@ -2,8 +2,11 @@
 //!
 //! Each Kafka partition's watermark is the highest `ts` it delivered minus the allowed
 //! lateness; the stream's watermark is the minimum over the assigned partitions. A partition
-//! that has not delivered anything yet holds the watermark back (its data may be old), unless
-//! it is at the end of its log. A partition that is at the end of its log and has received
+//! that has not delivered anything yet holds the watermark back (its data may be old) until it
+//! has been at the end of its log for the idle timeout, counted from when rows first arrived
+//! on any partition: a producer that starts writing to every partition at once reaches them at
+//! slightly different moments, and the first rows of the slower ones are not late for that.
+//! A partition that is at the end of its log and has received
 //! nothing for the idle timeout stops holding it back. When every partition is idle the input
 //! has stopped (or paused): the watermark then advances with processing time from the highest
 //! event time seen, `max_ts + (confirmed - last_arrival)`, so the last windows close instead of
@@ -56,6 +59,8 @@ pub struct Watermarks {
     /// The partitions this consumer owns (None = every partition seen so far).
     assigned: Option<BTreeSet<i32>>,
     current: Option<i64>,
+    /// When rows first arrived on any partition.
+    first_arrival: Option<Instant>,
 }
 
 impl Watermarks {
@@ -65,6 +70,7 @@ impl Watermarks {
             partitions: HashMap::new(),
             assigned: None,
             current: None,
+            first_arrival: None,
         }
     }
 
@@ -79,6 +85,7 @@ impl Watermarks {
         c.last_arrival = Some(now);
         c.caught_up_at = None;
         c.confirmed_at = None;
+        self.first_arrival.get_or_insert(now);
     }
 
     /// Records the consumer's assignment (when known) and which partitions are at the end of
@@ -159,6 +166,17 @@ impl Watermarks {
         }
     }
 
+    /// Whether `c`, which has delivered nothing yet, may still deliver rows older than what the
+    /// others did: unless it has been at the end of its log for the idle timeout since rows
+    /// first arrived anywhere, it may (its first rows may be on their way).
+    fn may_deliver_old_rows(&self, c: &PartitionClock, now: Instant) -> bool {
+        let Some(since) = Self::quiet_since(c) else {
+            return true;
+        };
+        let since = self.first_arrival.map_or(since, |f| f.max(since));
+        now.saturating_duration_since(since) < self.config.idle_timeout
+    }
+
     /// The latest arrival of rows on any of `relevant`.
     fn newest_arrival(&self, relevant: &[i32]) -> Option<Instant> {
         relevant
@@ -177,15 +195,17 @@ impl Watermarks {
         let mut active_min: Option<i64> = None;
         for p in &relevant {
             let c = self.partitions.get(p).copied().unwrap_or_default();
+            let Some(t) = c.max_ts else {
+                // Not read yet, or read nothing yet: it may hold old data.
+                if self.may_deliver_old_rows(&c, now) {
+                    return self.current;
+                }
+                continue;
+            };
             if self.is_idle(&c, newest, now) {
                 continue;
             }
-            match c.max_ts {
-                Some(t) => active_min = Some(active_min.map_or(t, |m| m.min(t))),
-                // Not read yet, or read nothing yet and not at the end: it may hold old data.
-                None if c.caught_up_at.is_none() => return self.current,
-                None => {}
-            }
+            active_min = Some(active_min.map_or(t, |m| m.min(t)));
         }
         let candidate = match active_min {
             Some(m) => Some(m - self.config.lateness_ms),
@@ -329,9 +349,38 @@ mod tests {
         );
         w.progress(None, &[1], None, t);
         assert_eq!(
-            w.advance(t),
+            w.advance(t + Duration::from_millis(1_900)),
+            None,
+            "partition 1 is at the end of its log, but rows only just started arriving on 0"
+        );
+        assert_eq!(
+            w.advance(t + Duration::from_secs(2)),
             Some(9_000),
-            "partition 1 is empty: at the end of its log"
+            "partition 1 is empty: at the end of its log for the idle timeout"
+        );
+    }
+
+    #[test]
+    fn first_rows_reaching_partitions_at_different_moments_are_not_late() {
+        let mut w = wm();
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        // The consumer started long before the producer: every partition empty, at its end.
+        w.progress(Some(&[0, 1]), &[0, 1], Some(t), t);
+        w.progress(Some(&[0, 1]), &[0, 1], Some(at(10_000)), at(10_000));
+        // The producer writes to both; partition 0's rows are fetched first.
+        w.observe(0, 20_000, at(10_050));
+        w.progress(Some(&[0, 1]), &[1], Some(at(10_100)), at(10_100));
+        assert_eq!(
+            w.advance(at(10_100)),
+            None,
+            "partition 1's first rows may be on their way"
+        );
+        w.observe(1, 12_000, at(10_300));
+        assert_eq!(
+            w.advance(at(10_300)),
+            Some(11_000),
+            "not late: 12,000 counts"
         );
     }
 
