@@ -205,7 +205,7 @@ impl App {
             subscriber_buffer: config.subscriber_buffer,
             subscribers_dropped: Default::default(),
             adhoc: flight::adhoc::AdhocLimits::default(),
-            archive: Some(Arc::new(ArchiveCatalog { store })),
+            archive: Some(Arc::new(ArchiveCatalog::new(store)?)),
             archive_stats: Some(archive_stats.clone()),
             started: std::time::Instant::now(),
         });

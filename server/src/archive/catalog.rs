@@ -14,6 +14,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
 use datafusion::prelude::SessionContext;
 
 use super::store::Store;
@@ -24,7 +25,16 @@ pub const SCHEMA: &str = "archive";
 
 pub struct ArchiveCatalog {
     pub store: Store,
+    /// Parquet footers (with page indexes) and per-file statistics, kept from one ad hoc query
+    /// to the next: a file's entry is reused only while its size and modification time are
+    /// unchanged, so new, compacted and deleted files are always seen as they are. File
+    /// listings are not cached (the archive grows while it is queried).
+    caches: Arc<CacheManager>,
 }
+
+/// Bounds of the caches above: a footer of an archive file is a few KB to a few tens of KB.
+const METADATA_CACHE_BYTES: usize = 16 << 20;
+const STATISTICS_CACHE_BYTES: usize = 4 << 20;
 
 fn options(partitions: &[&str]) -> ListingOptions {
     ListingOptions::new(Arc::new(ParquetFormat::default()))
@@ -62,6 +72,26 @@ fn part_value(path: &str, key: &str) -> Option<String> {
 }
 
 impl ArchiveCatalog {
+    pub fn new(store: Store) -> Result<Self> {
+        let caches = CacheManager::try_new(
+            &CacheManagerConfig::default()
+                .with_metadata_cache_limit(METADATA_CACHE_BYTES)
+                .with_file_statistics_cache_limit(STATISTICS_CACHE_BYTES),
+        )?;
+        Ok(Self { store, caches })
+    }
+
+    /// The cache configuration of a query context over the archive: the catalog's footer and
+    /// statistics caches, no listing cache.
+    pub fn cache_config(&self) -> CacheManagerConfig {
+        CacheManagerConfig::default()
+            .with_file_metadata_cache(Some(self.caches.get_file_metadata_cache()))
+            .with_metadata_cache_limit(METADATA_CACHE_BYTES)
+            .with_file_statistics_cache(self.caches.get_file_statistic_cache())
+            .with_file_statistics_cache_limit(STATISTICS_CACHE_BYTES)
+            .with_list_files_cache_limit(0)
+    }
+
     async fn listing(
         &self,
         ctx: &SessionContext,
@@ -163,11 +193,8 @@ impl ArchiveCatalog {
                 .sql("SELECT session, count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts FROM archive.telemetry GROUP BY session")
                 .await?;
             for b in df.collect().await? {
-                let s = b
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .expect("utf8");
+                let s = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+                let s = s.as_any().downcast_ref::<StringArray>().expect("utf8");
                 let n = b
                     .column(1)
                     .as_any()

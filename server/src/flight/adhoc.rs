@@ -40,10 +40,15 @@ fn invalid(e: datafusion::error::DataFusionError) -> Status {
     Status::invalid_argument(short_error(&e))
 }
 
-/// A fresh context: one table per continuous query in `live`, holding its replay buffer.
+/// A fresh context: one table per continuous query in `live`, holding its replay buffer, and
+/// the `archive` schema. Each query has a memory pool of its own; Parquet footers and file
+/// statistics of the archive are cached across queries (see [`crate::archive::ArchiveCatalog`]).
 pub async fn context(state: &FlightState) -> Result<SessionContext, Status> {
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit(state.adhoc.memory_bytes, 1.0)
+    let mut runtime = RuntimeEnvBuilder::new().with_memory_limit(state.adhoc.memory_bytes, 1.0);
+    if let Some(archive) = &state.archive {
+        runtime = runtime.with_cache_manager(archive.cache_config());
+    }
+    let runtime = runtime
         .build_arc()
         .map_err(|e| Status::internal(e.to_string()))?;
     let config = SessionConfig::new()

@@ -182,19 +182,34 @@ pub fn normalize(
         let date = part.column(col::TS, &pitwall_proto::schema::ts_type())?;
         let date = date.as_primitive::<TimestampMillisecondType>();
 
-        // Learn session starts from rows that carry both Date and SessionTime.
+        // Learn session starts from rows that carry both Date and SessionTime. Rows of one
+        // session come in runs, so the map is consulted once per run, not once per row.
+        let mut known: Option<&str> = None;
         for i in 0..n {
-            if date.is_valid(i) && st.is_valid(i) && !session_starts.contains_key(session.value(i))
-            {
-                let start = date.value(i) - (st.value(i) * 1000.0).round() as i64;
-                session_starts.insert(session.value(i).to_string(), start);
+            if !(date.is_valid(i) && st.is_valid(i)) || known == Some(session.value(i)) {
+                continue;
             }
+            let s = session.value(i);
+            if !session_starts.contains_key(s) {
+                let start = date.value(i) - (st.value(i) * 1000.0).round() as i64;
+                session_starts.insert(s.to_string(), start);
+            }
+            known = Some(s);
         }
         let mut ts = Vec::with_capacity(n);
         let mut session_time = Vec::with_capacity(n);
+        // The start of the session of the previous row.
+        let mut run: Option<(&str, Option<i64>)> = None;
         for i in 0..n {
             let s = session.value(i);
-            let start = session_starts.get(s).copied().or(config.session_start_ms);
+            let start = match run {
+                Some((r, start)) if r == s => start,
+                _ => {
+                    let start = session_starts.get(s).copied().or(config.session_start_ms);
+                    run = Some((s, start));
+                    start
+                }
+            };
             let t = if date.is_valid(i) {
                 Some(date.value(i))
             } else if st.is_valid(i) {
@@ -203,6 +218,7 @@ pub fn normalize(
                     None => msg(i).timestamp_ms.map(|k| {
                         let anchored = k - (st.value(i) * 1000.0).round() as i64;
                         session_starts.insert(s.to_string(), anchored);
+                        run = Some((s, Some(anchored)));
                         anchored
                     }),
                 };
