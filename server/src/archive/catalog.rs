@@ -193,8 +193,11 @@ impl ArchiveCatalog {
                 .sql("SELECT session, count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts FROM archive.telemetry GROUP BY session")
                 .await?;
             for b in df.collect().await? {
-                let s = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-                let s = s.as_any().downcast_ref::<StringArray>().expect("utf8");
+                let s = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("utf8");
                 let n = b
                     .column(1)
                     .as_any()
