@@ -13,7 +13,8 @@ pub mod protobuf;
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter;
 use serde::Deserialize;
 
 use pitwall_proto::schema::JSON_WIRE_NAMES;
@@ -114,6 +115,23 @@ pub struct WireRows {
     pub columns: HashMap<&'static str, Vec<ArrayRef>>,
     /// For each row, the index of the message it came from.
     pub row_message: Vec<usize>,
+}
+
+impl WireRows {
+    /// Keeps the rows where `keep` is true.
+    pub fn retain(&mut self, keep: &[bool]) -> crate::error::Result<()> {
+        let mask = BooleanArray::from(keep.to_vec());
+        for arrays in self.columns.values_mut() {
+            for a in arrays.iter_mut() {
+                *a = filter(a, &mask)?;
+            }
+        }
+        let mut kept = keep.iter();
+        self.row_message
+            .retain(|_| *kept.next().expect("one flag per row"));
+        self.len = self.row_message.len();
+        Ok(())
+    }
 }
 
 /// Decodes messages; remembers session starts it learns.

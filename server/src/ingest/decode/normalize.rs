@@ -247,10 +247,12 @@ pub fn normalize(
             let c: ArrayRef = match field.name().as_str() {
                 col::SESSION => Arc::new(session.clone()),
                 col::DRIVER => Arc::new(driver.clone()),
-                col::TS => {
-                    Arc::new(TimestampMillisecondArray::from(ts.clone()).with_timezone("UTC"))
+                col::TS => Arc::new(
+                    TimestampMillisecondArray::from(std::mem::take(&mut ts)).with_timezone("UTC"),
+                ),
+                col::SESSION_TIME => {
+                    Arc::new(Float64Array::from(std::mem::take(&mut session_time)))
                 }
-                col::SESSION_TIME => Arc::new(Float64Array::from(session_time.clone())),
                 name => part.column(name, field.data_type())?,
             };
             columns.push(c);

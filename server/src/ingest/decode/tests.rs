@@ -163,6 +163,57 @@ fn bad_messages_are_isolated_and_named() {
 }
 
 #[test]
+fn aliases_fill_only_what_the_first_name_left_empty() {
+    let payloads: Vec<&[u8]> = vec![
+        br#"{"Driver":"VER","LapNumber":3,"Speed":1,"RPM":1}"#,
+        br#"{"Driver":"HAM","LapIdx":12,"Speed":1,"RPM":1}"#,
+        // both names: the first one wins, the alias is not even read
+        br#"{"Driver":"LEC","LapNumber":5,"LapIdx":"five","Speed":1,"RPM":1}"#,
+        // the alias is read only for the empty column, and is then checked like any field
+        br#"{"Driver":"SAI","LapIdx":"six","Speed":1,"RPM":1}"#,
+        br#"{"Driver":"NOR","Speed":1,"RPM":1}"#,
+        br#"{"Driver":"PIA","LapNumber":null,"LapIdx":7,"Speed":1,"RPM":1}"#,
+        // a name spelt with escapes is still that name
+        br#"{"Driver":"RUS","Lap\u0049dx":8,"Speed":1,"RPM":1}"#,
+    ];
+    let messages: Vec<RawMessage> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| msg(p, None, i as i64))
+        .collect();
+    let d = decoder().decode(&messages).unwrap();
+    let bad: Vec<(usize, &str)> = d.bad.iter().map(|b| (b.index, b.reason)).collect();
+    assert_eq!(bad, vec![(3, reason::WRONG_TYPE)]);
+    let driver = d.rows.column_by_name("driver").unwrap().as_string::<i32>();
+    let lap = d
+        .rows
+        .column_by_name("lap")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let mut got: Vec<(usize, &str, Option<i32>)> = (0..d.rows.num_rows())
+        .map(|i| {
+            (
+                d.row_message[i],
+                driver.value(i),
+                lap.is_valid(i).then(|| lap.value(i)),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (0, "VER", Some(3)),
+            (1, "HAM", Some(12)),
+            (2, "LEC", Some(5)),
+            (4, "NOR", None),
+            (5, "PIA", Some(7)),
+            (6, "RUS", Some(8)),
+        ]
+    );
+}
+
+#[test]
 fn oversize_payloads_are_refused_before_decoding() {
     let mut config = DecodeConfig::default();
     config.max_message_bytes = 10;
