@@ -2,20 +2,23 @@
 //! columns `session` and `driver`), `archive.results_<query>` (partition column `session` when
 //! the query has one) and `archive.dead_letters`; plus the list of archived sessions.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::execution::cache::cache_manager::{CacheManager, CacheManagerConfig};
-use datafusion::prelude::SessionContext;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::store::Store;
 use super::writer::telemetry_file_schema;
@@ -92,75 +95,36 @@ impl ArchiveCatalog {
             .with_list_files_cache_limit(0)
     }
 
-    async fn listing(
-        &self,
-        ctx: &SessionContext,
-        dir: &str,
-        partitions: &[&str],
-        schema: Option<SchemaRef>,
-    ) -> Result<Arc<ListingTable>> {
-        let url = ListingTableUrl::parse(self.store.table_url(dir))?;
-        let mut config = ListingTableConfig::new(url).with_listing_options(options(partitions));
-        config = match schema {
-            Some(s) => config.with_schema(s),
-            None => config.infer_schema(&ctx.state()).await?,
-        };
-        Ok(Arc::new(ListingTable::try_new(config)?))
-    }
-
-    /// Registers the `archive` schema in `ctx`'s default catalog.
+    /// Registers the `archive` schema in `ctx`'s catalog `catalog`. Which tables exist comes
+    /// from two directory listings; each table is built only when a query names it (see
+    /// [`ArchiveSchema`]).
     pub async fn register(&self, ctx: &SessionContext, catalog: &str) -> Result<()> {
         self.store.register(ctx);
-        let schema = MemorySchemaProvider::new();
-        let telemetry = self.store.list("telemetry").await?;
-        if telemetry.iter().any(|f| f.path.ends_with(".parquet")) {
-            let t = self
-                .listing(
-                    ctx,
-                    "telemetry",
-                    &["session", "driver"],
-                    Some(telemetry_file_schema()),
-                )
-                .await?;
-            schema.register_table("telemetry".into(), t)?;
+        let top = self.store.subdirs("").await?;
+        let mut tables = BTreeMap::new();
+        if top.iter().any(|d| d == "telemetry") {
+            tables.insert("telemetry".to_string(), TableDef::Telemetry);
         }
-        let results = self.store.list("results").await?;
-        let mut queries: BTreeMap<String, bool> = BTreeMap::new();
-        for f in results.iter().filter(|f| {
-            f.path.ends_with(".parquet")
-                && !f.path.rsplit('/').next().unwrap_or("").starts_with('.')
-        }) {
-            if let Some(q) = part_value(&f.path, "query") {
-                *queries.entry(q).or_default() |= part_value(&f.path, "session").is_some();
-            }
+        if top.iter().any(|d| d == "dead_letters") {
+            tables.insert("dead_letters".to_string(), TableDef::DeadLetters);
         }
-        for (q, partitioned) in queries {
-            let dir = format!("results/query={}", super::writer::escape(&q));
-            let parts: &[&str] = if partitioned { &["session"] } else { &[] };
-            match self.listing(ctx, &dir, parts, None).await {
-                Ok(t) => {
-                    schema.register_table(format!("results_{q}"), t)?;
+        if top.iter().any(|d| d == "results") {
+            for dir in self.store.subdirs("results").await? {
+                if let Some(q) = dir.strip_prefix("query=") {
+                    tables.insert(
+                        format!("results_{}", decode(q)),
+                        TableDef::Results(format!("results/{dir}")),
+                    );
                 }
-                Err(e) => tracing::warn!(query = %q, error = %e, "archived results not readable"),
             }
         }
-        if self
-            .store
-            .list("dead_letters")
-            .await?
-            .iter()
-            .any(|f| f.path.ends_with(".parquet"))
-        {
-            let t = self
-                .listing(
-                    ctx,
-                    "dead_letters",
-                    &[],
-                    Some(crate::ingest::dead_letter::schema()),
-                )
-                .await?;
-            schema.register_table("dead_letters".into(), t)?;
-        }
+        let schema = ArchiveSchema {
+            store: self.store.clone(),
+            config: ctx.copied_config(),
+            runtime: ctx.runtime_env(),
+            tables,
+            built: Mutex::default(),
+        };
         let cat = ctx
             .catalog(catalog)
             .ok_or_else(|| Error::Archive(format!("no catalog {catalog}")))?;
@@ -260,5 +224,235 @@ impl ArchiveCatalog {
             )),
         ];
         Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// What a table of the `archive` schema reads.
+#[derive(Debug)]
+enum TableDef {
+    /// `telemetry/session=.../driver=...`, with the writer's schema.
+    Telemetry,
+    /// `dead_letters/`, with the dead-letter schema.
+    DeadLetters,
+    /// `results/query=...[/session=...]`, with the schema of the files found there.
+    Results(String),
+}
+
+/// The `archive` schema of one ad hoc query's context. Table names come from directory names
+/// alone; a table is built (its files listed, a results table's schema read from its files'
+/// footers) the first time the query names it, so a query over `archive.telemetry` opens no
+/// results file. A results directory with no Parquet file in it yet has no table; the
+/// telemetry and dead-letter tables read as empty until their first file.
+#[derive(Debug)]
+struct ArchiveSchema {
+    store: Store,
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+    tables: BTreeMap<String, TableDef>,
+    built: Mutex<HashMap<String, Option<Arc<dyn TableProvider>>>>,
+}
+
+impl ArchiveSchema {
+    fn built(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Arc<dyn TableProvider>>>> {
+        self.built.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn build(&self, def: &TableDef) -> Result<Option<Arc<dyn TableProvider>>> {
+        let (dir, partitions, schema): (&str, &[&str], _) = match def {
+            TableDef::Telemetry => (
+                "telemetry",
+                &["session", "driver"],
+                Some(telemetry_file_schema()),
+            ),
+            TableDef::DeadLetters => (
+                "dead_letters",
+                &[],
+                Some(crate::ingest::dead_letter::schema()),
+            ),
+            TableDef::Results(dir) => (dir.as_str(), &[], None),
+        };
+        // A results table needs a file: for its schema, and to tell whether the query has a
+        // `session` column (then results are partitioned by it). Fixed-schema tables list
+        // their files only when scanned (partition-pruned, by DataFusion).
+        let mut partitions = partitions;
+        if let TableDef::Results(_) = def {
+            let files = self.store.list(dir).await?;
+            let Some(first) = files.iter().find(|f| {
+                f.path.ends_with(".parquet")
+                    && !f.path.rsplit('/').next().unwrap_or("").starts_with('.')
+            }) else {
+                return Ok(None);
+            };
+            if part_value(&first.path, "session").is_some() {
+                partitions = &["session"];
+            }
+        }
+        let url = ListingTableUrl::parse(self.store.table_url(dir))?;
+        let mut config = ListingTableConfig::new(url).with_listing_options(options(partitions));
+        config = match schema {
+            Some(s) => config.with_schema(s),
+            None => {
+                // A state for reading footers: this context's settings, runtime (object
+                // stores, footer cache) and nothing else.
+                let state = SessionStateBuilder::new()
+                    .with_config(self.config.clone())
+                    .with_runtime_env(self.runtime.clone())
+                    .build();
+                config.infer_schema(&state).await?
+            }
+        };
+        // The table reads and fills the runtime's statistics cache (the catalog's, see
+        // `ArchiveCatalog::cache_config`); a listing table has no cache unless given one.
+        let cache = self.runtime.cache_manager.get_file_statistic_cache();
+        Ok(Some(Arc::new(
+            ListingTable::try_new(config)?.with_cache(cache),
+        )))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for ArchiveSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables.keys().cloned().collect()
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        let Some(def) = self.tables.get(name) else {
+            return Ok(None);
+        };
+        if let Some(t) = self.built().get(name) {
+            return Ok(t.clone());
+        }
+        let table = match self.build(def).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(table = %name, error = %e, "archived table not readable");
+                None
+            }
+        };
+        self.built().insert(name.to_string(), table.clone());
+        Ok(table)
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int32Array;
+    use datafusion::arrow::array::cast::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+
+    fn write(root: &std::path::Path, rel: &str, batch: &RecordBatch) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(path).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+    }
+
+    async fn count(
+        ctx: &SessionContext,
+        sql: &str,
+    ) -> datafusion::error::Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        for b in ctx.sql(sql).await?.collect().await? {
+            for i in 0..b.num_rows() {
+                let key = datafusion::arrow::util::display::array_value_to_string(b.column(0), i)?;
+                out.push((key, b.column(1).as_primitive::<Int64Type>().value(i)));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn tables_come_from_directories_and_are_built_when_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let laps = RecordBatch::try_from_iter([
+            (
+                "driver",
+                Arc::new(StringArray::from(vec!["VER", "HAM"])) as ArrayRef,
+            ),
+            ("lap", Arc::new(Int32Array::from(vec![1, 1])) as ArrayRef),
+        ])
+        .unwrap();
+        write(
+            root,
+            "results/query=lap_stats/session=s1/part-1.parquet",
+            &laps,
+        );
+        write(
+            root,
+            "results/query=lap_stats/session=s2/part-2.parquet",
+            &laps.slice(0, 1),
+        );
+        write(
+            root,
+            "results/query=over_rev/part-1.parquet",
+            &laps.slice(1, 1),
+        );
+        // A query whose first file is still being written: only a hidden temporary.
+        std::fs::create_dir_all(root.join("results/query=fresh")).unwrap();
+        std::fs::write(
+            root.join("results/query=fresh/.part-3.parquet.tmp"),
+            b"PAR1",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("telemetry")).unwrap();
+
+        let catalog = ArchiveCatalog::new(Store::open(root.to_str().unwrap()).unwrap()).unwrap();
+        let ctx = SessionContext::new();
+        catalog.register(&ctx, "datafusion").await.unwrap();
+        let schema = ctx.catalog("datafusion").unwrap().schema(SCHEMA).unwrap();
+        assert_eq!(
+            schema.table_names(),
+            [
+                "results_fresh",
+                "results_lap_stats",
+                "results_over_rev",
+                "telemetry"
+            ]
+        );
+
+        // Partitioned by session because its files are under `session=` directories.
+        let by_session = count(
+            &ctx,
+            "SELECT session, count(*) FROM archive.results_lap_stats GROUP BY session",
+        )
+        .await
+        .unwrap();
+        assert_eq!(by_session, [("s1".to_string(), 2), ("s2".to_string(), 1)]);
+        let over_rev = count(
+            &ctx,
+            "SELECT driver, count(*) FROM archive.results_over_rev GROUP BY driver",
+        )
+        .await
+        .unwrap();
+        assert_eq!(over_rev, [("HAM".to_string(), 1)]);
+        // No Parquet file yet: no table. Telemetry with no file yet reads as empty.
+        let err = count(
+            &ctx,
+            "SELECT driver, count(*) FROM archive.results_fresh GROUP BY driver",
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("results_fresh"), "{err}");
+        let telemetry = count(
+            &ctx,
+            "SELECT driver, count(*) FROM archive.telemetry GROUP BY driver",
+        )
+        .await
+        .unwrap();
+        assert!(telemetry.is_empty());
     }
 }

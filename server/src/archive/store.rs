@@ -167,6 +167,49 @@ impl Store {
         }
     }
 
+    /// Names of the directories directly under `dir` (none when `dir` does not exist), without
+    /// reading what they hold.
+    pub async fn subdirs(&self, dir: &str) -> Result<Vec<String>> {
+        match self {
+            Store::Local { root } => {
+                let path = root.join(dir);
+                let entries = match std::fs::read_dir(&path) {
+                    Ok(e) => e,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                        ) =>
+                    {
+                        return Ok(Vec::new());
+                    }
+                    Err(e) => {
+                        return Err(archive_err(&format!("cannot list {}", path.display()), e));
+                    }
+                };
+                let mut out: Vec<String> = entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect();
+                out.sort();
+                Ok(out)
+            }
+            Store::Remote { store, prefix, .. } => {
+                let p = Self::object_path(prefix, dir);
+                let listed = store
+                    .list_with_delimiter(Some(&p))
+                    .await
+                    .map_err(|e| archive_err(dir, e))?;
+                Ok(listed
+                    .common_prefixes
+                    .iter()
+                    .filter_map(|p| p.filename().map(str::to_string))
+                    .collect())
+            }
+        }
+    }
+
     pub async fn delete(&self, rel: &str) -> Result<()> {
         match self {
             Store::Local { root } => match std::fs::remove_file(root.join(rel)) {
