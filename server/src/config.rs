@@ -226,7 +226,7 @@ impl Config {
         let decode_defaults = DecodeConfig::default();
         let mut json_names: Vec<(String, String)> = pairs(&d.json_name, "--json-name")?;
         json_names.extend(pairs(&fd.json_name, "json_name")?);
-        json_names.extend(file.json_names.into_iter());
+        json_names.extend(file.json_names);
         for (w, c) in decode_defaults.json_names.iter() {
             if !json_names.iter().any(|(x, _)| x == w) {
                 json_names.push((w.clone(), c.clone()));

@@ -50,22 +50,11 @@ fn options(partitions: &[&str]) -> ListingOptions {
         )
 }
 
+/// A partition value as written by [`super::writer::escape`].
 fn decode(v: &str) -> String {
-    let mut out = Vec::with_capacity(v.len());
-    let b = v.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16) {
-                out.push(x);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(v)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The value of `key=` in a path, if any.
@@ -277,13 +266,17 @@ impl ArchiveSchema {
         let mut partitions = partitions;
         if let TableDef::Results(_) = def {
             let files = self.store.list(dir).await?;
-            let Some(first) = files.iter().find(|f| {
-                f.path.ends_with(".parquet")
-                    && !f.path.rsplit('/').next().unwrap_or("").starts_with('.')
-            }) else {
+            let parquet: Vec<&str> = files
+                .iter()
+                .map(|f| f.path.as_str())
+                .filter(|p| {
+                    p.ends_with(".parquet") && !p.rsplit('/').next().unwrap_or("").starts_with('.')
+                })
+                .collect();
+            if parquet.is_empty() {
                 return Ok(None);
-            };
-            if part_value(&first.path, "session").is_some() {
+            }
+            if parquet.iter().any(|p| part_value(p, "session").is_some()) {
                 partitions = &["session"];
             }
         }
@@ -372,6 +365,17 @@ mod tests {
         }
         out.sort();
         Ok(out)
+    }
+
+    #[test]
+    fn partition_values_round_trip() {
+        for v in ["VER", "2023 British GP / race", "ünïcode", "a%b", "x=y"] {
+            let escaped = super::super::writer::escape(v);
+            assert_eq!(
+                part_value(&format!("results/query={escaped}/f"), "query").unwrap(),
+                v
+            );
+        }
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::error::Result;
 
@@ -26,15 +27,12 @@ pub struct EncodedFile {
 
 /// Escapes a Hive partition value (anything but letters, digits, `.`, `_`, `-`).
 pub fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+    /// Bytes kept as they are in a partition value: ASCII letters, digits, `.`, `_`, `-`.
+    const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
+    if value.is_empty() {
+        return "%00".into();
     }
-    if out.is_empty() { "%00".into() } else { out }
+    utf8_percent_encode(value, ESCAPED).to_string()
 }
 
 /// Sequence number of an archive file name `part-{seq}-...`.

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, ParamValues, ScalarValue};
@@ -869,7 +869,7 @@ async fn window_stage(
         following,
         gate_ts,
         seq_index: input.schema().fields().len(),
-        upper_input_schema: Arc::new(Schema::from(w.schema.as_arrow().clone())),
+        upper_input_schema: Arc::new(w.schema.as_arrow().clone()),
     })
 }
 
