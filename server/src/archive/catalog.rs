@@ -57,6 +57,11 @@ fn decode(v: &str) -> String {
         .into_owned()
 }
 
+/// A committed Parquet file (not a hidden temporary still being written).
+fn is_data_file(path: &str) -> bool {
+    path.ends_with(".parquet") && !path.rsplit('/').next().unwrap_or("").starts_with('.')
+}
+
 /// The value of `key=` in a path, if any.
 fn part_value(path: &str, key: &str) -> Option<String> {
     path.split('/')
@@ -125,10 +130,7 @@ impl ArchiveCatalog {
     pub async fn sessions(&self, ctx: &SessionContext) -> Result<RecordBatch> {
         let files = self.store.list("telemetry").await?;
         let mut disk: BTreeMap<String, (BTreeSet<String>, i64, i64)> = BTreeMap::new();
-        for f in files.iter().filter(|f| {
-            f.path.ends_with(".parquet")
-                && !f.path.rsplit('/').next().unwrap_or("").starts_with('.')
-        }) {
+        for f in files.iter().filter(|f| is_data_file(&f.path)) {
             let (Some(s), Some(d)) = (
                 part_value(&f.path, "session"),
                 part_value(&f.path, "driver"),
@@ -269,9 +271,7 @@ impl ArchiveSchema {
             let parquet: Vec<&str> = files
                 .iter()
                 .map(|f| f.path.as_str())
-                .filter(|p| {
-                    p.ends_with(".parquet") && !p.rsplit('/').next().unwrap_or("").starts_with('.')
-                })
+                .filter(|p| is_data_file(p))
                 .collect();
             if parquet.is_empty() {
                 return Ok(None);

@@ -172,20 +172,8 @@ impl Store {
     pub async fn subdirs(&self, dir: &str) -> Result<Vec<String>> {
         match self {
             Store::Local { root } => {
-                let path = root.join(dir);
-                let entries = match std::fs::read_dir(&path) {
-                    Ok(e) => e,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                        ) =>
-                    {
-                        return Ok(Vec::new());
-                    }
-                    Err(e) => {
-                        return Err(archive_err(&format!("cannot list {}", path.display()), e));
-                    }
+                let Some(entries) = read_dir_if_any(&root.join(dir))? else {
+                    return Ok(Vec::new());
                 };
                 let mut out: Vec<String> = entries
                     .flatten()
@@ -274,23 +262,29 @@ fn write_local(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The entries of a local directory; `None` when there is nothing to list there: missing, or a
+/// file where a directory belongs (writes will fail and say so).
+fn read_dir_if_any(dir: &Path) -> Result<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(dir) {
+        Ok(e) => Ok(Some(e)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(archive_err(&format!("cannot list {}", dir.display()), e)),
+    }
+}
+
 fn list_local(root: &Path, base: &Path) -> Result<Vec<StoredFile>> {
     let mut out = Vec::new();
     let mut stack = vec![base.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            // Nothing listed there: missing, or a file where a directory belongs (writes will
-            // fail and say so).
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => return Err(archive_err(&format!("cannot list {}", dir.display()), e)),
+        let Some(entries) = read_dir_if_any(&dir)? else {
+            continue;
         };
         for entry in entries.flatten() {
             let path = entry.path();
