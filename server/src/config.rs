@@ -156,6 +156,10 @@ pub struct StorageArgs {
     /// Merge a directory's small files once it has this many.
     #[arg(long)]
     pub compact_min_files: Option<usize>,
+    /// Merge a directory's small files (two or more) once none changed for this many seconds:
+    /// a finished session ends as one file per directory.
+    #[arg(long)]
+    pub compact_idle_secs: Option<u64>,
 }
 
 /// The TOML file: the same settings, grouped.
@@ -352,6 +356,11 @@ impl Config {
                         .compact_min_files
                         .or(fa.compact_min_files)
                         .unwrap_or(d.compact_min_files),
+                    compact_idle: a
+                        .compact_idle_secs
+                        .or(fa.compact_idle_secs)
+                        .map(Duration::from_secs)
+                        .unwrap_or(d.compact_idle),
                     ..d
                 }
             },

@@ -62,6 +62,7 @@ pub struct App {
     ingest_stats: Arc<IngestStats>,
     store: Store,
     next_seq: u64,
+    last_commit: Option<archive::CommitRecord>,
 }
 
 /// A server running in the background (tests start one in-process).
@@ -121,6 +122,7 @@ impl App {
             ingest_stats: Arc::default(),
             store,
             next_seq: recovered.next_seq,
+            last_commit: recovered.last,
         })
     }
 
@@ -136,6 +138,7 @@ impl App {
             ingest_stats,
             store,
             next_seq,
+            last_commit,
         } = self;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (handle, commands) = engine.handle();
@@ -190,7 +193,13 @@ impl App {
                 None
             }
         };
-        let archive = Archive::start(store.clone(), config.archive.clone(), next_seq, committer)?;
+        let archive = Archive::start(
+            store.clone(),
+            config.archive.clone(),
+            next_seq,
+            last_commit,
+            committer,
+        )?;
         let sink = archive.sink(&config.archive);
         let archive_stats = archive.stats.clone();
         let engine_task = tokio::spawn(engine.run(

@@ -54,6 +54,8 @@ pub struct ArchiveConfig {
     pub retention: Option<Duration>,
     /// Merge a directory's files once it has this many small ones.
     pub compact_min_files: usize,
+    /// Merge a directory's small files (two or more) once none changed for this long.
+    pub compact_idle: Duration,
 }
 
 impl Default for ArchiveConfig {
@@ -64,6 +66,7 @@ impl Default for ArchiveConfig {
             max_buffered_rows: 4_000_000,
             retention: None,
             compact_min_files: 16,
+            compact_idle: Duration::from_secs(120),
         }
     }
 }
@@ -134,6 +137,8 @@ fn seq_of(path: &str, prefix: &str) -> Option<u64> {
 /// What a restart finds in the archive.
 pub struct Recovered {
     pub next_seq: u64,
+    /// The last commit record, which housekeeping carries forward.
+    pub last: Option<CommitRecord>,
     pub state: Option<(EngineState, Batches)>,
     pub deleted_orphans: usize,
 }
@@ -146,6 +151,7 @@ pub async fn recover(store: &Store) -> Result<Recovered> {
         .filter_map(|f| seq_of(&f.path, "commit-"))
         .max();
     let mut state = None;
+    let mut last_record = None;
     if let Some(seq) = last {
         let record: CommitRecord = serde_json::from_slice(&store.get(&commit_path(seq)).await?)
             .map_err(|e| Error::Archive(format!("commit record {seq} is damaged: {e}")))?;
@@ -154,6 +160,7 @@ pub async fn recover(store: &Store) -> Result<Recovered> {
         }
         let bytes = store.get(&record.state).await?;
         state = Some(snapshot::decode(&bytes)?);
+        last_record = Some(record);
     }
     let committed = last.unwrap_or(0);
     // Files of checkpoints that never committed, and temporaries of interrupted writes.
@@ -178,6 +185,7 @@ pub async fn recover(store: &Store) -> Result<Recovered> {
     }
     Ok(Recovered {
         next_seq: committed + 1,
+        last: last_record,
         state,
         deleted_orphans: deleted,
     })
@@ -238,6 +246,8 @@ struct WriterState {
     last_housekeeping: Instant,
     /// The latest commit (compaction carries its checkpoint forward).
     last_record: Option<CommitRecord>,
+    /// Inputs of committed merges not deleted yet.
+    superseded: Vec<String>,
 }
 
 impl Archive {
@@ -245,6 +255,7 @@ impl Archive {
         store: Store,
         config: ArchiveConfig,
         next_seq: u64,
+        last_record: Option<CommitRecord>,
         committer: Option<Committer>,
     ) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(256);
@@ -260,7 +271,8 @@ impl Archive {
             pending: None,
             buffered_rows: buffered_rows.clone(),
             last_housekeeping: Instant::now(),
-            last_record: None,
+            last_record,
+            superseded: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("pitwall-archive".into())

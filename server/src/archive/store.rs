@@ -246,15 +246,22 @@ fn write_local(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| archive_err(&format!("cannot create {}", dir.display()), e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)
-        .map_err(|e| archive_err(&format!("cannot write {}", tmp.display()), e))?;
-    f.write_all(bytes)
-        .map_err(|e| archive_err(&format!("cannot write {}", tmp.display()), e))?;
-    f.sync_all()
-        .map_err(|e| archive_err(&format!("cannot sync {}", tmp.display()), e))?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .map_err(|e| archive_err(&format!("cannot rename into {}", path.display()), e))?;
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)
+            .map_err(|e| archive_err(&format!("cannot write {}", tmp.display()), e))?;
+        f.write_all(bytes)
+            .map_err(|e| archive_err(&format!("cannot write {}", tmp.display()), e))?;
+        f.sync_all()
+            .map_err(|e| archive_err(&format!("cannot sync {}", tmp.display()), e))?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+            .map_err(|e| archive_err(&format!("cannot rename into {}", path.display()), e))
+    })();
+    if written.is_err() {
+        // A full disk should not keep the partial copy: it is written again on retry.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     // Make the rename itself durable.
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
