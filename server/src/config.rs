@@ -160,6 +160,9 @@ pub struct StorageArgs {
     /// a finished session ends as one file per directory.
     #[arg(long)]
     pub compact_idle_secs: Option<u64>,
+    /// How often compaction and retention run, in ms.
+    #[arg(long)]
+    pub housekeeping_ms: Option<u64>,
 }
 
 /// The TOML file: the same settings, grouped.
@@ -361,6 +364,11 @@ impl Config {
                         .or(fa.compact_idle_secs)
                         .map(Duration::from_secs)
                         .unwrap_or(d.compact_idle),
+                    housekeeping_interval: a
+                        .housekeeping_ms
+                        .or(fa.housekeeping_ms)
+                        .map(Duration::from_millis)
+                        .unwrap_or(d.housekeeping_interval),
                     ..d
                 }
             },

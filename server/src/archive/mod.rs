@@ -56,6 +56,8 @@ pub struct ArchiveConfig {
     pub compact_min_files: usize,
     /// Merge a directory's small files (two or more) once none changed for this long.
     pub compact_idle: Duration,
+    /// How often compaction and retention run.
+    pub housekeeping_interval: Duration,
 }
 
 impl Default for ArchiveConfig {
@@ -67,6 +69,7 @@ impl Default for ArchiveConfig {
             retention: None,
             compact_min_files: 16,
             compact_idle: Duration::from_secs(120),
+            housekeeping_interval: Duration::from_secs(30),
         }
     }
 }
@@ -396,7 +399,7 @@ impl WriterState {
             } else if stopping {
                 return;
             }
-            if self.last_housekeeping.elapsed() >= Duration::from_secs(30) {
+            if self.last_housekeeping.elapsed() >= self.config.housekeeping_interval {
                 self.last_housekeeping = Instant::now();
                 if let Err(e) = housekeeping::run(self).await {
                     tracing::warn!(error = %e, "archive housekeeping failed; will retry");
