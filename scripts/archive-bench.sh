@@ -8,7 +8,8 @@
 #
 # Pitwall is timed twice: in-process (the `archive_query` example: the server's archive catalog
 # and DataFusion settings, no CLI or network; the like of DuckDB's in-process figure) and as a
-# user sees it (`pitwall sql` wall time). Best of 20 each, DuckDB likewise.
+# user sees it (`pitwall sql` wall time). Best of 20 each, DuckDB likewise; all of it twice: on
+# the archive as the replay wrote it, and after the quiet session's directories were merged.
 #
 # Needs: a release build (cargo build --release --workspace --bins && cargo build --release
 # -p pitwall-server --example archive_query), python3 with
@@ -34,10 +35,15 @@ echo "== replay $race into $topic ($brokers)"
 rows=$(grep -oE '[0-9,]+ rows' "$work/replay.txt" | head -1 | tr -d ', rows')
 
 echo "== archive it (pitwall-server --data-dir $work/data)"
-"$bin/pitwall-server" --brokers "$brokers" --topic "$topic" --group "$topic" \
-  --flight-addr "127.0.0.1:$port" --data-dir "$work/data" --idle-timeout-ms 500 \
-  2>"$work/server.log" &
-pid=$!
+serve() {
+  "$bin/pitwall-server" --brokers "$brokers" --topic "$topic" --group "$topic" \
+    --flight-addr "127.0.0.1:$port" --data-dir "$work/data" --idle-timeout-ms 500 "$@" \
+    2>>"$work/server.log" &
+  pid=$!
+}
+# Default compaction (quiet directories after 120 s): the files stay as the replay wrote them
+# while the first round is timed.
+serve
 start=$(date +%s.%N)
 for _ in $(seq 600); do
   got=$("$bin/pitwall" --server "$server" sql --format csv \
@@ -55,6 +61,7 @@ q="SELECT driver, lap, count(*) AS samples, avg(speed) AS mean_speed, max(speed)
 FROM archive.telemetry WHERE session = '$session' AND lap IS NOT NULL
 GROUP BY driver, lap ORDER BY driver, lap"
 
+measure() {
 echo "== Pitwall in-process: per-lap stats (best of 20)"
 "$bin/examples/archive_query" "$work/data" "$session" 20 | tail -n 1
 
@@ -101,6 +108,24 @@ EOF
 echo "== same answers? (driver, lap, samples)"
 diff <(tail -n +2 "$work/pitwall.csv" | cut -d, -f1-3) <(cut -d, -f1-3 "$work/duckdb.csv") \
   && echo "identical driver/lap/sample counts"
+
+}
+
+files() { find "$work/data/telemetry" -name '*.parquet' | wc -l; }
+echo "==== as written during the replay: $(files) files"
+measure
+# A finished session's directories are merged once quiet (--compact-idle-secs, 120 s by
+# default): what users query after the session. A restarted server with a 1 s idle period
+# does it now (and shows that housekeeping resumes after a restart).
+kill "$pid"; wait "$pid" || true
+serve --compact-idle-secs 1 --housekeeping-ms 500
+for _ in $(seq 240); do
+  [ "$(files)" -le "$(find "$work/data/telemetry" -mindepth 2 -type d | wc -l)" ] && break
+  sleep 1
+done
+sleep 1
+echo "==== after compaction of the quiet session: $(files) files"
+measure
 
 echo "== EXPLAIN, one driver (partition pruning)"
 "$bin/pitwall" --server "$server" sql \

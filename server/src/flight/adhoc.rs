@@ -96,33 +96,124 @@ pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, Status
 }
 
 /// Runs a plan (with positional parameter values, if any) under the limits.
+///
+/// Archive files can go between a query's listing and its reads: compaction replaces a
+/// directory's small files by one, and retention deletes old ones. Such a query is run again
+/// (it lists afresh) a few times within its timeout; results are collected before anything
+/// is sent, so the client never sees the failed attempt.
 pub async fn execute(
     ctx: &SessionContext,
     plan: LogicalPlan,
     params: Option<ParamValues>,
     limits: AdhocLimits,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    const ATTEMPTS: usize = 4;
     let plan = match params {
         Some(p) => plan.with_param_values(p).map_err(invalid)?,
         None => plan,
     };
-    let df = ctx.execute_logical_plan(plan).await.map_err(invalid)?;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = tokio::time::timeout(limits.timeout, df.collect())
-        .await
-        .map_err(|_| {
-            Status::deadline_exceeded(format!(
-                "query ran longer than {} s and was stopped",
-                limits.timeout.as_secs()
-            ))
-        })?
-        .map_err(|e| {
-            let msg = short_error(&e);
-            if msg.contains("Resources exhausted") || msg.contains("memory") {
-                Status::resource_exhausted(msg)
-            } else {
-                Status::invalid_argument(msg)
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let mut attempt = 1;
+    loop {
+        let df = ctx
+            .execute_logical_plan(plan.clone())
+            .await
+            .map_err(invalid)?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let collected = tokio::time::timeout_at(deadline, df.collect())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "query ran longer than {} s and was stopped",
+                    limits.timeout.as_secs()
+                ))
+            })?;
+        match collected {
+            Ok(batches) => return Ok((schema, batches)),
+            Err(e) if attempt < ATTEMPTS && is_missing_file(&e) => {
+                tracing::debug!(attempt, error = %e, "an archive file went during the query; running it again");
+                attempt += 1;
             }
-        })?;
-    Ok((schema, batches))
+            Err(e) => {
+                let msg = short_error(&e);
+                return Err(
+                    if msg.contains("Resources exhausted") || msg.contains("memory") {
+                        Status::resource_exhausted(msg)
+                    } else {
+                        Status::invalid_argument(msg)
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Whether `e` comes from a file that was listed but is not there any more.
+fn is_missing_file(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if matches!(
+            err.downcast_ref::<object_store::Error>(),
+            Some(object_store::Error::NotFound { .. })
+        ) || err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int32Array, RecordBatch};
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+    #[tokio::test]
+    async fn a_file_gone_after_listing_is_told_apart_from_other_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part-1.parquet");
+        let batch =
+            RecordBatch::try_from_iter([("v", Arc::new(Int32Array::from(vec![1, 2])) as _)])
+                .unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_parquet(
+            "t",
+            dir.path().to_str().unwrap(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
+        // Listed at planning, deleted before it is read.
+        let plan = ctx
+            .sql("SELECT sum(v) FROM t")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let err = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .unwrap_err();
+        assert!(super::is_missing_file(&err), "{err}");
+        let other = ctx.sql("SELECT v / 0 FROM (VALUES (1)) AS x(v)").await;
+        let other = match other {
+            Ok(df) => df.collect().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(!super::is_missing_file(&other), "{other}");
+    }
 }
