@@ -691,6 +691,26 @@ fn send_batch(
     tx.blocking_send(batch).is_ok()
 }
 
+/// For each (partition, offset) in delivery order, whether it is delivered for the first time:
+/// at or above the partition's next unprocessed offset in `skip_below`, and above every offset
+/// of that partition kept before it. Offsets of a partition are processed once, in order.
+fn first_deliveries(
+    skip_below: &BTreeMap<i32, i64>,
+    messages: impl Iterator<Item = (i32, i64)>,
+) -> Vec<bool> {
+    let mut next = skip_below.clone();
+    messages
+        .map(|(p, offset)| {
+            let n = next.entry(p).or_insert(i64::MIN);
+            let keep = offset >= *n;
+            if keep {
+                *n = offset + 1;
+            }
+            keep
+        })
+        .collect()
+}
+
 fn decode_batch(
     config: &KafkaConfig,
     messages: &[BorrowedMessage<'_>],
@@ -700,14 +720,16 @@ fn decode_batch(
     skip_below: &BTreeMap<i32, i64>,
 ) -> Result<MicroBatch> {
     // Messages below these offsets were processed already (before a restart, or before a
-    // rebalance): read again, they are skipped, not counted twice.
+    // rebalance): read again, they are skipped, not counted twice. So is a second copy of an
+    // offset within this batch (a fetch that was under way when a seek-back was issued).
+    let fresh = first_deliveries(
+        skip_below,
+        messages.iter().map(|m| (m.partition(), m.offset())),
+    );
     let raw: Vec<RawMessage<'_>> = messages
         .iter()
-        .filter(|m| {
-            skip_below
-                .get(&m.partition())
-                .is_none_or(|&s| m.offset() >= s)
-        })
+        .zip(fresh)
+        .filter_map(|(m, keep)| keep.then_some(m))
         .map(|m| RawMessage {
             payload: m.payload().unwrap_or(&[]),
             key: m.key(),
@@ -803,4 +825,31 @@ fn decode_batch(
         dead_letters: letters,
         ready_at: Instant::now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::first_deliveries;
+
+    #[test]
+    fn each_offset_is_taken_once_and_in_order() {
+        let skip_below = BTreeMap::from([(0, 100)]);
+        let delivered = [
+            (0, 98),  // processed before the restart
+            (0, 100), // the next one
+            (0, 101),
+            (1, 7),   // a partition with no checkpoint yet
+            (0, 100), // a second copy (an overlapping fetch after a seek)
+            (0, 101),
+            (0, 102),
+            (1, 7),
+            (1, 8),
+        ];
+        assert_eq!(
+            first_deliveries(&skip_below, delivered.into_iter()),
+            [false, true, true, true, false, false, true, false, true]
+        );
+    }
 }
