@@ -58,7 +58,7 @@ fn decode(v: &str) -> String {
 }
 
 /// A committed Parquet file (not a hidden temporary still being written).
-fn is_data_file(path: &str) -> bool {
+pub(super) fn is_data_file(path: &str) -> bool {
     path.ends_with(".parquet") && !path.rsplit('/').next().unwrap_or("").starts_with('.')
 }
 

@@ -16,6 +16,7 @@ use datafusion::arrow::compute::{
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::catalog::is_data_file;
 use super::store::StoredFile;
 use super::writer::{file_seq, part_name, to_parquet};
 use super::{CommitRecord, CommittedFile, WriterState, commit_path, state_path};
@@ -41,11 +42,10 @@ pub(super) async fn run(w: &mut WriterState) -> Result<()> {
     let mut dirs: BTreeMap<String, Vec<StoredFile>> = BTreeMap::new();
     for root in ["telemetry", "results"] {
         for f in w.store.list(root).await? {
-            let name = f.path.rsplit('/').next().unwrap_or("");
             // Only committed files: every commit so far has a sequence number below next_seq.
             // (Superseded inputs are gone: `delete_superseded` succeeded above.)
             let committed = file_seq(&f.path).is_some_and(|s| s < w.next_seq);
-            if name.starts_with('.') || !name.ends_with(".parquet") || !committed {
+            if !is_data_file(&f.path) || !committed {
                 continue;
             }
             if f.size <= SMALL_FILE {
@@ -274,6 +274,20 @@ mod tests {
             .collect()
     }
 
+    /// Runs housekeeping until every directory of `before` could have been merged, then checks
+    /// that each holds one file with exactly the rows it had.
+    async fn merge_all(w: &mut WriterState, before: &BTreeMap<String, (usize, Vec<i64>)>) {
+        for _ in 0..before.len().div_ceil(super::DIRS_PER_RUN) {
+            super::run(w).await.unwrap();
+        }
+        let after = census(&w.store).await;
+        assert_eq!(rows(&after), rows(before));
+        assert!(
+            after.values().all(|(n, _)| *n == 1),
+            "one file per directory"
+        );
+    }
+
     #[tokio::test]
     async fn every_due_directory_is_merged_without_losing_or_doubling_a_row() {
         let dir = tempfile::tempdir().unwrap();
@@ -289,15 +303,7 @@ mod tests {
             before.iter().map(|(d, (n, _))| (d, n)).collect::<Vec<_>>()
         );
         // Several merges per run, each carrying the latest checkpoint forward.
-        for _ in 0..before.len().div_ceil(super::DIRS_PER_RUN) {
-            super::run(&mut w).await.unwrap();
-        }
-        let after = census(&w.store).await;
-        assert_eq!(rows(&after), rows(&before));
-        assert!(
-            after.values().all(|(n, _)| *n == 1),
-            "one file per directory"
-        );
+        merge_all(&mut w, &before).await;
 
         // A restart finds the last merge's commit, carrying the last checkpoint's offsets.
         let recovered = recover(&w.store).await.unwrap();
@@ -322,12 +328,7 @@ mod tests {
         super::run(&mut w).await.unwrap();
         assert_eq!(census(&w.store).await, before, "not quiet for an hour yet");
         w.config.compact_idle = Duration::ZERO;
-        for _ in 0..before.len().div_ceil(super::DIRS_PER_RUN) {
-            super::run(&mut w).await.unwrap();
-        }
-        let after = census(&w.store).await;
-        assert_eq!(rows(&after), rows(&before));
-        assert!(after.values().all(|(n, _)| *n == 1));
+        merge_all(&mut w, &before).await;
     }
 
     #[tokio::test]
@@ -357,12 +358,7 @@ mod tests {
                 .exists()
         );
         std::fs::remove_dir(&blocker).unwrap();
-        for _ in 0..before.len().div_ceil(super::DIRS_PER_RUN) {
-            super::run(&mut w).await.unwrap();
-        }
-        let after = census(&w.store).await;
-        assert_eq!(rows(&after), rows(&before));
-        assert!(after.values().all(|(n, _)| *n == 1));
+        merge_all(&mut w, &before).await;
         assert_eq!(recover(&w.store).await.unwrap().deleted_orphans, 0);
     }
 }
