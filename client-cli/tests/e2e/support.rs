@@ -196,14 +196,23 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Resu
     Ok(())
 }
 
-/// The `pitwall` binary under test.
+/// The `pitwall` binary under test: the one cargo built with this test, or the one in
+/// `$PITWALL_TEST_BIN_DIR` (to test other builds, e.g. release binaries or a copy kept aside
+/// while the tree changes).
+fn pitwall_binary() -> PathBuf {
+    match std::env::var_os("PITWALL_TEST_BIN_DIR") {
+        Some(dir) => Path::new(&dir).join("pitwall"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_pitwall")),
+    }
+}
+
 pub fn pitwall() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pitwall"))
+    Command::new(pitwall_binary())
 }
 
 /// The `pitwall-server` binary, built next to `pitwall` (scripts/test.sh builds every binary).
 pub fn pitwall_server_binary() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_pitwall")).with_file_name("pitwall-server");
+    let p = pitwall_binary().with_file_name("pitwall-server");
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",

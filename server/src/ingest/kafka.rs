@@ -118,11 +118,53 @@ fn commit(consumer: &BaseConsumer, offsets: &Offsets) -> KafkaResult<()> {
 /// (tansu 0.6 among them) return the next one, which would skip the rest of the batch. The
 /// first message of each resumed partition is checked; if it is past the checkpoint, the
 /// partition is sought back (further each time) and the rows below the checkpoint are dropped
-/// by the offset filter.
+/// by the offset filter. tansu 0.6 also reports the end of a log as the start of its last
+/// record batch, and answers a fetch from inside that batch with nothing at all (no message,
+/// no end-of-partition event): a partition resumed there, which the probe of log ends finds
+/// at its end having delivered nothing, is sought back the same way.
 struct ResumeGuard {
     topic: String,
-    /// partition -> (checkpoint offset, how far back the next seek goes, reached offset 0)
-    pending: BTreeMap<i32, (i64, i64, bool)>,
+    pending: BTreeMap<i32, Resume>,
+}
+
+/// A resumed partition whose first message has not come yet.
+struct Resume {
+    /// The checkpoint's offset: the first one not processed yet.
+    target: i64,
+    /// How far back the next seek goes.
+    back: i64,
+    /// A seek reached offset 0: whatever comes is all there is.
+    exhausted: bool,
+    /// When the last seek back was issued.
+    sought: Option<Instant>,
+}
+
+impl Resume {
+    fn new(target: i64) -> Self {
+        Self {
+            target,
+            back: 16_384,
+            exhausted: false,
+            sought: None,
+        }
+    }
+
+    /// Seeks back further than the last time.
+    fn seek_back(&mut self, consumer: &BaseConsumer, topic: &str, p: i32, why: &str) {
+        let to = (self.target - self.back).max(0);
+        tracing::warn!(
+            partition = p,
+            checkpoint = self.target,
+            seek = to,
+            "{why}; seeking back"
+        );
+        self.exhausted = to == 0;
+        self.back *= 2;
+        self.sought = Some(Instant::now());
+        if let Err(e) = consumer.seek(topic, p, Offset::Offset(to), Duration::from_secs(10)) {
+            tracing::warn!(partition = p, error = %e, "seek failed; will retry");
+        }
+    }
 }
 
 impl ResumeGuard {
@@ -131,7 +173,7 @@ impl ResumeGuard {
             topic: topic.to_string(),
             pending: skip_below
                 .iter()
-                .map(|(p, o)| (*p, (*o, 16_384, false)))
+                .map(|(p, o)| (*p, Resume::new(*o)))
                 .collect(),
         }
     }
@@ -139,14 +181,14 @@ impl ResumeGuard {
     /// Whether to keep `m`; seeks back when the partition resumed past the checkpoint.
     fn admit(&mut self, consumer: &BaseConsumer, m: &BorrowedMessage<'_>) -> bool {
         let p = m.partition();
-        let Some((target, back, exhausted)) = self.pending.get_mut(&p) else {
+        let Some(r) = self.pending.get_mut(&p) else {
             return true;
         };
-        if m.offset() <= *target || *exhausted {
-            if m.offset() > *target {
+        if m.offset() <= r.target || r.exhausted {
+            if m.offset() > r.target {
                 tracing::warn!(
                     partition = p,
-                    from = *target,
+                    from = r.target,
                     to = m.offset(),
                     "messages below this offset are no longer in the topic"
                 );
@@ -154,19 +196,8 @@ impl ResumeGuard {
             self.pending.remove(&p);
             return true;
         }
-        let to = (*target - *back).max(0);
-        tracing::warn!(
-            partition = p,
-            checkpoint = *target,
-            got = m.offset(),
-            seek = to,
-            "resumed past the checkpoint; seeking back"
-        );
-        *exhausted = to == 0;
-        *back *= 2;
-        if let Err(e) = consumer.seek(&self.topic, p, Offset::Offset(to), Duration::from_secs(10)) {
-            tracing::warn!(partition = p, error = %e, "seek failed; will retry");
-        }
+        let why = format!("resumed past the checkpoint (got {})", m.offset());
+        r.seek_back(consumer, &self.topic, p, &why);
         false
     }
 
@@ -175,13 +206,13 @@ impl ResumeGuard {
     fn arm(&mut self, partition: i32, next: i64) {
         self.pending
             .entry(partition)
-            .or_insert((next, 16_384, false));
+            .or_insert_with(|| Resume::new(next));
     }
 
     /// A partition at the end of its log has nothing left to miss, unless the end is past
     /// the checkpoint and no message at or below it came: then the broker skipped them too.
     fn at_end(&mut self, consumer: &BaseConsumer, p: i32) {
-        let Some((target, back, exhausted)) = self.pending.get_mut(&p) else {
+        let Some(r) = self.pending.get_mut(&p) else {
             return;
         };
         let position = consumer.position().ok().and_then(|tpl| {
@@ -192,27 +223,43 @@ impl ResumeGuard {
                 })
         });
         match position {
-            Some(pos) if pos > *target && !*exhausted => {
-                let to = (*target - *back).max(0);
-                tracing::warn!(
-                    partition = p,
-                    checkpoint = *target,
-                    end = pos,
-                    seek = to,
-                    "resumed past the checkpoint; seeking back"
-                );
-                *exhausted = to == 0;
-                *back *= 2;
-                if let Err(e) =
-                    consumer.seek(&self.topic, p, Offset::Offset(to), Duration::from_secs(10))
-                {
-                    tracing::warn!(partition = p, error = %e, "seek failed; will retry");
-                }
+            Some(pos) if pos > r.target && !r.exhausted => {
+                let why = format!("resumed past the checkpoint (end at {pos})");
+                r.seek_back(consumer, &self.topic, p, &why);
             }
             _ => {
                 self.pending.remove(&p);
             }
         }
+    }
+
+    /// The broker says `p`'s log ends where it resumed, or before, and nothing came from it
+    /// yet: it may be a fetch from inside the last record batch that the broker answers with
+    /// nothing (tansu 0.6). Seeking back costs re-reading (and dropping) a few thousand
+    /// messages where the log really ends there. A seek gets a few seconds to deliver before
+    /// the next; after one to offset 0, an empty answer means there is nothing to miss.
+    fn probed_at_end(&mut self, consumer: &BaseConsumer, p: i32) {
+        let Some(r) = self.pending.get_mut(&p) else {
+            return;
+        };
+        if r.exhausted {
+            self.pending.remove(&p);
+        } else if r
+            .sought
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(3))
+        {
+            r.seek_back(
+                consumer,
+                &self.topic,
+                p,
+                "nothing came from where the partition resumed",
+            );
+        }
+    }
+
+    /// A seek back is under way for `p`: it is not at its end, whatever the broker says.
+    fn settling(&self, p: i32) -> bool {
+        self.pending.get(&p).is_some_and(|r| r.sought.is_some())
     }
 }
 
@@ -424,11 +471,15 @@ pub fn spawn(
                     );
                 }
                 if let Some((asked_at, probed)) = prober.answer() {
-                    // A partition that delivered rows since the question is not at its end;
-                    // one whose end-of-log event came since is.
+                    for p in &probed {
+                        guard.probed_at_end(&consumer, *p);
+                    }
+                    // A partition that delivered rows since the question is not at its end,
+                    // nor one sought back; one whose end-of-log event came since is.
                     let mut next: BTreeMap<i32, Instant> = probed
                         .into_iter()
                         .filter(|p| last_message.get(p).is_none_or(|t| *t < asked_at))
+                        .filter(|p| !guard.settling(*p))
                         .map(|p| (p, asked_at))
                         .collect();
                     for (p, t) in &at_end {
@@ -641,7 +692,9 @@ fn poll_batch<'c>(
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 guard.at_end(consumer, p);
-                changed |= at_end.insert(p, Instant::now()).is_none();
+                if !guard.settling(p) {
+                    changed |= at_end.insert(p, Instant::now()).is_none();
+                }
             }
             Some(Err(e)) => {
                 // Cut off from the broker we cannot know we are at the end of the log: the
