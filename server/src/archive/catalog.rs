@@ -21,6 +21,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::store::Store;
+use super::visible::View;
 use super::writer::telemetry_file_schema;
 use crate::error::{Error, Result};
 
@@ -93,7 +94,8 @@ impl ArchiveCatalog {
     /// from two directory listings; each table is built only when a query names it (see
     /// [`ArchiveSchema`]).
     pub async fn register(&self, ctx: &SessionContext, catalog: &str) -> Result<()> {
-        self.store.register(ctx);
+        let view = View::of(&self.store).await?;
+        self.store.register(ctx, view.clone())?;
         let top = self.store.subdirs("").await?;
         let mut tables = BTreeMap::new();
         if top.iter().any(|d| d == "telemetry") {
@@ -114,6 +116,7 @@ impl ArchiveCatalog {
         }
         let schema = ArchiveSchema {
             store: self.store.clone(),
+            view,
             config: ctx.copied_config(),
             runtime: ctx.runtime_env(),
             tables,
@@ -129,8 +132,12 @@ impl ArchiveCatalog {
     /// One row per archived session: drivers, rows, time range, files and bytes on disk.
     pub async fn sessions(&self, ctx: &SessionContext) -> Result<RecordBatch> {
         let files = self.store.list("telemetry").await?;
+        let view = View::of(&self.store).await?;
         let mut disk: BTreeMap<String, (BTreeSet<String>, i64, i64)> = BTreeMap::new();
-        for f in files.iter().filter(|f| is_data_file(&f.path)) {
+        for f in files
+            .iter()
+            .filter(|f| is_data_file(&f.path) && view.shows(&f.path))
+        {
             let (Some(s), Some(d)) = (
                 part_value(&f.path, "session"),
                 part_value(&f.path, "driver"),
@@ -237,6 +244,8 @@ enum TableDef {
 #[derive(Debug)]
 struct ArchiveSchema {
     store: Store,
+    /// What this query sees of the archive.
+    view: View,
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     tables: BTreeMap<String, TableDef>,
@@ -271,7 +280,7 @@ impl ArchiveSchema {
             let parquet: Vec<&str> = files
                 .iter()
                 .map(|f| f.path.as_str())
-                .filter(|p| is_data_file(p))
+                .filter(|p| is_data_file(p) && self.view.shows(p))
                 .collect();
             if parquet.is_empty() {
                 return Ok(None);

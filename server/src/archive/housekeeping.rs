@@ -1,6 +1,8 @@
 //! Housekeeping between checkpoints: the small files of one directory are merged into one
 //! (sorted by `ts` for telemetry), as a commit of its own so a crash can never leave both the
-//! merged file and its inputs; and files older than the retention period are deleted.
+//! merged file and its inputs, which are deleted at the next run (queries that listed them
+//! before the merge can still read them; see `visible`); and files older than the retention
+//! period are deleted.
 //!
 //! A directory is merged once it has `compact_min_files` small files (a live session), or two
 //! or more when none of them changed for `compact_idle` (the session or the car has finished:
@@ -8,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
@@ -31,8 +34,12 @@ pub(super) async fn run(w: &mut WriterState) -> Result<()> {
     if w.pending.is_some() {
         return Ok(());
     }
+    settle(w).await?;
+    if !w.superseded.is_empty() {
+        // Merge again once the last merges' inputs are gone.
+        return Ok(());
+    }
     retention(w).await?;
-    delete_superseded(w).await?;
     if w.last_record.is_none() {
         return Ok(());
     }
@@ -43,7 +50,7 @@ pub(super) async fn run(w: &mut WriterState) -> Result<()> {
     for root in ["telemetry", "results"] {
         for f in w.store.list(root).await? {
             // Only committed files: every commit so far has a sequence number below next_seq.
-            // (Superseded inputs are gone: `delete_superseded` succeeded above.)
+            // (Superseded inputs are gone: `settle` deleted them above.)
             let committed = file_seq(&f.path).is_some_and(|s| s < w.next_seq);
             if !is_data_file(&f.path) || !committed {
                 continue;
@@ -127,7 +134,7 @@ async fn compact(w: &mut WriterState, dir: &str, files: &[String]) -> Result<()>
             rows: all.num_rows(),
             bytes: size,
         }],
-        replaces: files.to_vec(),
+        replaces: w.superseded.iter().chain(files).cloned().collect(),
     };
     let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Archive(e.to_string()))?;
     let written = async {
@@ -144,24 +151,42 @@ async fn compact(w: &mut WriterState, dir: &str, files: &[String]) -> Result<()>
         }
         return Err(e);
     }
-    // Committed: this is the latest checkpoint now, and the inputs are superseded. Should a
-    // crash come before they are deleted, recovery deletes what the last commit replaces.
+    // Committed: this is the latest checkpoint now, and the inputs are superseded. They stay
+    // until the next run, for queries that listed them before this commit (queries after it
+    // leave them out: see `visible`); every commit until then lists them, and recovery
+    // deletes what the last commit replaces.
     w.last_record = Some(record);
     w.superseded.extend(files.iter().cloned());
-    delete_superseded(w).await?;
+    w.superseded_since.get_or_insert_with(Instant::now);
     w.stats.compactions.fetch_add(1, Ordering::Relaxed);
     w.prune_checkpoints(seq).await;
     tracing::info!(dir, files = files.len(), rows = all.num_rows(), "compacted");
     Ok(())
 }
 
+/// How long the inputs of a merge outlive its commit: longer than a query takes from reading
+/// the newest commit record to listing the files (planning), so that one which read the
+/// commit before the merge still finds the inputs it was to read.
+const SUPERSEDED_GRACE: Duration = Duration::from_secs(2);
+
+/// Deletes the inputs of merges once their grace is over.
+pub(super) async fn settle(w: &mut WriterState) -> Result<()> {
+    if w.superseded_since
+        .is_some_and(|t| t.elapsed() >= SUPERSEDED_GRACE)
+    {
+        delete_superseded(w).await?;
+    }
+    Ok(())
+}
+
 /// Deletes the inputs of committed merges. One that cannot be deleted stays listed and blocks
-/// further merges (it would be merged again) until a later run deletes it.
-async fn delete_superseded(w: &mut WriterState) -> Result<()> {
+/// further merges (it would be merged again) until a later attempt deletes it.
+pub(super) async fn delete_superseded(w: &mut WriterState) -> Result<()> {
     while let Some(p) = w.superseded.last() {
         w.store.delete(p).await?;
         w.superseded.pop();
     }
+    w.superseded_since = None;
     Ok(())
 }
 
@@ -197,7 +222,11 @@ mod tests {
     use datafusion::arrow::datatypes::TimestampMillisecondType;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    use super::super::{ArchiveConfig, Message, Segment, Store, WriterState, recover};
+    use datafusion::arrow::datatypes::Int64Type;
+
+    use super::super::{
+        ArchiveCatalog, ArchiveConfig, Message, Segment, Store, WriterState, recover,
+    };
     use crate::engine::snapshot::{self, Batches, EngineState};
     use crate::ingest::embedded::bundled_session;
 
@@ -218,6 +247,7 @@ mod tests {
             last_housekeeping: Instant::now(),
             last_record: None,
             superseded: Vec::new(),
+            superseded_since: None,
         }
     }
 
@@ -274,12 +304,22 @@ mod tests {
             .collect()
     }
 
-    /// Runs housekeeping until every directory of `before` could have been merged, then checks
-    /// that each holds one file with exactly the rows it had.
+    /// As if the merged inputs had waited out their grace.
+    fn grace_over(w: &mut WriterState) {
+        if let Some(t) = w.superseded_since.as_mut() {
+            *t -= super::SUPERSEDED_GRACE;
+        }
+    }
+
+    /// Runs housekeeping until every directory of `before` could have been merged and the
+    /// inputs deleted, then checks that each holds one file with exactly the rows it had.
     async fn merge_all(w: &mut WriterState, before: &BTreeMap<String, (usize, Vec<i64>)>) {
         for _ in 0..before.len().div_ceil(super::DIRS_PER_RUN) {
+            grace_over(w);
             super::run(w).await.unwrap();
         }
+        grace_over(w);
+        super::settle(w).await.unwrap();
         let after = census(&w.store).await;
         assert_eq!(rows(&after), rows(before));
         assert!(
@@ -360,5 +400,57 @@ mod tests {
         std::fs::remove_dir(&blocker).unwrap();
         merge_all(&mut w, &before).await;
         assert_eq!(recover(&w.store).await.unwrap().deleted_orphans, 0);
+    }
+
+    /// Rows a query through the archive catalog counts.
+    async fn queried_rows(store: &Store) -> i64 {
+        let catalog = ArchiveCatalog::new(store.clone()).unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        catalog.register(&ctx, "datafusion").await.unwrap();
+        let b = ctx
+            .sql("SELECT count(*) FROM archive.telemetry")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        b[0].column(0).as_primitive::<Int64Type>().value(0)
+    }
+
+    #[tokio::test]
+    async fn queries_count_each_committed_row_once_while_files_come_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = bundled_session().unwrap();
+        let mut w = writer(dir.path(), 2, Duration::from_secs(3600));
+        checkpoint(&mut w, session.slice(0, 3000), 3000).await;
+        checkpoint(&mut w, session.slice(3000, 3000), 6000).await;
+        let before = census(&w.store).await;
+        assert_eq!(queried_rows(&w.store).await, 6000);
+        // A checkpoint's file written, its commit not yet: not there for queries.
+        let (dir0, (_, _)) = before.iter().next().unwrap();
+        let first = w.store.list(dir0).await.unwrap().remove(0).path;
+        let uncommitted = format!("{dir0}/{}", super::part_name(w.next_seq, 0));
+        w.store
+            .put(&uncommitted, w.store.get(&first).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(queried_rows(&w.store).await, 6000);
+        w.store.delete(&uncommitted).await.unwrap();
+        // Merged, and the inputs still there (for queries that listed them before): a query
+        // now reads the merged files instead of them.
+        super::run(&mut w).await.unwrap();
+        assert!(!w.superseded.is_empty());
+        let on_disk: usize = census(&w.store)
+            .await
+            .values()
+            .map(|(_, ts)| ts.len())
+            .sum();
+        assert!(on_disk > 6000, "merged files and their inputs side by side");
+        assert_eq!(queried_rows(&w.store).await, 6000);
+        // A run within the grace leaves them; one after it deletes them.
+        super::run(&mut w).await.unwrap();
+        assert!(!w.superseded.is_empty());
+        merge_all(&mut w, &before).await;
+        assert_eq!(queried_rows(&w.store).await, 6000);
     }
 }

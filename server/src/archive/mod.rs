@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod housekeeping;
 pub mod store;
+pub mod visible;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -104,7 +105,8 @@ pub struct CommitRecord {
     pub consumed: BTreeMap<String, i64>,
     pub watermark_ms: Option<i64>,
     pub files: Vec<CommittedFile>,
-    /// Files this commit supersedes (compaction); deleted once it is written.
+    /// Inputs of merges (this one's or earlier ones') still on disk: queries leave them out,
+    /// housekeeping deletes them at its next run, recovery deletes them at once.
     #[serde(default)]
     pub replaces: Vec<String>,
 }
@@ -249,8 +251,9 @@ struct WriterState {
     last_housekeeping: Instant,
     /// The latest commit (compaction carries its checkpoint forward).
     last_record: Option<CommitRecord>,
-    /// Inputs of committed merges not deleted yet.
+    /// Inputs of committed merges not deleted yet, and since when the first of them waits.
     superseded: Vec<String>,
+    superseded_since: Option<Instant>,
 }
 
 impl Archive {
@@ -276,6 +279,7 @@ impl Archive {
             last_housekeeping: Instant::now(),
             last_record,
             superseded: Vec::new(),
+            superseded_since: None,
         };
         let thread = std::thread::Builder::new()
             .name("pitwall-archive".into())
@@ -397,7 +401,15 @@ impl WriterState {
                     }
                 }
             } else if stopping {
+                // Queries are over: merge inputs can go now (recovery would delete them too,
+                // but other readers of the files should not find them meanwhile).
+                if let Err(e) = housekeeping::delete_superseded(self).await {
+                    tracing::warn!(error = %e, "merge inputs not deleted; the next start deletes them");
+                }
                 return;
+            }
+            if let Err(e) = housekeeping::settle(self).await {
+                tracing::warn!(error = %e, "merge inputs not deleted; will retry");
             }
             if self.last_housekeeping.elapsed() >= self.config.housekeeping_interval {
                 self.last_housekeeping = Instant::now();
@@ -456,7 +468,8 @@ impl WriterState {
                         bytes: f.bytes.len(),
                     })
                     .collect(),
-                replaces: vec![],
+                // Merge inputs not deleted yet: queries leave them out while they are.
+                replaces: self.superseded.clone(),
             };
             let json =
                 serde_json::to_vec_pretty(&record).map_err(|e| Error::Archive(e.to_string()))?;

@@ -11,6 +11,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use super::visible::{View, ViewStore};
 use crate::error::{Error, Result};
 
 /// A file in the store.
@@ -229,11 +230,33 @@ impl Store {
         }
     }
 
-    /// Makes the store readable by DataFusion in `ctx`.
-    pub fn register(&self, ctx: &SessionContext) {
-        if let Store::Remote { store, base, .. } = self {
-            ctx.register_object_store(base, store.clone());
-        }
+    /// Makes the store readable by DataFusion in `ctx`, as `view` shows it.
+    pub fn register(&self, ctx: &SessionContext, view: View) -> Result<()> {
+        let (url, store): (url::Url, Arc<dyn ObjectStore>) = match self {
+            Store::Local { root } => (
+                url::Url::parse("file://").map_err(|e| Error::Config(e.to_string()))?,
+                Arc::new(ViewStore::new(
+                    Arc::new(object_store::local::LocalFileSystem::new()),
+                    ObjectPath::from_filesystem_path(root)
+                        .map_err(|e| archive_err(&root.display().to_string(), e))?,
+                    view,
+                )),
+            ),
+            Store::Remote {
+                store,
+                base,
+                prefix,
+            } => (
+                base.clone(),
+                Arc::new(ViewStore::new(
+                    store.clone(),
+                    ObjectPath::from(prefix.as_str()),
+                    view,
+                )),
+            ),
+        };
+        ctx.register_object_store(&url, store);
+        Ok(())
     }
 }
 

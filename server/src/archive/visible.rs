@@ -1,0 +1,180 @@
+//! What a query over the archive sees: the files of committed checkpoints, and of those not
+//! the inputs of a committed merge that are still waiting to be deleted.
+//!
+//! The writer puts a checkpoint's data files first and its commit record last, and a merge
+//! puts its merged file before the commit that replaces the inputs, which it deletes only at
+//! the next housekeeping run (every commit until then lists them in `replaces`). A query
+//! takes a [`View`] from the newest commit record when its context is made, and reads the
+//! archive through a [`ViewStore`] that leaves the other files out of every listing. So a
+//! query never counts a checkpoint that may yet be rolled back by a crash, nor a merged file
+//! together with its inputs; and inputs are still there for a query whose view predates the
+//! merge (a query that outlives them finds a file gone and is run again, see
+//! `flight::adhoc`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+use super::catalog::is_data_file;
+use super::writer::file_seq;
+use super::{COMMITS, CommitRecord, Store, seq_of};
+use crate::error::{Error, Result};
+
+/// The archive as of one commit.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// The newest commit's sequence number; None when there is no commit record (an archive
+    /// not written by this server, or copied without `_pitwall/`): then every file shows.
+    committed: Option<u64>,
+    /// Inputs of merges, still on disk (paths relative to the archive root).
+    replaced: HashSet<String>,
+}
+
+impl View {
+    /// Reads the newest commit record.
+    pub async fn of(store: &Store) -> Result<Self> {
+        let Some(seq) = store
+            .list(COMMITS)
+            .await?
+            .iter()
+            .filter_map(|f| seq_of(&f.path, "commit-"))
+            .max()
+        else {
+            return Ok(Self::default());
+        };
+        let record: CommitRecord =
+            serde_json::from_slice(&store.get(&super::commit_path(seq)).await?)
+                .map_err(|e| Error::Archive(format!("commit record {seq} is damaged: {e}")))?;
+        Ok(Self {
+            committed: Some(seq),
+            replaced: record.replaces.into_iter().collect(),
+        })
+    }
+
+    /// Whether a query sees the file at `rel` (relative to the archive root).
+    pub fn shows(&self, rel: &str) -> bool {
+        let Some(committed) = self.committed else {
+            return true;
+        };
+        if !is_data_file(rel) {
+            return true;
+        }
+        file_seq(rel).is_none_or(|s| s <= committed) && !self.replaced.contains(rel)
+    }
+}
+
+/// An object store that lists only what a [`View`] shows of the archive under `root`; every
+/// other path, and every other operation, is the inner store's.
+#[derive(Debug)]
+pub struct ViewStore {
+    inner: Arc<dyn ObjectStore>,
+    /// The archive root in the inner store's paths.
+    root: Path,
+    view: View,
+}
+
+impl ViewStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, root: Path, view: View) -> Self {
+        Self { inner, root, view }
+    }
+
+    fn shows(&self, location: &Path) -> bool {
+        match location.prefix_match(&self.root) {
+            Some(parts) => {
+                let rel: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+                self.view.shows(&rel.join("/"))
+            }
+            None => true,
+        }
+    }
+}
+
+impl fmt::Display for ViewStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ViewStore({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for ViewStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let (root, view) = (self.root.clone(), self.view.clone());
+        let only = ViewStore {
+            inner: self.inner.clone(),
+            root,
+            view,
+        };
+        self.inner
+            .list(prefix)
+            .filter(move |m| {
+                let keep = m.as_ref().map_or(true, |m| only.shows(&m.location));
+                futures::future::ready(keep)
+            })
+            .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let mut listed = self.inner.list_with_delimiter(prefix).await?;
+        listed.objects.retain(|m| self.shows(&m.location));
+        Ok(listed)
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
