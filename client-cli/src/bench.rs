@@ -518,13 +518,13 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
                             let _ = h.record((now - (e + 1_000)).max(1) as u64);
                         }
                     }
-                    if let Some(max_end) = ends.values().iter().max() {
-                        if *max_end >= last_end {
-                            last_end = *max_end;
-                            last_arrival = now;
-                        }
+                    if let Some(max_end) = ends.values().iter().max()
+                        && *max_end >= last_end
+                    {
+                        last_end = *max_end;
+                        last_arrival = now;
                     }
-                    if stopped_at.load(Ordering::Relaxed) > 0 && ends.len() > 0 {
+                    if stopped_at.load(Ordering::Relaxed) > 0 && !ends.is_empty() {
                         last_arrival = now;
                     }
                 }

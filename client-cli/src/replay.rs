@@ -242,10 +242,10 @@ fn publish(fleet: &mut Fleet, config: &ClientConfig, plan: &PublishPlan) -> Resu
             .as_string::<i32>()
             .clone();
         let ts = ts_values(&chunk);
-        for i in 0..encoded.len() {
+        for (i, &t) in ts.iter().enumerate().take(encoded.len()) {
             if let Some(speed) = pace {
-                let t0 = *first_ts.get_or_insert(ts[i] - jitter_ms);
-                let due = Duration::from_secs_f64(((ts[i] - t0).max(0) as f64 / 1000.0) / speed);
+                let t0 = *first_ts.get_or_insert(t - jitter_ms);
+                let due = Duration::from_secs_f64(((t - t0).max(0) as f64 / 1000.0) / speed);
                 let now = started.elapsed();
                 if due > now {
                     std::thread::sleep(due - now);

@@ -43,6 +43,9 @@ impl Encoded {
     pub fn len(&self) -> usize {
         self.spans.len()
     }
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
 }
 
 /// The wire name used for each canonical column when encoding (the first alias wins).

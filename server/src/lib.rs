@@ -272,13 +272,12 @@ impl RunningApp {
     pub async fn stop(mut self) {
         self.stop_ingest.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        if let Some(mut t) = self.engine_task.take() {
-            if tokio::time::timeout(Duration::from_secs(10), &mut t)
+        if let Some(mut t) = self.engine_task.take()
+            && tokio::time::timeout(Duration::from_secs(10), &mut t)
                 .await
                 .is_err()
-            {
-                t.abort();
-            }
+        {
+            t.abort();
         }
         if let Some(a) = self.archive.take() {
             let _ = tokio::task::spawn_blocking(move || a.finish()).await;

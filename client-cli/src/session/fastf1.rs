@@ -250,21 +250,6 @@ fn to_canonical(
     Ok(RecordBatch::try_new(telemetry_schema(), columns)?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timedelta_formats() {
-        assert_eq!(parse_timedelta("0 days 00:00:01.707000"), Some(1.707));
-        assert_eq!(parse_timedelta("0 days 01:02:08.731000"), Some(3728.731));
-        assert_eq!(parse_timedelta("1 days 00:00:00"), Some(86400.0));
-        assert_eq!(parse_timedelta("00:01:00"), Some(60.0));
-        assert_eq!(parse_timedelta("soon"), None);
-        assert_eq!(parse_timedelta(""), None);
-    }
-}
-
 /// `FILE:LINE: problem` from an arrow-csv error, whose "at line N" counts from 0 (the header).
 fn csv_error(path: &Path, message: &str) -> anyhow::Error {
     let message = message.trim_start_matches("Parser error: ");
@@ -284,4 +269,19 @@ fn csv_error(path: &Path, message: &str) -> anyhow::Error {
         }
     }
     anyhow!("{}: {message}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timedelta_formats() {
+        assert_eq!(parse_timedelta("0 days 00:00:01.707000"), Some(1.707));
+        assert_eq!(parse_timedelta("0 days 01:02:08.731000"), Some(3728.731));
+        assert_eq!(parse_timedelta("1 days 00:00:00"), Some(86400.0));
+        assert_eq!(parse_timedelta("00:01:00"), Some(60.0));
+        assert_eq!(parse_timedelta("soon"), None);
+        assert_eq!(parse_timedelta(""), None);
+    }
 }

@@ -21,10 +21,10 @@ use crate::support::*;
 /// The tests here restart servers and brokers and time their recovery: on a 2-core machine
 /// they run one at a time (beside the lighter tests of the other modules), so that one's
 /// load does not stretch another's broker past its timeouts.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
 }
 
 /// Prints the end of the servers' log when the test fails: CI keeps nothing else.
@@ -313,7 +313,7 @@ async fn assert_results_equal_batch(data: &Path, rows: &RecordBatch) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() {
-    let _serial = one_at_a_time();
+    let _serial = one_at_a_time().await;
     // The server is what crashes here; tansu's memory storage keeps the test fast (its sqlite
     // storage stalls for minutes on consumer-group requests after a large backlog).
     let dir = tempfile::tempdir().unwrap();
@@ -369,7 +369,7 @@ async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_outage_of_30_s_mid_replay_loses_nothing() {
-    let _serial = one_at_a_time();
+    let _serial = one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let mut broker = OwnBroker::start(true, &dir.path().join("broker")).unwrap();
     let bootstrap = broker.bootstrap();
@@ -432,7 +432,7 @@ async fn a_broker_outage_of_30_s_mid_replay_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_data_dir_commits_no_offsets_and_loses_nothing() {
-    let _serial = one_at_a_time();
+    let _serial = one_at_a_time().await;
     let bootstrap = broker();
     let topic = unique("unwritable");
     replay(&bootstrap, &topic, &["--laps", "1-1", "--partitions", "2"]);
@@ -524,7 +524,7 @@ async fn resumed_anywhere_ingest_takes_each_offset_once() {
     use pitwall_server::ingest::kafka;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let _serial = one_at_a_time();
+    let _serial = one_at_a_time().await;
     let bootstrap = broker();
     let topic = unique("resume");
     replay(&bootstrap, &topic, &["--laps", "1-10", "--partitions", "1"]);

@@ -133,7 +133,7 @@ async fn bad_input_is_counted_dead_lettered_and_changes_nothing_else() {
     for i in 0..10_000 {
         let bad = next_valid >= 8_000
             || (i > 0
-                && rng.next() % 5 == 0
+                && rng.next().is_multiple_of(5)
                 && messages.iter().filter(|m| m.2.is_some()).count() < 2_000);
         if !bad {
             messages.push((

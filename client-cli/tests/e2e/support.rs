@@ -145,10 +145,10 @@ fn wait_for_broker(bootstrap: &str, within: Duration) -> Result<()> {
 /// The shared broker: `PITWALL_TEST_KAFKA`, else one tansu (memory storage) for the whole run.
 pub fn broker() -> String {
     static SHARED: OnceLock<Mutex<Option<OwnBroker>>> = OnceLock::new();
-    if let Ok(b) = std::env::var("PITWALL_TEST_KAFKA") {
-        if !b.is_empty() {
-            return b;
-        }
+    if let Ok(b) = std::env::var("PITWALL_TEST_KAFKA")
+        && !b.is_empty()
+    {
+        return b;
     }
     let cell = SHARED.get_or_init(|| Mutex::new(None));
     let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,8 +222,7 @@ pub fn pitwall_server_binary() -> PathBuf {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run command");
-    out
+    cmd.output().expect("run command")
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {

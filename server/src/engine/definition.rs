@@ -113,10 +113,10 @@ pub fn parse_literal(text: &str) -> std::result::Result<ScalarValue, String> {
     if let Ok(i) = t.parse::<i64>() {
         return Ok(ScalarValue::Int64(Some(i)));
     }
-    if let Ok(f) = t.parse::<f64>() {
-        if f.is_finite() {
-            return Ok(ScalarValue::Float64(Some(f)));
-        }
+    if let Ok(f) = t.parse::<f64>()
+        && f.is_finite()
+    {
+        return Ok(ScalarValue::Float64(Some(f)));
     }
     Err(format!(
         "{t:?} is not a number, a 'quoted string' or true/false"

@@ -113,10 +113,10 @@ impl Watermarks {
             let c = self.partitions.entry(*p).or_default();
             // Unconfirmed for longer than the idle timeout (the broker was away, or the
             // consumer stuck): quiet is only known again from this confirmation on.
-            if let (Some(prev), Some(new)) = (c.confirmed_at, confirmed) {
-                if new.saturating_duration_since(prev) > gap {
-                    c.caught_up_at = Some(new);
-                }
+            if let (Some(prev), Some(new)) = (c.confirmed_at, confirmed)
+                && new.saturating_duration_since(prev) > gap
+            {
+                c.caught_up_at = Some(new);
             }
             c.caught_up_at.get_or_insert(confirmed.unwrap_or(now));
             c.confirmed_at = match (c.confirmed_at, confirmed) {
@@ -152,10 +152,10 @@ impl Watermarks {
     /// producer is evidently active, and this partition's rows may be on their way.
     /// `newest` is the latest arrival over `relevant` (see [`Self::newest_arrival`]).
     fn is_idle(&self, c: &PartitionClock, newest: Option<Instant>, now: Instant) -> bool {
-        if let (Some(confirmed), Some(newest)) = (c.confirmed_at, newest) {
-            if confirmed < newest {
-                return false;
-            }
+        if let (Some(confirmed), Some(newest)) = (c.confirmed_at, newest)
+            && confirmed < newest
+        {
+            return false;
         }
         match (Self::quiet_since(c), Self::known_quiet_until(c, now)) {
             (Some(since), Some(until)) => {

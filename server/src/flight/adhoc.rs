@@ -73,10 +73,10 @@ pub async fn context(state: &FlightState) -> Result<SessionContext, Status> {
         ctx.register_table(q.name.as_str(), Arc::new(table))
             .map_err(|e| Status::internal(e.to_string()))?;
     }
-    if let Some(archive) = &state.archive {
-        if let Err(e) = archive.register(&ctx, CATALOG).await {
-            tracing::warn!(error = %e, "the archive is not queryable right now");
-        }
+    if let Some(archive) = &state.archive
+        && let Err(e) = archive.register(&ctx, CATALOG).await
+    {
+        tracing::warn!(error = %e, "the archive is not queryable right now");
     }
     Ok(ctx)
 }

@@ -275,10 +275,10 @@ impl FlightSqlService for PitwallSql {
         })]);
         let mut resp: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
             Response::new(Box::pin(out));
-        if !token.is_empty() {
-            if let Ok(v) = MetadataValue::try_from(format!("Bearer {token}")) {
-                resp.metadata_mut().insert("authorization", v);
-            }
+        if !token.is_empty()
+            && let Ok(v) = MetadataValue::try_from(format!("Bearer {token}"))
+        {
+            resp.metadata_mut().insert("authorization", v);
         }
         Ok(resp)
     }
@@ -333,7 +333,7 @@ impl FlightSqlService for PitwallSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let ctx = adhoc::context(&self.state).await?;
         let plan = adhoc::plan(&ctx, &query.query).await?;
-        let schema = Schema::from(plan.schema().as_arrow().clone());
+        let schema = plan.schema().as_arrow().clone();
         let mut params: Vec<(usize, Field)> = plan
             .get_parameter_types()
             .map_err(|e| Status::invalid_argument(crate::engine::guard::short_error(&e)))?
@@ -441,7 +441,7 @@ impl FlightSqlService for PitwallSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         info_for(
             &schema,
             Ticket::new(query.as_any().encode_to_vec()),

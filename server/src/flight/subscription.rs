@@ -222,13 +222,13 @@ pub fn subscribe(
         if done {
             return Poll::Ready(None);
         }
-        if let Some(k) = killed.as_mut() {
-            if let Poll::Ready(r) = Pin::new(k).poll(cx) {
-                killed = None;
-                if let Ok(status) = r {
-                    done = true;
-                    return Poll::Ready(Some(Err(status)));
-                }
+        if let Some(k) = killed.as_mut()
+            && let Poll::Ready(r) = Pin::new(k).poll(cx)
+        {
+            killed = None;
+            if let Ok(status) = r {
+                done = true;
+                return Poll::Ready(Some(Err(status)));
             }
         }
         let r = out.poll_recv(cx);

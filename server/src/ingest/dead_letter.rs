@@ -31,6 +31,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// One argument per field of the record (the payload kept is cut to its first bytes).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         topic: &str,
         partition: i32,

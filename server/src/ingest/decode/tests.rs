@@ -215,8 +215,10 @@ fn aliases_fill_only_what_the_first_name_left_empty() {
 
 #[test]
 fn oversize_payloads_are_refused_before_decoding() {
-    let mut config = DecodeConfig::default();
-    config.max_message_bytes = 10;
+    let config = DecodeConfig {
+        max_message_bytes: 10,
+        ..Default::default()
+    };
     let d = Decoder::new(config)
         .unwrap()
         .decode(&[msg(br#"{"Driver":"VER","Speed":1,"RPM":1}"#, None, 0)])
