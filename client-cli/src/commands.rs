@@ -254,9 +254,11 @@ pub async fn stats(client: &mut Client) -> Result<()> {
         s.watermark_lag_ms
     );
     println!(
-        "archive:       {} rows in {} files{}",
+        "archive:       {} rows in {} files, {} checkpoints, {} merges{}",
         s.archive_rows,
         s.archive_files,
+        s.archive_checkpoints,
+        s.archive_merges,
         if s.archive_error.is_empty() {
             String::new()
         } else {

@@ -242,6 +242,16 @@ impl PitwallSql {
                 .unwrap_or_default(),
             subscribers_dropped: self.state.subscribers_dropped.load(Ordering::Relaxed),
             uptime_s: self.state.started.elapsed().as_secs_f64(),
+            archive_checkpoints: self
+                .state
+                .archive_stats
+                .as_ref()
+                .map_or(0, |a| a.checkpoints.load(Ordering::Relaxed)),
+            archive_merges: self
+                .state
+                .archive_stats
+                .as_ref()
+                .map_or(0, |a| a.compactions.load(Ordering::Relaxed)),
         })
     }
 }
