@@ -149,15 +149,25 @@ impl Resume {
         }
     }
 
-    /// Seeks back further than the last time.
-    fn seek_back(&mut self, consumer: &BaseConsumer, topic: &str, p: i32, why: &str) {
+    /// Seeks back further than the last time. `why` is logged as a warning when the broker
+    /// certainly skipped messages, as information when it may simply be the end of the log.
+    fn seek_back(&mut self, consumer: &BaseConsumer, topic: &str, p: i32, why: &str, sure: bool) {
         let to = (self.target - self.back).max(0);
-        tracing::warn!(
-            partition = p,
-            checkpoint = self.target,
-            seek = to,
-            "{why}; seeking back"
-        );
+        if sure {
+            tracing::warn!(
+                partition = p,
+                checkpoint = self.target,
+                seek = to,
+                "{why}; seeking back"
+            );
+        } else {
+            tracing::info!(
+                partition = p,
+                checkpoint = self.target,
+                seek = to,
+                "{why}; seeking back"
+            );
+        }
         self.exhausted = to == 0;
         self.back *= 2;
         self.sought = Some(Instant::now());
@@ -197,7 +207,7 @@ impl ResumeGuard {
             return true;
         }
         let why = format!("resumed past the checkpoint (got {})", m.offset());
-        r.seek_back(consumer, &self.topic, p, &why);
+        r.seek_back(consumer, &self.topic, p, &why, true);
         false
     }
 
@@ -225,7 +235,7 @@ impl ResumeGuard {
         match position {
             Some(pos) if pos > r.target && !r.exhausted => {
                 let why = format!("resumed past the checkpoint (end at {pos})");
-                r.seek_back(consumer, &self.topic, p, &why);
+                r.seek_back(consumer, &self.topic, p, &why, true);
             }
             _ => {
                 self.pending.remove(&p);
@@ -253,6 +263,7 @@ impl ResumeGuard {
                 &self.topic,
                 p,
                 "nothing came from where the partition resumed",
+                false,
             );
         }
     }
