@@ -129,6 +129,12 @@ impl ArchiveCatalog {
         Ok(())
     }
 
+    /// Makes `ctx` read the archive as of its newest commit (a query registered earlier reads
+    /// it as of the commit that was newest then).
+    pub async fn refresh(&self, ctx: &SessionContext) -> Result<()> {
+        self.store.register(ctx, View::of(&self.store).await?)
+    }
+
     /// One row per archived session: drivers, rows, time range, files and bytes on disk.
     pub async fn sessions(&self, ctx: &SessionContext) -> Result<RecordBatch> {
         let files = self.store.list("telemetry").await?;

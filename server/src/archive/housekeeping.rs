@@ -402,11 +402,22 @@ mod tests {
         assert_eq!(recover(&w.store).await.unwrap().deleted_orphans, 0);
     }
 
-    /// Rows a query through the archive catalog counts.
-    async fn queried_rows(store: &Store) -> i64 {
+    /// A query context over the archive, as `pitwall sql` makes one.
+    async fn context(store: &Store) -> (ArchiveCatalog, datafusion::prelude::SessionContext) {
         let catalog = ArchiveCatalog::new(store.clone()).unwrap();
-        let ctx = datafusion::prelude::SessionContext::new();
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_cache_manager(catalog.cache_config())
+            .build_arc()
+            .unwrap();
+        let ctx = datafusion::prelude::SessionContext::new_with_config_rt(
+            datafusion::prelude::SessionConfig::new(),
+            runtime,
+        );
         catalog.register(&ctx, "datafusion").await.unwrap();
+        (catalog, ctx)
+    }
+
+    async fn count(ctx: &datafusion::prelude::SessionContext) -> i64 {
         let b = ctx
             .sql("SELECT count(*) FROM archive.telemetry")
             .await
@@ -417,6 +428,11 @@ mod tests {
         b[0].column(0).as_primitive::<Int64Type>().value(0)
     }
 
+    /// Rows a query through the archive catalog counts.
+    async fn queried_rows(store: &Store) -> i64 {
+        count(&context(store).await.1).await
+    }
+
     #[tokio::test]
     async fn queries_count_each_committed_row_once_while_files_come_and_go() {
         let dir = tempfile::tempdir().unwrap();
@@ -425,7 +441,8 @@ mod tests {
         checkpoint(&mut w, session.slice(0, 3000), 3000).await;
         checkpoint(&mut w, session.slice(3000, 3000), 6000).await;
         let before = census(&w.store).await;
-        assert_eq!(queried_rows(&w.store).await, 6000);
+        let (catalog, early) = context(&w.store).await;
+        assert_eq!(count(&early).await, 6000);
         // A checkpoint's file written, its commit not yet: not there for queries.
         let (dir0, (_, _)) = before.iter().next().unwrap();
         let first = w.store.list(dir0).await.unwrap().remove(0).path;
@@ -452,5 +469,11 @@ mod tests {
         assert!(!w.superseded.is_empty());
         merge_all(&mut w, &before).await;
         assert_eq!(queried_rows(&w.store).await, 6000);
+        // A context made before the merges and used after their inputs went sees neither
+        // those nor the merged files, until it is refreshed (as a query run again after a
+        // missing file is).
+        assert!(count(&early).await < 6000);
+        catalog.refresh(&early).await.unwrap();
+        assert_eq!(count(&early).await, 6000);
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::archive::ArchiveCatalog;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ParamValues;
@@ -97,12 +98,13 @@ pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, Status
 
 /// Runs a plan (with positional parameter values, if any) under the limits.
 ///
-/// Archive files can go between a query's listing and its reads: compaction replaces a
-/// directory's small files by one, and retention deletes old ones. Such a query is run again
-/// (it lists afresh) a few times within its timeout; results are collected before anything
-/// is sent, so the client never sees the failed attempt.
+/// Archive files can go between a query's listing and its reads: the inputs of a merge are
+/// deleted a little after it, and retention deletes old files. Such a query is run again, as
+/// of the archive's newest commit and listing afresh, a few times within its timeout; results
+/// are collected before anything is sent, so the client never sees the failed attempt.
 pub async fn execute(
     ctx: &SessionContext,
+    archive: Option<&ArchiveCatalog>,
     plan: LogicalPlan,
     params: Option<ParamValues>,
     limits: AdhocLimits,
@@ -132,6 +134,13 @@ pub async fn execute(
             Ok(batches) => return Ok((schema, batches)),
             Err(e) if attempt < ATTEMPTS && is_missing_file(&e) => {
                 tracing::debug!(attempt, error = %e, "an archive file went during the query; running it again");
+                // The view the query started with may show neither the deleted inputs nor
+                // the merged file that replaced them.
+                if let Some(a) = archive
+                    && let Err(e) = a.refresh(ctx).await
+                {
+                    tracing::warn!(error = %e, "the archive is not queryable right now");
+                }
                 attempt += 1;
             }
             Err(e) => {

@@ -79,7 +79,14 @@ impl PitwallSql {
         let ctx = adhoc::context(&self.state).await?;
         let plan = adhoc::plan(&ctx, sql).await?;
         let params = params.map(param_values).transpose()?;
-        adhoc::execute(&ctx, plan, params, self.state.adhoc).await
+        adhoc::execute(
+            &ctx,
+            self.state.archive.as_deref(),
+            plan,
+            params,
+            self.state.adhoc,
+        )
+        .await
     }
 
     async fn schema_of(&self, sql: &str) -> Result<SchemaRef, Status> {
