@@ -329,15 +329,21 @@ async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() 
     ]);
     let group = unique("group");
     let mut rng = 0x2545F4914F6CDD1Du64;
-    // The broker's minimum: a killed member leaves the group after 6 s.
-    let fast_rebalance = [
+    let settings = [
+        // The broker's minimum: a killed member leaves the group after 6 s.
         "--kafka-opt",
         "session.timeout.ms=6000",
         "--kafka-opt",
         "heartbeat.interval.ms=500",
+        // Small files merged all along (~90 merges over the run), so that kills land during
+        // merges too.
+        "--compact-min-files",
+        "3",
+        "--housekeeping-ms",
+        "300",
     ];
     for kill in 1..=5 {
-        let server = ServerProcess::start(&bootstrap, &topic, &group, &data, &fast_rebalance);
+        let server = ServerProcess::start(&bootstrap, &topic, &group, &data, &settings);
         let mut c = server.client().await;
         // A random moment once the server is busy (after the group has rebalanced).
         let started = Instant::now();
@@ -360,7 +366,7 @@ async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() 
         );
         server.kill9();
     }
-    let server = ServerProcess::start(&bootstrap, &topic, &group, &data, &fast_rebalance);
+    let server = ServerProcess::start(&bootstrap, &topic, &group, &data, &settings);
     finish(server, rows.num_rows() as u64).await;
     let archived = read_archive(&data, "telemetry", &["session", "driver"]).await;
     assert_archive_holds_exactly(&archived, &rows);
