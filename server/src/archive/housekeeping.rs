@@ -1,8 +1,8 @@
 //! Housekeeping between checkpoints: the small files of one directory are merged into one
 //! (sorted by `ts` for telemetry), as a commit of its own so a crash can never leave both the
-//! merged file and its inputs, which are deleted at the next run (queries that listed them
-//! before the merge can still read them; see `visible`); and files older than the retention
-//! period are deleted.
+//! merged file and its inputs, which are deleted two seconds later (queries that took their
+//! view of the archive before the merge can still read them; see `visible`); and files older
+//! than the retention period are deleted.
 //!
 //! A directory is merged once it has `compact_min_files` small files (a live session), or two
 //! or more when none of them changed for `compact_idle` (the session or the car has finished:
@@ -152,8 +152,8 @@ async fn compact(w: &mut WriterState, dir: &str, files: &[String]) -> Result<()>
         return Err(e);
     }
     // Committed: this is the latest checkpoint now, and the inputs are superseded. They stay
-    // until the next run, for queries that listed them before this commit (queries after it
-    // leave them out: see `visible`); every commit until then lists them, and recovery
+    // for a grace period, for queries that took their view before this commit (queries after
+    // it leave them out: see `visible`); every commit until then lists them, and recovery
     // deletes what the last commit replaces.
     w.last_record = Some(record);
     w.superseded.extend(files.iter().cloned());

@@ -9,7 +9,9 @@
 //! Only then are the Kafka offsets committed. On restart ([`recover`]) files of checkpoints
 //! that never committed are deleted, the last snapshot is restored into the engine, and ingest
 //! skips whatever it reads again below the checkpoint's offsets: nothing is lost, nothing is
-//! archived twice, and windows that were open go on as if nothing happened.
+//! archived twice, and windows that were open go on as if nothing happened. Queries read the
+//! archive as of its newest commit record ([`visible`]), so they count each committed row once
+//! while checkpoints are written and small files merged ([`housekeeping`]).
 //!
 //! When storage fails (disk full, directory not writable) the writer keeps the data, reports
 //! the error in the stats, commits no offsets, and retries; past a memory bound it stops
@@ -106,7 +108,7 @@ pub struct CommitRecord {
     pub watermark_ms: Option<i64>,
     pub files: Vec<CommittedFile>,
     /// Inputs of merges (this one's or earlier ones') still on disk: queries leave them out,
-    /// housekeeping deletes them at its next run, recovery deletes them at once.
+    /// the writer deletes them two seconds after their merge, recovery at once.
     #[serde(default)]
     pub replaces: Vec<String>,
 }

@@ -2,8 +2,8 @@
 //! the inputs of a committed merge that are still waiting to be deleted.
 //!
 //! The writer puts a checkpoint's data files first and its commit record last, and a merge
-//! puts its merged file before the commit that replaces the inputs, which it deletes only at
-//! the next housekeeping run (every commit until then lists them in `replaces`). A query
+//! puts its merged file before the commit that replaces the inputs, which are deleted two
+//! seconds later (every commit until then lists them in `replaces`). A query
 //! takes a [`View`] from the newest commit record when its context is made, and reads the
 //! archive through a [`ViewStore`] that leaves the other files out of every listing. So a
 //! query never counts a checkpoint that may yet be rolled back by a crash, nor a merged file
@@ -43,22 +43,33 @@ pub struct View {
 impl View {
     /// Reads the newest commit record.
     pub async fn of(store: &Store) -> Result<Self> {
-        let Some(seq) = store
-            .list(COMMITS)
-            .await?
-            .iter()
-            .filter_map(|f| seq_of(&f.path, "commit-"))
-            .max()
-        else {
-            return Ok(Self::default());
-        };
-        let record: CommitRecord =
-            serde_json::from_slice(&store.get(&super::commit_path(seq)).await?)
+        let mut attempt = 0;
+        loop {
+            let Some(seq) = store
+                .list(COMMITS)
+                .await?
+                .iter()
+                .filter_map(|f| seq_of(&f.path, "commit-"))
+                .max()
+            else {
+                return Ok(Self::default());
+            };
+            let bytes = match store.get(&super::commit_path(seq)).await {
+                Ok(b) => b,
+                // Pruned between the listing and the read (two newer commits came): again.
+                Err(_) if attempt < 3 => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let record: CommitRecord = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Archive(format!("commit record {seq} is damaged: {e}")))?;
-        Ok(Self {
-            committed: Some(seq),
-            replaced: record.replaces.into_iter().collect(),
-        })
+            return Ok(Self {
+                committed: Some(seq),
+                replaced: record.replaces.into_iter().collect(),
+            });
+        }
     }
 
     /// Whether a query sees the file at `rel` (relative to the archive root).
@@ -80,12 +91,16 @@ pub struct ViewStore {
     inner: Arc<dyn ObjectStore>,
     /// The archive root in the inner store's paths.
     root: Path,
-    view: View,
+    view: Arc<View>,
 }
 
 impl ViewStore {
     pub fn new(inner: Arc<dyn ObjectStore>, root: Path, view: View) -> Self {
-        Self { inner, root, view }
+        Self {
+            inner,
+            root,
+            view: Arc::new(view),
+        }
     }
 
     fn shows(&self, location: &Path) -> bool {
@@ -148,11 +163,10 @@ impl ObjectStore for ViewStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let (root, view) = (self.root.clone(), self.view.clone());
         let only = ViewStore {
             inner: self.inner.clone(),
-            root,
-            view,
+            root: self.root.clone(),
+            view: self.view.clone(),
         };
         self.inner
             .list(prefix)
