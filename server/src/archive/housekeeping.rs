@@ -146,9 +146,10 @@ async fn compact(w: &mut WriterState, dir: &str, files: &[String]) -> Result<()>
     if let Err(e) = written {
         // The commit record first: without it the other two are orphans, with it (should a
         // crash stop this loop) recovery would delete the inputs the merged file replaces.
-        for p in [&commit_path(seq), &state_path(seq), &path] {
+        for p in [&commit_path(seq), &state_path(seq)] {
             let _ = w.store.delete(p).await;
         }
+        w.discard(path).await;
         return Err(e);
     }
     // Committed: this is the latest checkpoint now, and the inputs are superseded. They stay
@@ -253,6 +254,12 @@ mod tests {
 
     /// Archives `raw` as one checkpoint that has consumed `offset`.
     async fn checkpoint(w: &mut WriterState, raw: RecordBatch, offset: i64) {
+        w.pending = Some(segment(raw, offset));
+        w.flush().await.unwrap();
+    }
+
+    /// `raw` and a checkpoint that has consumed `offset`, as the engine sends them.
+    fn segment(raw: RecordBatch, offset: i64) -> (Segment, Message) {
         let state = EngineState {
             consumed: BTreeMap::from([("t/0".to_string(), offset)]),
             ..Default::default()
@@ -268,8 +275,7 @@ mod tests {
             consumed: state.consumed.clone(),
             watermark_ms: None,
         };
-        w.pending = Some((seg, cp));
-        w.flush().await.unwrap();
+        (seg, cp)
     }
 
     /// Per telemetry directory: its number of files and the sorted `ts` of its rows (a row
@@ -475,5 +481,159 @@ mod tests {
         assert!(count(&early).await < 6000);
         catalog.refresh(&early).await.unwrap();
         assert_eq!(count(&early).await, 6000);
+    }
+
+    /// An in-memory object store that, while `broken`, refuses to write state files and to
+    /// delete anything: a disk that fails in the middle of a checkpoint and stays failing
+    /// while the writer cleans up.
+    #[derive(Debug, Default)]
+    struct Failing {
+        inner: object_store::memory::InMemory,
+        broken: std::sync::atomic::AtomicBool,
+    }
+
+    impl Failing {
+        fn refuse(&self, what: &str) -> object_store::Result<()> {
+            if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+                Err(object_store::Error::Generic {
+                    store: "failing",
+                    source: format!("{what} refused").into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl std::fmt::Display for Failing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Failing")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for Failing {
+        async fn put_opts(
+            &self,
+            location: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            if location.as_ref().contains("_pitwall/state") {
+                self.refuse("put")?;
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &object_store::path::Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<
+                'static,
+                object_store::Result<object_store::path::Path>,
+            >,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
+        {
+            use futures::StreamExt;
+            if self.refuse("delete").is_err() {
+                return locations
+                    .map(|_| {
+                        Err(object_store::Error::Generic {
+                            store: "failing",
+                            source: "delete refused".into(),
+                        })
+                    })
+                    .boxed();
+            }
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_failed_checkpoint_cannot_delete_is_never_counted() {
+        let failing = Arc::new(Failing::default());
+        let store = Store::Remote {
+            store: failing.clone(),
+            base: url::Url::parse("memory://failing/").unwrap(),
+            prefix: String::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 2, Duration::from_secs(3600));
+        w.store = store.clone();
+        let session = bundled_session().unwrap();
+        checkpoint(&mut w, session.slice(0, 3000), 3000).await;
+        // The next checkpoint's data files are written, its state file is not, and neither
+        // can the data files be deleted.
+        failing
+            .broken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        w.pending = Some(segment(session.slice(3000, 3000), 6000));
+        assert!(w.flush().await.is_err());
+        assert!(!w.superseded.is_empty(), "the files left are superseded");
+        failing
+            .broken
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        // Written again under the next sequence number: the leftovers hold the same rows.
+        w.flush().await.unwrap();
+        let on_disk: usize = census(&store).await.values().map(|(_, ts)| ts.len()).sum();
+        assert_eq!(on_disk, 9000, "the failed attempt's files are still there");
+        assert_eq!(queried_rows(&store).await, 6000);
+        // No merge takes them as inputs; they go after the grace.
+        super::run(&mut w).await.unwrap();
+        assert_eq!(queried_rows(&store).await, 6000);
+        grace_over(&mut w);
+        super::settle(&mut w).await.unwrap();
+        let on_disk: usize = census(&store).await.values().map(|(_, ts)| ts.len()).sum();
+        assert_eq!(on_disk, 6000);
+        // Had the server crashed before, recovery would have deleted them: the last commit
+        // lists them.
+        assert!(
+            !recover(&store)
+                .await
+                .unwrap()
+                .last
+                .unwrap()
+                .replaces
+                .is_empty()
+        );
     }
 }

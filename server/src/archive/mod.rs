@@ -253,7 +253,8 @@ struct WriterState {
     last_housekeeping: Instant,
     /// The latest commit (compaction carries its checkpoint forward).
     last_record: Option<CommitRecord>,
-    /// Inputs of committed merges not deleted yet, and since when the first of them waits.
+    /// Data files no commit counts that are still on disk: inputs of committed merges, and
+    /// what a failed write could not delete; and since when the first of them waits.
     superseded: Vec<String>,
     superseded_since: Option<Instant>,
 }
@@ -484,7 +485,7 @@ impl WriterState {
             Err(e) => {
                 // A retry uses the next sequence number: clear what this attempt left.
                 for p in written {
-                    let _ = self.store.delete(&p).await;
+                    self.discard(p).await;
                 }
                 let _ = self.store.delete(&state_path(seq)).await;
                 self.next_seq += 1;
@@ -518,6 +519,17 @@ impl WriterState {
         self.pending = None;
         self.prune_checkpoints(seq).await;
         Ok(())
+    }
+
+    /// Deletes a data file that no commit counts (what a failed write left). One that cannot
+    /// be deleted now joins the superseded files: until it is gone, every commit lists it,
+    /// so queries leave it out, merges wait, and recovery deletes it.
+    async fn discard(&mut self, path: String) {
+        if let Err(e) = self.store.delete(&path).await {
+            tracing::warn!(path, error = %e, "a file of a failed write is not deleted yet");
+            self.superseded.push(path);
+            self.superseded_since.get_or_insert_with(Instant::now);
+        }
     }
 
     /// Keeps the last two commit records and state files.
