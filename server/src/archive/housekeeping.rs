@@ -258,6 +258,12 @@ mod tests {
         w.flush().await.unwrap();
     }
 
+    /// Two checkpoints of `rows` rows each of `session`, in order.
+    async fn two_checkpoints(w: &mut WriterState, session: &RecordBatch, rows: usize) {
+        checkpoint(w, session.slice(0, rows), rows as i64).await;
+        checkpoint(w, session.slice(rows, rows), 2 * rows as i64).await;
+    }
+
     /// `raw` and a checkpoint that has consumed `offset`, as the engine sends them.
     fn segment(raw: RecordBatch, offset: i64) -> (Segment, Message) {
         let state = EngineState {
@@ -368,8 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let session = bundled_session().unwrap();
         let mut w = writer(dir.path(), 100, Duration::from_secs(3600));
-        checkpoint(&mut w, session.slice(0, 2000), 2000).await;
-        checkpoint(&mut w, session.slice(2000, 2000), 4000).await;
+        two_checkpoints(&mut w, &session, 2000).await;
         let before = census(&w.store).await;
         super::run(&mut w).await.unwrap();
         assert_eq!(census(&w.store).await, before, "not quiet for an hour yet");
@@ -382,8 +387,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let session = bundled_session().unwrap();
         let mut w = writer(dir.path(), 2, Duration::from_secs(3600));
-        checkpoint(&mut w, session.slice(0, 3000), 3000).await;
-        checkpoint(&mut w, session.slice(3000, 3000), 6000).await;
+        two_checkpoints(&mut w, &session, 3000).await;
         let before = census(&w.store).await;
         // The merged file is written, then its checkpoint cannot be: a directory stands where
         // the state file goes.
@@ -444,8 +448,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let session = bundled_session().unwrap();
         let mut w = writer(dir.path(), 2, Duration::from_secs(3600));
-        checkpoint(&mut w, session.slice(0, 3000), 3000).await;
-        checkpoint(&mut w, session.slice(3000, 3000), 6000).await;
+        two_checkpoints(&mut w, &session, 3000).await;
         let before = census(&w.store).await;
         let (catalog, early) = context(&w.store).await;
         assert_eq!(count(&early).await, 6000);

@@ -104,13 +104,18 @@ impl ViewStore {
     }
 
     fn shows(&self, location: &Path) -> bool {
-        match location.prefix_match(&self.root) {
-            Some(parts) => {
-                let rel: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
-                self.view.shows(&rel.join("/"))
-            }
-            None => true,
+        shows(&self.root, &self.view, location)
+    }
+}
+
+/// Whether `view` shows `location`: everything outside the archive `root` shows.
+fn shows(root: &Path, view: &View, location: &Path) -> bool {
+    match location.prefix_match(root) {
+        Some(parts) => {
+            let rel: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+            view.shows(&rel.join("/"))
         }
+        None => true,
     }
 }
 
@@ -163,15 +168,13 @@ impl ObjectStore for ViewStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let only = ViewStore {
-            inner: self.inner.clone(),
-            root: self.root.clone(),
-            view: self.view.clone(),
-        };
+        let (root, view) = (self.root.clone(), self.view.clone());
         self.inner
             .list(prefix)
             .filter(move |m| {
-                let keep = m.as_ref().map_or(true, |m| only.shows(&m.location));
+                let keep = m
+                    .as_ref()
+                    .map_or(true, |m| shows(&root, &view, &m.location));
                 futures::future::ready(keep)
             })
             .boxed()

@@ -33,6 +33,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{FlightState, adhoc, subscription};
+use crate::archive::ArchiveStats;
 use crate::engine::{QueryDef, QueryInfo, QueryStatus};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -204,6 +205,12 @@ impl PitwallSql {
         let engine = &self.state.engine.stats;
         let wm = engine.watermark_ms.load(Ordering::Relaxed);
         let max = engine.max_event_ms.load(Ordering::Relaxed);
+        let archive = |counter: fn(&ArchiveStats) -> &AtomicU64| {
+            self.state
+                .archive_stats
+                .as_ref()
+                .map_or(0, |a| counter(a).load(Ordering::Relaxed))
+        };
         Ok(pb::ServerStats {
             rows_ingested: ingest.rows.load(Ordering::Relaxed),
             messages_ingested: ingest.messages.load(Ordering::Relaxed),
@@ -231,16 +238,8 @@ impl PitwallSql {
                     open_windows: q.open_windows,
                 })
                 .collect(),
-            archive_rows: self
-                .state
-                .archive_stats
-                .as_ref()
-                .map_or(0, |a| a.rows.load(Ordering::Relaxed)),
-            archive_files: self
-                .state
-                .archive_stats
-                .as_ref()
-                .map_or(0, |a| a.files.load(Ordering::Relaxed)),
+            archive_rows: archive(|a| &a.rows),
+            archive_files: archive(|a| &a.files),
             archive_error: self
                 .state
                 .archive_stats
@@ -249,16 +248,8 @@ impl PitwallSql {
                 .unwrap_or_default(),
             subscribers_dropped: self.state.subscribers_dropped.load(Ordering::Relaxed),
             uptime_s: self.state.started.elapsed().as_secs_f64(),
-            archive_checkpoints: self
-                .state
-                .archive_stats
-                .as_ref()
-                .map_or(0, |a| a.checkpoints.load(Ordering::Relaxed)),
-            archive_merges: self
-                .state
-                .archive_stats
-                .as_ref()
-                .map_or(0, |a| a.compactions.load(Ordering::Relaxed)),
+            archive_checkpoints: archive(|a| &a.checkpoints),
+            archive_merges: archive(|a| &a.compactions),
         })
     }
 }
