@@ -2,7 +2,7 @@
 //! (sorted by `ts` for telemetry), as a commit of its own so a crash can never leave both the
 //! merged file and its inputs, which are deleted two seconds later (queries that took their
 //! view of the archive before the merge can still read them; see `visible`); and files older
-//! than the retention period are deleted.
+//! than the retention period are left out by a commit and deleted likewise.
 //!
 //! A directory is merged once it has `compact_min_files` small files (a live session), or two
 //! or more when none of them changed for `compact_idle` (the session or the car has finished:
@@ -40,7 +40,8 @@ pub(super) async fn run(w: &mut WriterState) -> Result<()> {
         return Ok(());
     }
     retention(w).await?;
-    if w.last_record.is_none() {
+    if w.last_record.is_none() || !w.superseded.is_empty() {
+        // Nothing to merge yet, or files past retention wait for their grace.
         return Ok(());
     }
     let idle_since = chrono::Utc::now()
@@ -80,13 +81,12 @@ pub(super) async fn run(w: &mut WriterState) -> Result<()> {
     Ok(())
 }
 
-/// Merges `files` of `dir` into one file committed with a commit record of its own that
-/// carries the latest checkpoint forward. Nothing it wrote survives a failure, and a retry
-/// takes a new sequence number, so a failed attempt can never be mistaken for an input.
+/// Merges `files` of `dir` into one file, committed with a commit record of its own that
+/// replaces them (see [`commit_change`]).
 async fn compact(w: &mut WriterState, dir: &str, files: &[String]) -> Result<()> {
-    let Some(last) = w.last_record.clone() else {
+    if w.last_record.is_none() {
         return Ok(());
-    };
+    }
     let mut batches: Vec<RecordBatch> = Vec::new();
     for path in files {
         let bytes = w.store.get(path).await?;
@@ -117,51 +117,74 @@ async fn compact(w: &mut WriterState, dir: &str, files: &[String]) -> Result<()>
         all = take_record_batch(&all, &idx)?;
     }
     let bytes = to_parquet(&all, ts)?;
-    let size = bytes.len();
+    commit_change(w, Some((dir, bytes, all.num_rows())), files).await?;
+    w.stats.compactions.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(dir, files = files.len(), rows = all.num_rows(), "compacted");
+    Ok(())
+}
+
+/// Commits what housekeeping changed, carrying the latest checkpoint forward: `added` (a
+/// merged file: its directory, bytes and rows) and `replaced` files, which the commit leaves
+/// out of the archive. Nothing it wrote survives a failure, and a retry takes a new sequence
+/// number, so a failed attempt can never be mistaken for an input.
+///
+/// The replaced files stay for a grace period, for queries that took their view before this
+/// commit (queries after it leave them out: see `visible`); every commit until then lists
+/// them, and recovery deletes what the last commit replaces.
+async fn commit_change(
+    w: &mut WriterState,
+    added: Option<(&str, Bytes, usize)>,
+    replaced: &[String],
+) -> Result<()> {
+    let Some(last) = w.last_record.clone() else {
+        return Err(Error::Archive("nothing committed yet".into()));
+    };
     let state = w.store.get(&last.state).await?;
     let seq = w.next_seq;
     // Taken now: whatever happens below, no later write reuses this number.
     w.next_seq = seq + 1;
-    let path = format!("{dir}/{}", part_name(seq, 0));
+    let added =
+        added.map(|(dir, bytes, rows)| (format!("{dir}/{}", part_name(seq, 0)), bytes, rows));
     let record = CommitRecord {
         seq,
         created: chrono::Utc::now().to_rfc3339(),
         state: state_path(seq),
         consumed: last.consumed.clone(),
         watermark_ms: last.watermark_ms,
-        files: vec![CommittedFile {
-            path: path.clone(),
-            rows: all.num_rows(),
-            bytes: size,
-        }],
-        replaces: w.superseded.iter().chain(files).cloned().collect(),
+        files: added
+            .iter()
+            .map(|(path, bytes, rows)| CommittedFile {
+                path: path.clone(),
+                rows: *rows,
+                bytes: bytes.len(),
+            })
+            .collect(),
+        replaces: w.superseded.iter().chain(replaced).cloned().collect(),
     };
     let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Archive(e.to_string()))?;
     let written = async {
-        w.store.put(&path, bytes).await?;
+        if let Some((path, bytes, _)) = &added {
+            w.store.put(path, bytes.clone()).await?;
+        }
         w.store.put(&state_path(seq), state).await?;
         w.store.put(&commit_path(seq), Bytes::from(json)).await
     }
     .await;
     if let Err(e) = written {
         // The commit record first: without it the other two are orphans, with it (should a
-        // crash stop this loop) recovery would delete the inputs the merged file replaces.
+        // crash stop this loop) recovery would delete the files it replaces.
         for p in [&commit_path(seq), &state_path(seq)] {
             let _ = w.store.delete(p).await;
         }
-        w.discard(path).await;
+        if let Some((path, ..)) = added {
+            w.discard(path).await;
+        }
         return Err(e);
     }
-    // Committed: this is the latest checkpoint now, and the inputs are superseded. They stay
-    // for a grace period, for queries that took their view before this commit (queries after
-    // it leave them out: see `visible`); every commit until then lists them, and recovery
-    // deletes what the last commit replaces.
     w.last_record = Some(record);
-    w.superseded.extend(files.iter().cloned());
+    w.superseded.extend(replaced.iter().cloned());
     w.superseded_since.get_or_insert_with(Instant::now);
-    w.stats.compactions.fetch_add(1, Ordering::Relaxed);
     w.prune_checkpoints(seq).await;
-    tracing::info!(dir, files = files.len(), rows = all.num_rows(), "compacted");
     Ok(())
 }
 
@@ -191,24 +214,37 @@ pub(super) async fn delete_superseded(w: &mut WriterState) -> Result<()> {
     Ok(())
 }
 
+/// Files past the retention period go like a merge's inputs: a commit leaves them out (a
+/// query's view of the archive changes only with a commit, see `visible`) and they are
+/// deleted after the grace. Before any commit there is no view to keep: deleted at once.
 async fn retention(w: &mut WriterState) -> Result<()> {
     let Some(keep) = w.config.retention else {
         return Ok(());
     };
     let cutoff = chrono::Utc::now()
         - chrono::Duration::from_std(keep).map_err(|e| Error::Config(e.to_string()))?;
-    let mut deleted = 0;
+    let mut expired = Vec::new();
     for root in ["telemetry", "results", "dead_letters"] {
         for f in w.store.list(root).await? {
-            if f.modified < cutoff && f.path.ends_with(".parquet") {
-                w.store.delete(&f.path).await?;
-                deleted += 1;
+            if f.modified < cutoff
+                && f.path.ends_with(".parquet")
+                && !w.superseded.contains(&f.path)
+            {
+                expired.push(f.path);
             }
         }
     }
-    if deleted > 0 {
-        tracing::info!(files = deleted, "deleted archive files past retention");
+    if expired.is_empty() {
+        return Ok(());
     }
+    if w.last_record.is_some() {
+        commit_change(w, None, &expired).await?;
+    } else {
+        for p in &expired {
+            w.store.delete(p).await?;
+        }
+    }
+    tracing::info!(files = expired.len(), "archive files past retention");
     Ok(())
 }
 
@@ -415,6 +451,12 @@ mod tests {
     /// A query context over the archive, as `pitwall sql` makes one.
     async fn context(store: &Store) -> (ArchiveCatalog, datafusion::prelude::SessionContext) {
         let catalog = ArchiveCatalog::new(store.clone()).unwrap();
+        let ctx = context_of(&catalog).await;
+        (catalog, ctx)
+    }
+
+    /// A query context over the archive of `catalog` (which keeps listings across queries).
+    async fn context_of(catalog: &ArchiveCatalog) -> datafusion::prelude::SessionContext {
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_cache_manager(catalog.cache_config())
             .build_arc()
@@ -424,7 +466,7 @@ mod tests {
             runtime,
         );
         catalog.register(&ctx, "datafusion").await.unwrap();
-        (catalog, ctx)
+        ctx
     }
 
     async fn count(ctx: &datafusion::prelude::SessionContext) -> i64 {
@@ -478,12 +520,49 @@ mod tests {
         assert!(!w.superseded.is_empty());
         merge_all(&mut w, &before).await;
         assert_eq!(queried_rows(&w.store).await, 6000);
-        // A context made before the merges and used after their inputs went sees neither
-        // those nor the merged files, until it is refreshed (as a query run again after a
-        // missing file is).
-        assert!(count(&early).await < 6000);
+        // A context made before the merges and used after their inputs went still lists
+        // them (its catalog keeps the listings of that view): a query reading their rows
+        // finds a file gone, and after a refresh (as a query run again after a missing file
+        // is) reads the merged files.
+        let gone = early
+            .sql("SELECT count(*) FROM archive.telemetry WHERE speed > -1")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(crate::flight::adhoc::is_missing_file(&gone), "{gone}");
         catalog.refresh(&early).await.unwrap();
         assert_eq!(count(&early).await, 6000);
+    }
+
+    #[tokio::test]
+    async fn files_past_retention_go_with_a_commit_and_queries_see_it_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = bundled_session().unwrap();
+        let mut w = writer(dir.path(), 100, Duration::from_secs(3600));
+        two_checkpoints(&mut w, &session, 3000).await;
+        let catalog = ArchiveCatalog::new(w.store.clone()).unwrap();
+        assert_eq!(count(&context_of(&catalog).await).await, 6000);
+        let before = census(&w.store).await;
+        w.config.retention = Some(Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        super::run(&mut w).await.unwrap();
+        // Left out by a commit: the next query of the same catalog (whose listings of the
+        // previous commit are kept) counts none of them, while they wait for the grace.
+        assert_eq!(count(&context_of(&catalog).await).await, 0);
+        assert_eq!(census(&w.store).await, before, "on disk during the grace");
+        grace_over(&mut w);
+        super::settle(&mut w).await.unwrap();
+        assert!(census(&w.store).await.is_empty());
+        assert_eq!(count(&context_of(&catalog).await).await, 0);
+        // The checkpoint lives on in the retention's commit: a restart resumes after it.
+        let recovered = recover(&w.store).await.unwrap();
+        assert_eq!(recovered.deleted_orphans, 0);
+        let last = recovered.last.unwrap();
+        assert_eq!(last.seq, 3);
+        assert_eq!(last.consumed, BTreeMap::from([("t/0".to_string(), 6000)]));
+        assert!(recovered.state.is_some());
     }
 
     /// An in-memory object store that, while `broken`, refuses to write state files and to

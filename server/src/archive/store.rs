@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use super::visible::{View, ViewStore};
+use super::visible::{Listings, View, ViewStore};
 use crate::error::{Error, Result};
 
 /// A file in the store.
@@ -230,8 +230,14 @@ impl Store {
         }
     }
 
-    /// Makes the store readable by DataFusion in `ctx`, as `view` shows it.
-    pub fn register(&self, ctx: &SessionContext, view: View) -> Result<()> {
+    /// Makes the store readable by DataFusion in `ctx`, as `view` shows it; listings are
+    /// shared through `listings` with the other queries of the same view.
+    pub fn register(
+        &self,
+        ctx: &SessionContext,
+        view: View,
+        listings: Arc<Listings>,
+    ) -> Result<()> {
         let (url, store): (url::Url, Arc<dyn ObjectStore>) = match self {
             Store::Local { root } => (
                 url::Url::parse("file://").map_err(|e| Error::Config(e.to_string()))?,
@@ -240,6 +246,7 @@ impl Store {
                     ObjectPath::from_filesystem_path(root)
                         .map_err(|e| archive_err(&root.display().to_string(), e))?,
                     view,
+                    listings,
                 )),
             ),
             Store::Remote {
@@ -252,6 +259,7 @@ impl Store {
                     store.clone(),
                     ObjectPath::from(prefix.as_str()),
                     view,
+                    listings,
                 )),
             ),
         };

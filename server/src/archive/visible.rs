@@ -10,15 +10,21 @@
 //! together with its inputs; and inputs are still there for a query whose view predates the
 //! merge (a query that outlives them finds a file gone and is run again, see
 //! `flight::adhoc`).
+//!
+//! What a view lists does not change while the newest commit stays the same (a new commit, a
+//! merge, a deleted input: each comes with a commit; retention's deletions do not, and a query
+//! that meets a deleted file is run again after [`Listings::clear`]). So the listings of one
+//! view are kept in [`Listings`] for the next query with that view: a quiet archive, the one
+//! users come back to after the session, is listed once, not once per query.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -84,6 +90,49 @@ impl View {
     }
 }
 
+/// The listings of the archive as of one commit, kept from one query to the next while no
+/// newer commit came (see the module docs).
+#[derive(Debug, Default)]
+pub struct Listings(Mutex<Memo>);
+
+#[derive(Debug, Default)]
+struct Memo {
+    /// The commit the listings below are of.
+    committed: Option<u64>,
+    flat: HashMap<Option<Path>, Vec<ObjectMeta>>,
+    /// `ListResult`'s common prefixes and objects.
+    delimited: HashMap<Option<Path>, (Vec<Path>, Vec<ObjectMeta>)>,
+}
+
+impl Listings {
+    /// Forgets every listing: the next query lists afresh.
+    pub fn clear(&self) {
+        *self.memo() = Memo::default();
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The memo, if it is (or, being older, can become) that of `view`'s commit. A query
+    /// with an older view than the memo's lists for itself.
+    fn of(&self, view: &View) -> Option<std::sync::MutexGuard<'_, Memo>> {
+        let committed = view.committed?;
+        let mut memo = self.memo();
+        match memo.committed {
+            Some(c) if c == committed => {}
+            Some(c) if c > committed => return None,
+            _ => {
+                *memo = Memo {
+                    committed: Some(committed),
+                    ..Memo::default()
+                }
+            }
+        }
+        Some(memo)
+    }
+}
+
 /// An object store that lists only what a [`View`] shows of the archive under `root`; every
 /// other path, and every other operation, is the inner store's.
 #[derive(Debug)]
@@ -92,14 +141,21 @@ pub struct ViewStore {
     /// The archive root in the inner store's paths.
     root: Path,
     view: Arc<View>,
+    listings: Arc<Listings>,
 }
 
 impl ViewStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, root: Path, view: View) -> Self {
+    pub fn new(
+        inner: Arc<dyn ObjectStore>,
+        root: Path,
+        view: View,
+        listings: Arc<Listings>,
+    ) -> Self {
         Self {
             inner,
             root,
             view: Arc::new(view),
+            listings,
         }
     }
 
@@ -168,21 +224,54 @@ impl ObjectStore for ViewStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let key = prefix.cloned();
+        if let Some(listed) = self
+            .listings
+            .of(&self.view)
+            .and_then(|memo| memo.flat.get(&key).cloned())
+        {
+            return futures::stream::iter(listed.into_iter().map(Ok)).boxed();
+        }
         let (root, view) = (self.root.clone(), self.view.clone());
-        self.inner
-            .list(prefix)
-            .filter(move |m| {
-                let keep = m
-                    .as_ref()
-                    .map_or(true, |m| shows(&root, &view, &m.location));
-                futures::future::ready(keep)
-            })
-            .boxed()
+        let listings = self.listings.clone();
+        let listed = self.inner.list(prefix).filter(move |m| {
+            let keep = m
+                .as_ref()
+                .map_or(true, |m| shows(&root, &view, &m.location));
+            futures::future::ready(keep)
+        });
+        let view = self.view.clone();
+        // Whole (a failed listing is not kept), then kept for the view's next query.
+        futures::stream::once(async move {
+            let listed: Vec<ObjectMeta> = listed.try_collect().await?;
+            if let Some(mut memo) = listings.of(&view) {
+                memo.flat.insert(key, listed.clone());
+            }
+            Ok::<_, object_store::Error>(futures::stream::iter(listed.into_iter().map(Ok)))
+        })
+        .try_flatten()
+        .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let key = prefix.cloned();
+        if let Some(listed) = self
+            .listings
+            .of(&self.view)
+            .and_then(|memo| memo.delimited.get(&key).cloned())
+        {
+            let (common_prefixes, objects) = listed;
+            return Ok(ListResult {
+                common_prefixes,
+                objects,
+            });
+        }
         let mut listed = self.inner.list_with_delimiter(prefix).await?;
         listed.objects.retain(|m| self.shows(&m.location));
+        if let Some(mut memo) = self.listings.of(&self.view) {
+            let kept = (listed.common_prefixes.clone(), listed.objects.clone());
+            memo.delimited.insert(key, kept);
+        }
         Ok(listed)
     }
 

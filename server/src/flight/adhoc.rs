@@ -158,7 +158,7 @@ pub async fn execute(
 }
 
 /// Whether `e` comes from a file that was listed but is not there any more.
-fn is_missing_file(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_missing_file(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if matches!(
