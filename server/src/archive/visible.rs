@@ -11,11 +11,12 @@
 //! merge (a query that outlives them finds a file gone and is run again, see
 //! `flight::adhoc`).
 //!
-//! What a view lists does not change while the newest commit stays the same (a new commit, a
-//! merge, a deleted input: each comes with a commit; retention's deletions do not, and a query
-//! that meets a deleted file is run again after [`Listings::clear`]). So the listings of one
-//! view are kept in [`Listings`] for the next query with that view: a quiet archive, the one
-//! users come back to after the session, is listed once, not once per query.
+//! What a view lists does not change while the newest commit stays the same: a checkpoint,
+//! a merge and files past retention each come with a commit, and what a commit leaves out is
+//! deleted only after it. (A file that goes otherwise, by another writer or by hand, makes a
+//! query that meets it run again after [`Listings::clear`].) So the listings of one view are
+//! kept in [`Listings`] for the next query with that view: a quiet archive, the one users come
+//! back to after the session, is listed once, not once per query.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -282,5 +283,82 @@ impl ObjectStore for ViewStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    /// Files a store of `view` lists under `telemetry/`, through `listings`.
+    async fn listed(
+        inner: &Arc<object_store::memory::InMemory>,
+        listings: &Arc<Listings>,
+        committed: u64,
+    ) -> (usize, usize) {
+        let view = View {
+            committed: Some(committed),
+            replaced: HashSet::new(),
+        };
+        let store = ViewStore::new(inner.clone(), Path::from(""), view, listings.clone());
+        let prefix = Path::from("telemetry");
+        let flat: Vec<ObjectMeta> = store.list(Some(&prefix)).try_collect().await.unwrap();
+        let dir = Path::from("telemetry/session=s/driver=VER");
+        let delimited = store.list_with_delimiter(Some(&dir)).await.unwrap();
+        (flat.len(), delimited.objects.len())
+    }
+
+    #[tokio::test]
+    async fn a_view_is_listed_once_and_a_newer_commit_lists_afresh() {
+        let inner = Arc::new(object_store::memory::InMemory::new());
+        let put = |seq: u64| {
+            let inner = inner.clone();
+            async move {
+                let path = format!("telemetry/session=s/driver=VER/part-{seq:010}-00000.parquet");
+                inner
+                    .put(&Path::from(path), PutPayload::from_static(b"x"))
+                    .await
+                    .unwrap();
+            }
+        };
+        put(1).await;
+        let listings = Arc::new(Listings::default());
+        assert_eq!(listed(&inner, &listings, 1).await, (1, 1));
+        // A file of commit 2 appears: the next query as of commit 1 gets the kept listing
+        // (the file would not show anyway), one as of commit 2 lists afresh and sees it.
+        put(2).await;
+        inner
+            .delete(&Path::from(
+                "telemetry/session=s/driver=VER/part-0000000001-00000.parquet",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            listed(&inner, &listings, 1).await,
+            (1, 1),
+            "kept for commit 1"
+        );
+        assert_eq!(
+            listed(&inner, &listings, 2).await,
+            (1, 1),
+            "afresh for commit 2: only file 2"
+        );
+        // A query still on commit 1 lists for itself and keeps nothing.
+        assert_eq!(listed(&inner, &listings, 1).await, (0, 0));
+        put(3).await;
+        assert_eq!(
+            listed(&inner, &listings, 2).await,
+            (1, 1),
+            "kept for commit 2"
+        );
+        listings.clear();
+        assert_eq!(
+            listed(&inner, &listings, 2).await,
+            (1, 1),
+            "file 3 is past commit 2"
+        );
+        assert_eq!(listed(&inner, &listings, 3).await, (2, 2));
     }
 }

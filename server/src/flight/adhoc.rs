@@ -98,8 +98,9 @@ pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, Status
 
 /// Runs a plan (with positional parameter values, if any) under the limits.
 ///
-/// Archive files can go between a query's listing and its reads: the inputs of a merge are
-/// deleted a little after it, and retention deletes old files. Such a query is run again, as
+/// Archive files can go between a query's listing and its reads: the inputs of a merge and
+/// files past retention are deleted a little after the commit that leaves them out, and a
+/// query may have taken its view before that commit. Such a query is run again, as
 /// of the archive's newest commit and listing afresh, a few times within its timeout; results
 /// are collected before anything is sent, so the client never sees the failed attempt.
 pub async fn execute(
