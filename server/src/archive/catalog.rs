@@ -142,7 +142,8 @@ impl ArchiveCatalog {
     /// Makes `ctx` read the archive as of its newest commit (a query registered earlier reads
     /// it as of the commit that was newest then).
     pub async fn refresh(&self, ctx: &SessionContext) -> Result<()> {
-        // A file went without a commit (retention) or under another writer: list afresh.
+        // A listed file went: if the kept listing still had it (another writer, a hand on
+        // the directory), listing afresh is what finds the archive as it is.
         self.listings.clear();
         self.store
             .register(ctx, View::of(&self.store).await?, self.listings.clone())
