@@ -100,8 +100,8 @@ impl ArchiveCatalog {
     }
 
     /// Registers the `archive` schema in `ctx`'s catalog `catalog`. Which tables exist comes
-    /// from two directory listings; each table is built only when a query names it (see
-    /// [`ArchiveSchema`]).
+    /// from two directory listings; each table is built only when a query names it (the
+    /// private `ArchiveSchema` below).
     pub async fn register(&self, ctx: &SessionContext, catalog: &str) -> Result<()> {
         let view = View::of(&self.store).await?;
         self.store
