@@ -345,7 +345,14 @@ fn strings(batches: &[RecordBatch], col: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn flight_sql_clients_browse_query_and_prepare() {
-    let app = embedded_server(&[]).await;
+    // No merges: the statement planned below keeps its view of the archive's files.
+    let app = embedded_server(&[
+        "--compact-min-files",
+        "100000",
+        "--compact-idle-secs",
+        "3600",
+    ])
+    .await;
     let mut c = sql_client(&app, None).await;
     // Let some results accumulate.
     let started = Instant::now();
@@ -366,6 +373,52 @@ async fn flight_sql_clients_browse_query_and_prepare() {
         assert!(started.elapsed() < Duration::from_secs(60));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A statement is planned once, for its FlightInfo, and DoGet runs that plan: it counts the
+    // archive as of then, even after more rows were archived. Its ticket fetched a second
+    // time is planned again and counts them.
+    let count = "SELECT count(*) AS n FROM archive.telemetry";
+    let n = |b: Vec<RecordBatch>| {
+        b[0].column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+    };
+    let started = Instant::now();
+    // The archive's first files come with the first checkpoint.
+    while c.execute(count.into(), None).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the archive is there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = c.execute(count.into(), None).await.unwrap();
+    let ticket = held.endpoint[0].ticket.clone().unwrap();
+    let info = c.execute(count.into(), None).await.unwrap();
+    let at_info = n(fetch(&mut c, info).await);
+    let later = loop {
+        let info = c.execute(count.into(), None).await.unwrap();
+        let now = n(fetch(&mut c, info).await);
+        if now > at_info {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the archive grows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stream = c.do_get(ticket.clone()).await.unwrap();
+    let first = n(stream.try_collect().await.unwrap());
+    assert!(
+        first <= at_info,
+        "planned for its FlightInfo: {first} > {at_info}"
+    );
+    let stream = c.do_get(ticket).await.unwrap();
+    let again = n(stream.try_collect().await.unwrap());
+    assert!(
+        again >= later,
+        "fetched again, planned afresh: {again} < {later}"
+    );
     let info = c.get_catalogs().await.unwrap();
     assert_eq!(
         strings(&fetch(&mut c, info).await, "catalog_name"),

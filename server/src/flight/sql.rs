@@ -1,10 +1,11 @@
 //! Flight SQL: ad-hoc read-only SQL, catalog browsing, prepared statements; and, through the
 //! fallback hooks, Pitwall's own tickets (live subscriptions) and actions (query control).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -26,6 +27,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
 use futures::{Stream, TryStreamExt};
 use pitwall_proto as pb;
 use prost::Message;
@@ -44,9 +47,28 @@ struct Prepared {
     params: Option<RecordBatch>,
 }
 
+/// A statement planned for its FlightInfo, kept for the DoGet of its ticket: the context
+/// (the archive as of its newest commit then, the live tables' snapshot) and the plan.
+struct Planned {
+    id: u64,
+    at: Instant,
+    ctx: SessionContext,
+    plan: LogicalPlan,
+}
+
+/// How many planned statements are kept, and for how long, for clients that ask for a
+/// FlightInfo and never fetch it.
+const PLANNED_KEPT: usize = 64;
+const PLANNED_TTL: Duration = Duration::from_secs(60);
+
 pub struct PitwallSql {
     pub state: Arc<FlightState>,
     prepared: Mutex<HashMap<String, Prepared>>,
+    /// A statement is planned once: GetFlightInfo needs its schema, and the plan made for it
+    /// is what DoGet runs (about a millisecond of context and planning less per query). The
+    /// first DoGet of a ticket takes it; a ticket whose plan is gone (fetched again, after
+    /// [`PLANNED_TTL`], on a restarted server) is planned afresh from its SQL.
+    planned: Mutex<VecDeque<Planned>>,
     next_handle: AtomicU64,
     sql_info: SqlInfoData,
 }
@@ -67,6 +89,7 @@ impl PitwallSql {
         Self {
             state,
             prepared: Mutex::default(),
+            planned: Mutex::default(),
             next_handle: AtomicU64::new(1),
             sql_info,
         }
@@ -94,6 +117,33 @@ impl PitwallSql {
         let ctx = adhoc::context(&self.state).await?;
         let plan = adhoc::plan(&ctx, sql).await?;
         Ok(Arc::new(plan.schema().as_arrow().clone()))
+    }
+
+    /// Keeps a planned statement for its DoGet; returns its id (never 0).
+    fn keep(&self, ctx: SessionContext, plan: LogicalPlan) -> u64 {
+        let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut kept = self.planned.lock().expect("planned lock");
+        kept.retain(|p| now.duration_since(p.at) < PLANNED_TTL);
+        if kept.len() >= PLANNED_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(Planned {
+            id,
+            at: now,
+            ctx,
+            plan,
+        });
+        id
+    }
+
+    /// Takes the statement kept under `id`, if it is still there.
+    fn take(&self, id: u64) -> Option<(SessionContext, LogicalPlan)> {
+        let mut kept = self.planned.lock().expect("planned lock");
+        let i = kept
+            .iter()
+            .position(|p| p.id == id && p.at.elapsed() < PLANNED_TTL)?;
+        kept.remove(i).map(|p| (p.ctx, p.plan))
     }
 
     fn prepared_sql(&self, handle: &[u8]) -> Result<(String, Option<RecordBatch>), Status> {
@@ -312,9 +362,15 @@ impl FlightSqlService for PitwallSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = self.schema_of(&query.query).await?;
+        let ctx = adhoc::context(&self.state).await?;
+        let plan = adhoc::plan(&ctx, &query.query).await?;
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let handle = pb::StatementHandle {
+            sql: query.query,
+            plan: self.keep(ctx, plan),
+        };
         let ticket = TicketStatementQuery {
-            statement_handle: query.query.into_bytes().into(),
+            statement_handle: handle.encode_to_vec().into(),
         };
         info_for(
             &schema,
@@ -328,9 +384,21 @@ impl FlightSqlService for PitwallSql {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let sql = String::from_utf8(ticket.statement_handle.to_vec())
-            .map_err(|_| Status::invalid_argument("statement is not UTF-8"))?;
-        let (schema, batches) = self.run_sql(&sql, None).await?;
+        let handle = pb::StatementHandle::decode(&*ticket.statement_handle)
+            .map_err(|e| Status::invalid_argument(format!("bad statement handle: {e}")))?;
+        let (schema, batches) = match self.take(handle.plan) {
+            Some((ctx, plan)) => {
+                adhoc::execute(
+                    &ctx,
+                    self.state.archive.as_deref(),
+                    plan,
+                    None,
+                    self.state.adhoc,
+                )
+                .await?
+            }
+            None => self.run_sql(&handle.sql, None).await?,
+        };
         Ok(Response::new(batches_stream(schema, batches)))
     }
 
