@@ -214,7 +214,7 @@ impl App {
             subscriber_buffer: config.subscriber_buffer,
             subscribers_dropped: Default::default(),
             adhoc: flight::adhoc::AdhocLimits::default(),
-            archive: Some(Arc::new(ArchiveCatalog::new(store)?)),
+            archive: Some(Arc::new(ArchiveCatalog::written_here(store)?)),
             archive_stats: Some(archive_stats.clone()),
             started: std::time::Instant::now(),
         });

@@ -36,6 +36,8 @@ pub struct ArchiveCatalog {
     /// File listings, kept while the newest commit stays the same (see [`Listings`]);
     /// DataFusion's own listing cache stays off, it knows nothing of commits.
     listings: Arc<Listings>,
+    /// Whether this server writes the archive (see [`View::of`]).
+    written_here: bool,
 }
 
 /// Bounds of the caches above: a footer of an archive file is a few KB to a few tens of KB.
@@ -75,6 +77,17 @@ fn part_value(path: &str, key: &str) -> Option<String> {
 }
 
 impl ArchiveCatalog {
+    /// The catalog of the archive this server writes: a query sees committed checkpoints
+    /// only, none before the first commit.
+    pub fn written_here(store: Store) -> Result<Self> {
+        Ok(Self {
+            written_here: true,
+            ..Self::new(store)?
+        })
+    }
+
+    /// The catalog of any archive in Pitwall's layout; one without commit records (copied
+    /// without `_pitwall/`, written by another tool) shows every file.
     pub fn new(store: Store) -> Result<Self> {
         let caches = CacheManager::try_new(
             &CacheManagerConfig::default()
@@ -85,6 +98,7 @@ impl ArchiveCatalog {
             store,
             caches,
             listings: Arc::default(),
+            written_here: false,
         })
     }
 
@@ -103,7 +117,7 @@ impl ArchiveCatalog {
     /// from two directory listings; each table is built only when a query names it (the
     /// private `ArchiveSchema` below).
     pub async fn register(&self, ctx: &SessionContext, catalog: &str) -> Result<()> {
-        let view = View::of(&self.store).await?;
+        let view = View::of(&self.store, self.written_here).await?;
         self.store
             .register(ctx, view.clone(), self.listings.clone())?;
         let top = self.store.subdirs("").await?;
@@ -145,14 +159,17 @@ impl ArchiveCatalog {
         // A listed file went: if the kept listing still had it (another writer, a hand on
         // the directory), listing afresh is what finds the archive as it is.
         self.listings.clear();
-        self.store
-            .register(ctx, View::of(&self.store).await?, self.listings.clone())
+        self.store.register(
+            ctx,
+            View::of(&self.store, self.written_here).await?,
+            self.listings.clone(),
+        )
     }
 
     /// One row per archived session: drivers, rows, time range, files and bytes on disk.
     pub async fn sessions(&self, ctx: &SessionContext) -> Result<RecordBatch> {
         let files = self.store.list("telemetry").await?;
-        let view = View::of(&self.store).await?;
+        let view = View::of(&self.store, self.written_here).await?;
         let mut disk: BTreeMap<String, (BTreeSet<String>, i64, i64)> = BTreeMap::new();
         for f in files
             .iter()
@@ -484,5 +501,62 @@ mod tests {
         .await
         .unwrap();
         assert!(telemetry.is_empty());
+    }
+
+    /// The first checkpoint's files are on disk before its commit record: a query of the
+    /// archive this server writes counts none of them until the record is there; one of an
+    /// archive without commit records (copied without `_pitwall/`) counts every file.
+    #[tokio::test]
+    async fn before_its_first_commit_the_archive_written_here_shows_no_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let laps = RecordBatch::try_from_iter([
+            (
+                "driver",
+                Arc::new(StringArray::from(vec!["VER", "HAM"])) as ArrayRef,
+            ),
+            ("lap", Arc::new(Int32Array::from(vec![1, 1])) as ArrayRef),
+        ])
+        .unwrap();
+        let rel = format!(
+            "results/query=lap_stats/session=s1/{}",
+            super::super::writer::part_name(1, 0)
+        );
+        write(root, &rel, &laps);
+        let sql = "SELECT session, count(*) FROM archive.results_lap_stats GROUP BY session";
+        let query = |catalog: ArchiveCatalog| async move {
+            let ctx = SessionContext::new();
+            catalog.register(&ctx, "datafusion").await.unwrap();
+            count(&ctx, sql).await
+        };
+        let store = || Store::open(root.to_str().unwrap()).unwrap();
+        let err = query(ArchiveCatalog::written_here(store()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("results_lap_stats"), "{err}");
+        let all = [("s1".to_string(), 2)];
+        assert_eq!(
+            query(ArchiveCatalog::new(store()).unwrap()).await.unwrap(),
+            all
+        );
+        // Its commit record comes: now it shows.
+        let record = super::super::CommitRecord {
+            seq: 1,
+            created: String::new(),
+            state: super::super::state_path(1),
+            consumed: BTreeMap::new(),
+            watermark_ms: None,
+            files: vec![],
+            replaces: vec![],
+        };
+        let path = root.join(super::super::commit_path(1));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_vec(&record).unwrap()).unwrap();
+        assert_eq!(
+            query(ArchiveCatalog::written_here(store()).unwrap())
+                .await
+                .unwrap(),
+            all
+        );
     }
 }

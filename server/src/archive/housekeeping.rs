@@ -450,7 +450,7 @@ mod tests {
 
     /// A query context over the archive, as `pitwall sql` makes one.
     async fn context(store: &Store) -> (ArchiveCatalog, datafusion::prelude::SessionContext) {
-        let catalog = ArchiveCatalog::new(store.clone()).unwrap();
+        let catalog = ArchiveCatalog::written_here(store.clone()).unwrap();
         let ctx = context_of(&catalog).await;
         (catalog, ctx)
     }
@@ -542,7 +542,7 @@ mod tests {
         let session = bundled_session().unwrap();
         let mut w = writer(dir.path(), 100, Duration::from_secs(3600));
         two_checkpoints(&mut w, &session, 3000).await;
-        let catalog = ArchiveCatalog::new(w.store.clone()).unwrap();
+        let catalog = ArchiveCatalog::written_here(w.store.clone()).unwrap();
         assert_eq!(count(&context_of(&catalog).await).await, 6000);
         let before = census(&w.store).await;
         w.config.retention = Some(Duration::ZERO);

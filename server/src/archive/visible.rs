@@ -40,16 +40,18 @@ use crate::error::{Error, Result};
 /// The archive as of one commit.
 #[derive(Debug, Clone, Default)]
 pub struct View {
-    /// The newest commit's sequence number; None when there is no commit record (an archive
-    /// not written by this server, or copied without `_pitwall/`): then every file shows.
+    /// The newest commit's sequence number; None when there is no commit record in an archive
+    /// not written by this server (or copied without `_pitwall/`): then every file shows.
     committed: Option<u64>,
     /// Inputs of merges, still on disk (paths relative to the archive root).
     replaced: HashSet<String>,
 }
 
 impl View {
-    /// Reads the newest commit record.
-    pub async fn of(store: &Store) -> Result<Self> {
+    /// Reads the newest commit record. An archive `written_here`, by this server, without
+    /// one has nothing committed yet: its first checkpoint's files are on disk before its
+    /// record, and no file of a checkpoint shows until then.
+    pub async fn of(store: &Store, written_here: bool) -> Result<Self> {
         let mut attempt = 0;
         loop {
             let Some(seq) = store
@@ -59,7 +61,10 @@ impl View {
                 .filter_map(|f| seq_of(&f.path, "commit-"))
                 .max()
             else {
-                return Ok(Self::default());
+                return Ok(Self {
+                    committed: written_here.then_some(0),
+                    replaced: HashSet::new(),
+                });
             };
             let bytes = match store.get(&super::commit_path(seq)).await {
                 Ok(b) => b,
