@@ -1,9 +1,11 @@
 //! Per-lap statistics over an archived session, in-process: the same catalog, caches and
 //! DataFusion settings as an ad hoc query from `pitwall sql` gets, timed stage by stage
 //! without the CLI and Flight around it (`scripts/archive-bench.sh` runs it next to DuckDB):
-//! `cargo run --release -p pitwall-server --example archive_query -- DATA_DIR SESSION [RUNS]`.
+//! `cargo run --release -p pitwall-server --example archive_query -- DATA_DIR SESSION [RUNS] [SQL]`
+//! (SQL instead of the per-lap statistics, `{session}` standing for SESSION).
 //! DATAFUSION_* environment variables (e.g. DATAFUSION_EXECUTION_TARGET_PARTITIONS=1) change
-//! the session's settings, to try them.
+//! the session's settings, to try them; PITWALL_DATAFUSION_RULES=1 plans with DataFusion's
+//! own physical rules only (without `flight::small_aggregate`), to compare.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,16 +19,20 @@ async fn main() -> anyhow::Result<()> {
     pitwall_server::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let (Some(dir), Some(session)) = (args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: archive_query DATA_DIR SESSION [RUNS]");
+        anyhow::bail!("usage: archive_query DATA_DIR SESSION [RUNS] [SQL]");
     };
     let runs: usize = args.get(3).map_or(Ok(10), |r| r.parse())?;
     let catalog = Arc::new(ArchiveCatalog::new(Store::open(dir)?)?);
-    let sql = format!(
-        "SELECT driver, lap, count(*) AS samples, avg(speed) AS mean_speed, max(speed) AS max_speed,
+    let sql = match args.get(4) {
+        Some(sql) => sql.replace("{session}", session),
+        None => format!(
+            "SELECT driver, lap, count(*) AS samples, avg(speed) AS mean_speed, max(speed) AS max_speed,
                 avg(rpm) AS mean_rpm
          FROM archive.telemetry WHERE session = '{session}' AND lap IS NOT NULL
          GROUP BY driver, lap ORDER BY driver, lap"
-    );
+        ),
+    };
+    let datafusion_rules = std::env::var_os("PITWALL_DATAFUSION_RULES").is_some();
     let mut best: Option<[f64; 3]> = None;
     for run in 0..runs {
         let t0 = Instant::now();
@@ -36,7 +42,11 @@ async fn main() -> anyhow::Result<()> {
         let config = SessionConfig::from_env()?
             .with_default_catalog_and_schema("pitwall", "live")
             .with_create_default_catalog_and_schema(true);
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let ctx = if datafusion_rules {
+            SessionContext::new_with_config_rt(config, runtime)
+        } else {
+            pitwall_server::flight::adhoc::session(config, runtime)
+        };
         catalog.register(&ctx, "pitwall").await?;
         let t1 = Instant::now();
         let plan = ctx.sql(&sql).await?.create_physical_plan().await?;

@@ -10,7 +10,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ParamValues;
 use datafusion::datasource::MemTable;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use tonic::Status;
@@ -41,6 +42,19 @@ fn invalid(e: datafusion::error::DataFusionError) -> Status {
     Status::invalid_argument(short_error(&e))
 }
 
+/// A context for ad hoc SQL: DataFusion's defaults and planner, with grouped aggregations
+/// over small inputs finished in one partition ([`super::small_aggregate`]).
+pub fn session(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContext {
+    SessionContext::new_with_state(
+        SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rules(super::small_aggregate::physical_rules())
+            .build(),
+    )
+}
+
 /// A fresh context: one table per continuous query in `live`, holding its replay buffer, and
 /// the `archive` schema. Each query has a memory pool of its own; Parquet footers and file
 /// statistics of the archive are cached across queries (see [`crate::archive::ArchiveCatalog`]).
@@ -56,7 +70,7 @@ pub async fn context(state: &FlightState) -> Result<SessionContext, Status> {
         .with_default_catalog_and_schema(CATALOG, LIVE_SCHEMA)
         .with_create_default_catalog_and_schema(true)
         .with_information_schema(true);
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let ctx = session(config, runtime);
     functions::register(&ctx);
     let queries = state.engine.list().await.map_err(super::status)?;
     for q in queries {

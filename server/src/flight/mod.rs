@@ -13,6 +13,7 @@
 
 pub mod adhoc;
 pub mod service;
+pub mod small_aggregate;
 pub mod sql;
 pub mod subscription;
 
