@@ -10,7 +10,7 @@
 //! tables): an aggregation whose input has at most [`ROWS`] rows is finished in one
 //! partition, as DataFusion plans it with `repartition_aggregations = false`. It runs before
 //! `EnsureRequirements`, which then gathers the partial results (and repartitions above, if
-//! a parent needs it). Per-lap statistics over a whole race: ~4% faster (BENCHMARKS.md).
+//! a parent needs it). Per-lap statistics over a whole race: 2-4% faster (BENCHMARKS.md).
 
 use std::sync::Arc;
 
