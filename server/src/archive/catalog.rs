@@ -395,6 +395,18 @@ mod tests {
         w.close().unwrap();
     }
 
+    /// Two result rows, lap 1 of VER and HAM.
+    fn laps() -> RecordBatch {
+        RecordBatch::try_from_iter([
+            (
+                "driver",
+                Arc::new(StringArray::from(vec!["VER", "HAM"])) as ArrayRef,
+            ),
+            ("lap", Arc::new(Int32Array::from(vec![1, 1])) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
     async fn count(
         ctx: &SessionContext,
         sql: &str,
@@ -425,14 +437,7 @@ mod tests {
     async fn tables_come_from_directories_and_are_built_when_named() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let laps = RecordBatch::try_from_iter([
-            (
-                "driver",
-                Arc::new(StringArray::from(vec!["VER", "HAM"])) as ArrayRef,
-            ),
-            ("lap", Arc::new(Int32Array::from(vec![1, 1])) as ArrayRef),
-        ])
-        .unwrap();
+        let laps = laps();
         write(
             root,
             "results/query=lap_stats/session=s1/part-1.parquet",
@@ -510,14 +515,7 @@ mod tests {
     async fn before_its_first_commit_the_archive_written_here_shows_no_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let laps = RecordBatch::try_from_iter([
-            (
-                "driver",
-                Arc::new(StringArray::from(vec!["VER", "HAM"])) as ArrayRef,
-            ),
-            ("lap", Arc::new(Int32Array::from(vec![1, 1])) as ArrayRef),
-        ])
-        .unwrap();
+        let laps = laps();
         let rel = format!(
             "results/query=lap_stats/session=s1/{}",
             super::super::writer::part_name(1, 0)
