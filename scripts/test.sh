@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 # .cargo/config.toml builds for x86-64-v3; a CPU without AVX2 gets the plain x86-64 baseline.
 if [ "$(uname -m)" = x86_64 ] && ! grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
   export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=x86-64}"
+  export CFLAGS_x86_64_unknown_linux_gnu="${CFLAGS_x86_64_unknown_linux_gnu:--march=x86-64}"
 fi
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -5,7 +5,8 @@
 //! (SQL instead of the per-lap statistics, `{session}` standing for SESSION).
 //! DATAFUSION_* environment variables (e.g. DATAFUSION_EXECUTION_TARGET_PARTITIONS=1) change
 //! the session's settings, to try them; PITWALL_DATAFUSION_RULES=1 plans with DataFusion's
-//! own physical rules only (without `flight::small_aggregate`), to compare.
+//! own physical rules only (without `flight::small_aggregate`), to compare; PITWALL_PRINT=1
+//! prints the last run's rows (for an `EXPLAIN ANALYZE`, say).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
     let datafusion_rules = std::env::var_os("PITWALL_DATAFUSION_RULES").is_some();
+    let print = std::env::var_os("PITWALL_PRINT").is_some();
     let mut best: Option<[f64; 3]> = None;
     for run in 0..runs {
         let t0 = Instant::now();
@@ -62,6 +64,9 @@ async fn main() -> anyhow::Result<()> {
             stages[1],
             stages[2]
         );
+        if print && run + 1 == runs {
+            println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&batches)?);
+        }
         if best.is_none_or(|b| stages.iter().sum::<f64>() < b.iter().sum::<f64>()) {
             best = Some(stages);
         }
