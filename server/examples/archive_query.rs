@@ -65,7 +65,10 @@ async fn main() -> anyhow::Result<()> {
             stages[2]
         );
         if print && run + 1 == runs {
-            println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&batches)?);
+            println!(
+                "{}",
+                datafusion::arrow::util::pretty::pretty_format_batches(&batches)?
+            );
         }
         if best.is_none_or(|b| stages.iter().sum::<f64>() < b.iter().sum::<f64>()) {
             best = Some(stages);
