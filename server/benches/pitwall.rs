@@ -1,13 +1,17 @@
 //! Micro-benchmarks of the hot path: JSON and Protobuf decode, one engine step with the
-//! default queries, and the Parquet archive writer. Run with `cargo bench -p pitwall-server`.
+//! default queries, and the Parquet archive writer (its time, and the heap it takes above its
+//! input). Run with `cargo bench -p pitwall-server`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, RecordBatch, StringArray, TimestampMillisecondArray,
+    ArrayRef, AsArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
 };
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{Field, Schema, TimestampMillisecondType};
 use datafusion::arrow::json::ReaderBuilder;
 use pitwall_proto::schema::{JSON_WIRE_NAMES, col, telemetry_schema};
@@ -18,6 +22,50 @@ use pitwall_server::ingest::{MicroBatch, PartitionSlice};
 use prost::Message;
 
 const BATCH: usize = 16_384;
+
+/// The system allocator, counting the bytes in use and their peak since [`Heap::reset_peak`].
+struct Heap {
+    used: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Heap {
+    fn reset_peak(&self) -> usize {
+        let used = self.used.load(Ordering::Relaxed);
+        self.peak.store(used, Ordering::Relaxed);
+        used
+    }
+}
+
+unsafe impl GlobalAlloc for Heap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let used = self.used.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            self.peak.fetch_max(used, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(p, layout) };
+        self.used.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, layout, new_size) };
+        if !q.is_null() {
+            let used = self.used.fetch_add(new_size, Ordering::Relaxed) + new_size;
+            self.peak.fetch_max(used, Ordering::Relaxed);
+            self.used.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static HEAP: Heap = Heap {
+    used: AtomicUsize::new(0),
+    peak: AtomicUsize::new(0),
+};
 
 /// One JSON message per row, FastF1 names, as `pitwall replay` publishes them.
 fn json_messages(rows: &RecordBatch) -> Vec<Vec<u8>> {
@@ -256,8 +304,30 @@ fn engine_step(c: &mut Criterion) {
 
 fn archive_write(c: &mut Criterion) {
     let session = bundled_session().expect("bundled session");
-    let rows: Vec<RecordBatch> = (0..8).map(|i| session.slice(i * 32_768, 32_768)).collect();
+    // Eight micro-batches with buffers of their own, as the server buffers them.
+    let rows: Vec<RecordBatch> = (0..8)
+        .map(|i| {
+            let own = UInt32Array::from_iter_values(0..32_768);
+            take_record_batch(&session.slice(i * 32_768, 32_768), &own).expect("copy")
+        })
+        .collect();
     let n: usize = rows.iter().map(|r| r.num_rows()).sum();
+    // Peak heap above the buffered rows while one checkpoint's files are made.
+    let input: usize = rows.iter().map(|r| r.get_array_memory_size()).sum();
+    let before = HEAP.reset_peak();
+    let files =
+        pitwall_server::archive::writer::telemetry_files(&rows, &telemetry_schema(), 1, &mut 0)
+            .expect("files");
+    let peak = HEAP.peak.load(Ordering::Relaxed) - before;
+    let written: usize = files.iter().map(|f| f.bytes.len()).sum();
+    drop(files);
+    println!(
+        "archive/telemetry_files_262k_rows: peak heap {:.1} MB above the input's ({:.1} MB as \
+         Arrow; {:.1} MB of Parquet written)",
+        peak as f64 / 1e6,
+        input as f64 / 1e6,
+        written as f64 / 1e6
+    );
     let mut g = c.benchmark_group("archive");
     g.throughput(Throughput::Elements(n as u64));
     g.sample_size(10);

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::{
-    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+    SortColumn, concat, concat_batches, interleave, lexsort_to_indices, partition,
+    take_record_batch,
 };
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -81,66 +82,108 @@ fn without(batch: &RecordBatch, drop: &[&str]) -> Result<RecordBatch> {
     Ok(batch.project(&keep)?)
 }
 
-/// Runs of equal values in sorted key columns: (start, len, values).
-fn runs(keys: &[ArrayRef]) -> Vec<(usize, usize, Vec<String>)> {
-    let n = keys.first().map_or(0, |k| k.len());
-    let value = |i: usize| -> Vec<String> {
-        keys.iter()
-            .map(|k| {
-                if k.is_null(i) {
-                    String::new()
-                } else {
-                    k.as_string::<i32>().value(i).to_string()
-                }
-            })
-            .collect()
-    };
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let v = value(start);
-        let mut end = start + 1;
-        while end < n && value(end) == v {
-            end += 1;
-        }
-        out.push((start, end - start, v));
-        start = end;
-    }
-    out
+/// Runs of equal values in sorted key columns (arrow's `partition`): (start, len, values).
+fn runs(keys: &[ArrayRef]) -> Result<Vec<(usize, usize, Vec<String>)>> {
+    Ok(partition(keys)?
+        .ranges()
+        .into_iter()
+        .map(|r| {
+            let values = keys
+                .iter()
+                .map(|k| match k.is_null(r.start) {
+                    true => String::new(),
+                    false => k.as_string::<i32>().value(r.start).to_string(),
+                })
+                .collect();
+            (r.start, r.len(), values)
+        })
+        .collect())
 }
 
 /// Raw telemetry rows to one file per session and driver, sorted by `ts`.
+///
+/// Only the sort keys are concatenated. Each file's rows are gathered, in sorted order, straight
+/// from the buffered batches and dropped once encoded: concatenating all rows first and then
+/// sorting that copy held three copies of a checkpoint's rows at once (in the archive bench,
+/// 51 MB above 22 MB of buffered rows; now 13 MB, BENCHMARKS.md).
 pub fn telemetry_files(
     rows: &[RecordBatch],
     schema: &SchemaRef,
     seq: u64,
     k: &mut usize,
 ) -> Result<Vec<EncodedFile>> {
-    let all = concat_batches(schema, rows)?;
-    if all.num_rows() == 0 {
+    let rows: Vec<&RecordBatch> = rows.iter().filter(|b| b.num_rows() > 0).collect();
+    if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let sort: Vec<SortColumn> = ["session", "driver", "ts"]
+    let column =
+        |i: usize| -> Vec<&dyn Array> { rows.iter().map(|b| b.column(i).as_ref()).collect() };
+    let sort = ["session", "driver", "ts"]
         .iter()
-        .map(|c| SortColumn {
-            values: all.column_by_name(c).expect("canonical").clone(),
-            options: None,
+        .map(|c| {
+            Ok(SortColumn {
+                values: concat(&column(schema.index_of(c)?))?,
+                options: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let order = lexsort_to_indices(&sort, None)?;
+    // Runs of one session and driver along the sorted order, read in place (arrow's
+    // `partition` would want the keys copied into that order first).
+    let key = |i: u32| -> [Option<&str>; 2] {
+        [0, 1].map(|c| {
+            let k = sort[c].values.as_string::<i32>();
+            k.is_valid(i as usize).then(|| k.value(i as usize))
+        })
+    };
+    let idx = order.values();
+    let mut files = Vec::new();
+    let mut start = 0;
+    for end in 1..=idx.len() {
+        if end == idx.len() || key(idx[end]) != key(idx[start]) {
+            let [session, driver] = key(idx[start]).map(|v| v.unwrap_or_default().to_string());
+            files.push((start, end - start, session, driver));
+            start = end;
+        }
+    }
+    drop(sort);
+    // Row i of the keys' concatenation is row i - starts[b] of batch b.
+    let starts: Vec<usize> = rows
+        .iter()
+        .scan(0, |n, b| {
+            let s = *n;
+            *n += b.num_rows();
+            Some(s)
         })
         .collect();
-    let sorted = take_record_batch(&all, &lexsort_to_indices(&sort, None)?)?;
-    let keys = [
-        sorted.column_by_name("session").expect("canonical").clone(),
-        sorted.column_by_name("driver").expect("canonical").clone(),
-    ];
+    let order: Vec<(usize, usize)> = order
+        .values()
+        .iter()
+        .map(|&i| {
+            let i = i as usize;
+            let b = starts.partition_point(|&s| s <= i) - 1;
+            (b, i - starts[b])
+        })
+        .collect();
+    let kept: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| !matches!(schema.field(i).name().as_str(), "session" | "driver"))
+        .collect();
+    let file_schema = Arc::new(schema.project(&kept)?);
+    let sources: Vec<Vec<&dyn Array>> = kept.iter().map(|&i| column(i)).collect();
+    let ts_idx = file_schema.index_of("ts").ok();
     let mut out = Vec::new();
-    for (start, len, v) in runs(&keys) {
-        let part = without(&sorted.slice(start, len), &["session", "driver"])?;
-        let ts_idx = part.schema().index_of("ts").ok();
+    for (start, len, session, driver) in files {
+        let at = &order[start..start + len];
+        let columns = sources
+            .iter()
+            .map(|arrays| interleave(arrays, at))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let part = RecordBatch::try_new(file_schema.clone(), columns)?;
         out.push(EncodedFile {
             path: format!(
                 "telemetry/session={}/driver={}/{}",
-                escape(&v[0]),
-                escape(&v[1]),
+                escape(&session),
+                escape(&driver),
                 part_name(seq, *k)
             ),
             rows: len,
@@ -187,7 +230,7 @@ pub fn result_files(
         }];
         let sorted = take_record_batch(&all, &lexsort_to_indices(&sort, None)?)?;
         let keys = [sorted.column_by_name("session").expect("checked").clone()];
-        for (start, len, v) in runs(&keys) {
+        for (start, len, v) in runs(&keys)? {
             let part = without(&sorted.slice(start, len), &["session"])?;
             out.push(EncodedFile {
                 path: format!(
@@ -230,5 +273,59 @@ mod tests {
             Some(42)
         );
         assert_eq!(file_seq("telemetry/x/.part-1.tmp"), None);
+    }
+
+    /// Micro-batches in arrival order, drivers interleaved, newest batch first: each file holds
+    /// exactly its driver's rows, sorted by `ts`.
+    #[test]
+    fn telemetry_files_sort_and_split() {
+        use datafusion::arrow::datatypes::TimestampMillisecondType as Ms;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+        use std::collections::BTreeMap;
+
+        let session = crate::ingest::embedded::bundled_session().unwrap();
+        let rows: Vec<RecordBatch> = (0..5)
+            .rev()
+            .map(|i| session.slice(i * 3_000, 3_000 - i * 100))
+            .collect();
+        let mut want: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for b in &rows {
+            let driver = b.column_by_name("driver").unwrap().as_string::<i32>();
+            let ts = b.column_by_name("ts").unwrap().as_primitive::<Ms>();
+            for i in 0..b.num_rows() {
+                want.entry(driver.value(i).to_string())
+                    .or_default()
+                    .push(ts.value(i));
+            }
+        }
+        want.values_mut().for_each(|v| v.sort());
+
+        let mut k = 7;
+        let files = telemetry_files(&rows, &rows[0].schema(), 3, &mut k).unwrap();
+        assert_eq!(k, 7 + files.len());
+        assert_eq!(files.len(), want.len(), "one file per driver");
+        let mut got: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for f in &files {
+            let driver = part_value(&f.path, "driver");
+            assert!(f.path.contains("/session=") && file_seq(&f.path) == Some(3));
+            let mut ts = Vec::new();
+            for b in ParquetRecordBatchReader::try_new(f.bytes.clone(), 1024).unwrap() {
+                let b = b.unwrap();
+                assert_eq!(b.schema().fields(), telemetry_file_schema().fields());
+                let col = b.column_by_name("ts").unwrap().as_primitive::<Ms>();
+                ts.extend(col.values().iter().copied());
+            }
+            assert_eq!(ts.len(), f.rows);
+            assert!(ts.is_sorted(), "{} not sorted by ts", f.path);
+            got.insert(driver, ts);
+        }
+        assert_eq!(got, want);
+    }
+
+    fn part_value(path: &str, key: &str) -> String {
+        path.split('/')
+            .find_map(|seg| seg.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .to_string()
     }
 }
