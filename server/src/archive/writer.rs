@@ -137,12 +137,12 @@ pub fn telemetry_files(
         })
     };
     let idx = order.values();
-    let mut files = Vec::new();
+    let mut groups = Vec::new();
     let mut start = 0;
     for end in 1..=idx.len() {
         if end == idx.len() || key(idx[end]) != key(idx[start]) {
             let [session, driver] = key(idx[start]).map(|v| v.unwrap_or_default().to_string());
-            files.push((start, end - start, session, driver));
+            groups.push((start, end - start, session, driver));
             start = end;
         }
     }
@@ -156,8 +156,7 @@ pub fn telemetry_files(
             Some(s)
         })
         .collect();
-    let order: Vec<(usize, usize)> = order
-        .values()
+    let located: Vec<(usize, usize)> = idx
         .iter()
         .map(|&i| {
             let i = i as usize;
@@ -172,8 +171,8 @@ pub fn telemetry_files(
     let sources: Vec<Vec<&dyn Array>> = kept.iter().map(|&i| column(i)).collect();
     let ts_idx = file_schema.index_of("ts").ok();
     let mut out = Vec::new();
-    for (start, len, session, driver) in files {
-        let at = &order[start..start + len];
+    for (start, len, session, driver) in groups {
+        let at = &located[start..start + len];
         let columns = sources
             .iter()
             .map(|arrays| interleave(arrays, at))
