@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{
-    SortColumn, concat, concat_batches, interleave, lexsort_to_indices, partition,
-    take_record_batch,
+    SortColumn, concat, concat_batches, interleave, lexsort_to_indices,
 };
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -74,52 +73,30 @@ pub fn to_parquet(batch: &RecordBatch, sorted_by: Option<usize>) -> Result<Bytes
     Ok(Bytes::from(buf))
 }
 
-/// `batch` without the named columns (they live in the directory names).
-fn without(batch: &RecordBatch, drop: &[&str]) -> Result<RecordBatch> {
-    let keep: Vec<usize> = (0..batch.num_columns())
-        .filter(|&i| !drop.contains(&batch.schema().field(i).name().as_str()))
-        .collect();
-    Ok(batch.project(&keep)?)
-}
-
-/// Runs of equal values in sorted key columns (arrow's `partition`): (start, len, values).
-fn runs(keys: &[ArrayRef]) -> Result<Vec<(usize, usize, Vec<String>)>> {
-    Ok(partition(keys)?
-        .ranges()
-        .into_iter()
-        .map(|r| {
-            let values = keys
-                .iter()
-                .map(|k| match k.is_null(r.start) {
-                    true => String::new(),
-                    false => k.as_string::<i32>().value(r.start).to_string(),
-                })
-                .collect();
-            (r.start, r.len(), values)
-        })
-        .collect())
-}
-
-/// Raw telemetry rows to one file per session and driver, sorted by `ts`.
+/// Splits `batches` (of one schema) into runs of equal `keys` (string columns), each sorted by
+/// the keys and then by `then_by`, and hands each run's values and rows, without the key columns
+/// (they live in the directory names), to `each`.
 ///
-/// Only the sort keys are concatenated. Each file's rows are gathered, in sorted order, straight
-/// from the buffered batches and dropped once encoded: concatenating all rows first and then
-/// sorting that copy held three copies of a checkpoint's rows at once (in the archive bench,
-/// 51 MB above 22 MB of buffered rows; now 13 MB, BENCHMARKS.md).
-pub fn telemetry_files(
-    rows: &[RecordBatch],
+/// Only the sort columns are concatenated. Each run's rows are gathered, in sorted order,
+/// straight from the batches and dropped once `each` has encoded them: concatenating all rows
+/// first and then sorting that copy held three copies of a checkpoint's rows at once (in the
+/// archive bench, 51 MB above 22 MB of buffered rows; now 13 MB, BENCHMARKS.md).
+fn split_sorted(
+    batches: &[RecordBatch],
     schema: &SchemaRef,
-    seq: u64,
-    k: &mut usize,
-) -> Result<Vec<EncodedFile>> {
-    let rows: Vec<&RecordBatch> = rows.iter().filter(|b| b.num_rows() > 0).collect();
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
+    keys: &[&str],
+    then_by: Option<&str>,
+    mut each: impl FnMut(Vec<String>, RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
     let column =
-        |i: usize| -> Vec<&dyn Array> { rows.iter().map(|b| b.column(i).as_ref()).collect() };
-    let sort = ["session", "driver", "ts"]
+        |i: usize| -> Vec<&dyn Array> { batches.iter().map(|b| b.column(i).as_ref()).collect() };
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let sort = keys
         .iter()
+        .chain(then_by.iter())
         .map(|c| {
             Ok(SortColumn {
                 values: concat(&column(schema.index_of(c)?))?,
@@ -128,27 +105,36 @@ pub fn telemetry_files(
         })
         .collect::<Result<Vec<_>>>()?;
     let order = lexsort_to_indices(&sort, None)?;
-    // Runs of one session and driver along the sorted order, read in place (arrow's
-    // `partition` would want the keys copied into that order first).
-    let key = |i: u32| -> [Option<&str>; 2] {
-        [0, 1].map(|c| {
-            let k = sort[c].values.as_string::<i32>();
-            k.is_valid(i as usize).then(|| k.value(i as usize))
-        })
-    };
+    // Runs of equal keys along the sorted order, read in place (arrow's `partition` would want
+    // the keys copied into that order first).
+    let key_columns: Vec<&StringArray> = sort[..keys.len()]
+        .iter()
+        .map(|c| c.values.as_string::<i32>())
+        .collect();
+    fn value(k: &StringArray, i: u32) -> Option<&str> {
+        k.is_valid(i as usize).then(|| k.value(i as usize))
+    }
     let idx = order.values();
-    let mut groups = Vec::new();
+    let mut runs = Vec::new();
     let mut start = 0;
     for end in 1..=idx.len() {
-        if end == idx.len() || key(idx[end]) != key(idx[start]) {
-            let [session, driver] = key(idx[start]).map(|v| v.unwrap_or_default().to_string());
-            groups.push((start, end - start, session, driver));
+        if end == idx.len()
+            || key_columns
+                .iter()
+                .any(|k| value(k, idx[end]) != value(k, idx[start]))
+        {
+            let values = key_columns
+                .iter()
+                .map(|k| value(k, idx[start]).unwrap_or_default().to_string())
+                .collect();
+            runs.push((start..end, values));
             start = end;
         }
     }
+    drop(key_columns);
     drop(sort);
-    // Row i of the keys' concatenation is row i - starts[b] of batch b.
-    let starts: Vec<usize> = rows
+    // Row i of the sort columns' concatenation is row i - starts[b] of batch b.
+    let starts: Vec<usize> = batches
         .iter()
         .scan(0, |n, b| {
             let s = *n;
@@ -165,31 +151,48 @@ pub fn telemetry_files(
         })
         .collect();
     let kept: Vec<usize> = (0..schema.fields().len())
-        .filter(|&i| !matches!(schema.field(i).name().as_str(), "session" | "driver"))
+        .filter(|&i| !keys.contains(&schema.field(i).name().as_str()))
         .collect();
-    let file_schema = Arc::new(schema.project(&kept)?);
+    let part_schema = Arc::new(schema.project(&kept)?);
     let sources: Vec<Vec<&dyn Array>> = kept.iter().map(|&i| column(i)).collect();
-    let ts_idx = file_schema.index_of("ts").ok();
-    let mut out = Vec::new();
-    for (start, len, session, driver) in groups {
-        let at = &located[start..start + len];
+    for (range, values) in runs {
         let columns = sources
             .iter()
-            .map(|arrays| interleave(arrays, at))
+            .map(|arrays| interleave(arrays, &located[range.clone()]))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let part = RecordBatch::try_new(file_schema.clone(), columns)?;
-        out.push(EncodedFile {
-            path: format!(
-                "telemetry/session={}/driver={}/{}",
-                escape(&session),
-                escape(&driver),
-                part_name(seq, *k)
-            ),
-            rows: len,
-            bytes: to_parquet(&part, ts_idx)?,
-        });
-        *k += 1;
+        each(values, RecordBatch::try_new(part_schema.clone(), columns)?)?;
     }
+    Ok(())
+}
+
+/// Raw telemetry rows to one file per session and driver, sorted by `ts`.
+pub fn telemetry_files(
+    rows: &[RecordBatch],
+    schema: &SchemaRef,
+    seq: u64,
+    k: &mut usize,
+) -> Result<Vec<EncodedFile>> {
+    let mut out = Vec::new();
+    split_sorted(
+        rows,
+        schema,
+        &["session", "driver"],
+        Some("ts"),
+        |v, part| {
+            out.push(EncodedFile {
+                path: format!(
+                    "telemetry/session={}/driver={}/{}",
+                    escape(&v[0]),
+                    escape(&v[1]),
+                    part_name(seq, *k)
+                ),
+                rows: part.num_rows(),
+                bytes: to_parquet(&part, part.schema().index_of("ts").ok())?,
+            });
+            *k += 1;
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -210,11 +213,11 @@ pub fn result_files(
         }
     }
     for (schema, group) in groups {
-        let all = concat_batches(&schema, &group)?;
         let has_session = schema
             .field_with_name("session")
             .is_ok_and(|f| f.data_type() == &datafusion::arrow::datatypes::DataType::Utf8);
         if !has_session {
+            let all = concat_batches(&schema, &group)?;
             out.push(EncodedFile {
                 path: format!("results/query={}/{}", escape(query), part_name(seq, *k)),
                 rows: all.num_rows(),
@@ -223,14 +226,7 @@ pub fn result_files(
             *k += 1;
             continue;
         }
-        let sort = [SortColumn {
-            values: all.column_by_name("session").expect("checked").clone(),
-            options: None,
-        }];
-        let sorted = take_record_batch(&all, &lexsort_to_indices(&sort, None)?)?;
-        let keys = [sorted.column_by_name("session").expect("checked").clone()];
-        for (start, len, v) in runs(&keys)? {
-            let part = without(&sorted.slice(start, len), &["session"])?;
+        split_sorted(&group, &schema, &["session"], None, |v, part| {
             out.push(EncodedFile {
                 path: format!(
                     "results/query={}/session={}/{}",
@@ -238,11 +234,12 @@ pub fn result_files(
                     escape(&v[0]),
                     part_name(seq, *k)
                 ),
-                rows: len,
+                rows: part.num_rows(),
                 bytes: to_parquet(&part, None)?,
             });
             *k += 1;
-        }
+            Ok(())
+        })?;
     }
     Ok(out)
 }
