@@ -19,6 +19,8 @@
 
 pub mod catalog;
 pub mod housekeeping;
+#[cfg(unix)]
+pub mod local;
 pub mod store;
 pub mod visible;
 pub mod writer;

@@ -168,6 +168,16 @@ impl Store {
         }
     }
 
+    /// [`Store::list`] for a directory of a few entries (the commit records): a local one is
+    /// read on the calling thread, where handing it to the blocking pool would cost more than
+    /// the listing itself (each ad hoc query lists the commits once).
+    pub async fn list_few(&self, dir: &str) -> Result<Vec<StoredFile>> {
+        match self {
+            Store::Local { root } => list_local(root, &root.join(dir)),
+            Store::Remote { .. } => self.list(dir).await,
+        }
+    }
+
     /// Names of the directories directly under `dir` (none when `dir` does not exist), without
     /// reading what they hold.
     pub async fn subdirs(&self, dir: &str) -> Result<Vec<String>> {
@@ -242,7 +252,7 @@ impl Store {
             Store::Local { root } => (
                 url::Url::parse("file://").map_err(|e| Error::Config(e.to_string()))?,
                 Arc::new(ViewStore::new(
-                    Arc::new(object_store::local::LocalFileSystem::new()),
+                    local_files(),
                     ObjectPath::from_filesystem_path(root)
                         .map_err(|e| archive_err(&root.display().to_string(), e))?,
                     view,
@@ -266,6 +276,14 @@ impl Store {
         ctx.register_object_store(&url, store);
         Ok(())
     }
+}
+
+/// Local archive files as DataFusion reads them: small reads in place where that can be done.
+fn local_files() -> Arc<dyn ObjectStore> {
+    #[cfg(unix)]
+    return Arc::new(super::local::LocalReads::new());
+    #[cfg(not(unix))]
+    return Arc::new(object_store::local::LocalFileSystem::new());
 }
 
 fn write_local(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -55,7 +55,7 @@ impl View {
         let mut attempt = 0;
         loop {
             let Some(seq) = store
-                .list(COMMITS)
+                .list_few(COMMITS)
                 .await?
                 .iter()
                 .filter_map(|f| seq_of(&f.path, "commit-"))
