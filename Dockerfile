@@ -21,6 +21,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY proto/ proto/
 COPY server/ server/
 COPY client-cli/ client-cli/
+COPY vendor/ vendor/
 COPY queries/ queries/
 COPY data/ data/
 

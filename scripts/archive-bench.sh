@@ -102,7 +102,7 @@ for _ in range(20):
 with open(out, "w") as f:
     for r in rows:
         f.write(",".join(str(v) for v in r) + "\n")
-print(f"duckdb: {len(rows)} rows, best {best:.3f} s")
+print(f"duckdb: {len(rows)} rows, best {best:.4f} s")
 EOF
 
 echo "== same answers? (driver, lap, samples)"

@@ -271,6 +271,43 @@ mod tests {
         assert_eq!(file_seq("telemetry/x/.part-1.tmp"), None);
     }
 
+    /// The workspace's patched zstd (`vendor/zstd`) makes its compression context on first use:
+    /// the level given to parquet still applies (a higher one gives a smaller file), and what
+    /// is written reads back whole.
+    #[test]
+    fn zstd_levels_apply_with_the_context_made_on_first_use() {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+
+        let rows = crate::ingest::embedded::bundled_session()
+            .unwrap()
+            .slice(0, 20_000);
+        let write = |level: i32| {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(level).unwrap()))
+                .build();
+            let mut out = Vec::new();
+            let mut w = ArrowWriter::try_new(&mut out, rows.schema(), Some(props)).unwrap();
+            w.write(&rows).unwrap();
+            w.close().unwrap();
+            Bytes::from(out)
+        };
+        let (fast, small) = (write(1), write(19));
+        assert!(
+            small.len() < fast.len(),
+            "level 19: {} bytes, level 1: {} bytes",
+            small.len(),
+            fast.len()
+        );
+        for file in [fast, small] {
+            let back: Vec<RecordBatch> = ParquetRecordBatchReader::try_new(file, 8192)
+                .unwrap()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap();
+            let back = concat_batches(&rows.schema(), &back).unwrap();
+            assert_eq!(back, rows);
+        }
+    }
+
     /// Micro-batches in arrival order, drivers interleaved, newest batch first: each file holds
     /// exactly its driver's rows, sorted by `ts`.
     #[test]
