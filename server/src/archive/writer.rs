@@ -414,13 +414,22 @@ mod tests {
         // (run length, has a lap) -> (rows, rows with no lap) of each row group.
         let cases: [(&[(usize, bool)], &[(i64, i64)]); 5] = [
             (
-                &[(5000, false), (4200, true), (3, false), (6000, true), (5000, false)],
+                &[
+                    (5000, false),
+                    (4200, true),
+                    (3, false),
+                    (6000, true),
+                    (5000, false),
+                ],
                 &[(5000, 5000), (10203, 3), (5000, 5000)],
             ),
             (&[(100, false), (9000, true)], &[(9100, 100)]),
             (&[(9000, true)], &[(9000, 0)]),
             // A run below the minimum does not cut, even between long runs.
-            (&[(5000, false), (4095, true), (5000, false)], &[(14095, 10000)]),
+            (
+                &[(5000, false), (4095, true), (5000, false)],
+                &[(14095, 10000)],
+            ),
             (
                 &[(4096, true), (4095, false), (10, true), (4096, false)],
                 &[(8201, 4095), (4096, 4096)],
