@@ -2,7 +2,7 @@
 //! continued lap after lap) through the default queries in 50 ms micro-batches, as fast as it
 //! can, and compares the time per micro-batch in minute 1 and in hour 2.
 //!
-//! `cargo run --release -p pitwall-server --example engine_hours`
+//! `cargo run --release -p pitwall-server --example engine_hours [HOURS]` (default 2.2)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,11 +16,11 @@ use pitwall_server::engine::{Engine, EngineConfig};
 use pitwall_server::ingest::embedded::bundled_session;
 use pitwall_server::ingest::{MicroBatch, PartitionSlice};
 
-fn peak_rss_mb() -> f64 {
+fn rss_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -41,7 +41,11 @@ async fn main() {
     let (first, last) = (ts.value(0), ts.value(ts.len() - 1));
     let span = last - first + 1_000;
     let max_lap = lap.iter().flatten().max().unwrap_or(0);
-    let hours = 2.2;
+    // Session length in hours (default 2.2: two rounds of the race); more rounds show whether
+    // the time per micro-batch keeps growing with the history or settles.
+    let hours: f64 = std::env::args()
+        .nth(1)
+        .map_or(2.2, |h| h.parse().expect("hours: a number, e.g. 6"));
     let rounds = ((hours * 3_600_000.0) / span as f64).ceil() as i64;
     let mut engine = Engine::new(EngineConfig::default()).unwrap();
     for q in pitwall_server::initial_queries(None).unwrap() {
@@ -107,6 +111,12 @@ async fn main() {
             step_times.push((start_ts + round * span - first, t.elapsed(), n));
             pos = end;
         }
+        println!(
+            "round {}: RSS {:.0} MB at its end, peak {:.0} MB so far",
+            round + 1,
+            rss_mb("VmRSS:"),
+            rss_mb("VmHWM:")
+        );
     }
     let window = |from_min: f64, to_min: f64| {
         let sel: Vec<&(i64, Duration, usize)> = step_times
@@ -124,16 +134,54 @@ async fn main() {
         )
     };
     // Minute 1 of the race itself (after the 30 s lead-in), and the same minute of the race
-    // two hours of session later.
+    // again in the next round, which falls in hour 2 of the session: the same cars doing the
+    // same thing, with an hour and a half more history behind the engine.
+    let span_min = span as f64 / 60_000.0;
     let (m1, n1, r1) = window(1.0, 2.0);
-    let (h2, n2, r2) = window(120.0, 121.0);
+    let (h2, n2, r2) = window(1.0 + span_min, 2.0 + span_min);
     println!(
         "session: 20 cars, {rounds} laps of the race = {:.1} h, {} micro-batches of 50 ms",
         (rounds * span) as f64 / 3_600_000.0,
         step_times.len()
     );
     println!("minute 1:  {m1:.3} ms per micro-batch ({n1} batches, {r1} rows)");
-    println!("hour 2:    {h2:.3} ms per micro-batch ({n2} batches, {r2} rows)");
+    println!(
+        "hour 2:    {h2:.3} ms per micro-batch ({n2} batches, {r2} rows; minute {:.0} of the session, minute 1 of the race again)",
+        1.0 + span_min
+    );
     println!("ratio:     {:.2}x", h2 / m1);
-    println!("peak RSS:  {:.0} MB", peak_rss_mb());
+    // Every whole minute of the race, each later round against the first: the time per
+    // micro-batch may differ from minute to minute with what the cars do (garage, grid,
+    // racing), but not from round to round if the work does not grow with the history.
+    for round in 1..rounds {
+        let later = round as f64 * span_min;
+        let mut ratios: Vec<f64> = (0..span_min.floor() as i64)
+            .filter_map(|m| {
+                let (a, na, _) = window(m as f64, m as f64 + 1.0);
+                let (b, nb, _) = window(m as f64 + later, m as f64 + 1.0 + later);
+                (na >= 100 && nb >= 100).then(|| b / a)
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        if ratios.is_empty() {
+            continue;
+        }
+        let q = |f: f64| ratios[((ratios.len() - 1) as f64 * f).round() as usize];
+        println!(
+            "each minute of the race, round {} / round 1 ({} minutes): median {:.2}x, p90 {:.2}x, max {:.2}x",
+            round + 1,
+            ratios.len(),
+            q(0.5),
+            q(0.9),
+            q(1.0)
+        );
+    }
+    // The same minute, 120, as this example measured before 2026-12-06: minute 33 of the
+    // race's second round, so other driving than minute 1.
+    let (h120, _, _) = window(120.0, 121.0);
+    println!(
+        "minute 120 of the session: {h120:.3} ms per micro-batch ({:.2}x minute 1)",
+        h120 / m1
+    );
+    println!("peak RSS:  {:.0} MB", rss_mb("VmHWM:"));
 }

@@ -120,6 +120,9 @@ pub struct EngineArgs {
     /// Result rows each query keeps for late subscribers.
     #[arg(long)]
     pub result_buffer_rows: Option<usize>,
+    /// Megabytes (Arrow memory) of results each query keeps for late subscribers.
+    #[arg(long)]
+    pub result_buffer_mb: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -307,6 +310,12 @@ impl Config {
                 .result_buffer_rows
                 .or(fe.result_buffer_rows)
                 .unwrap_or(engine_defaults.result_buffer_rows),
+            result_buffer_bytes: e
+                .result_buffer_mb
+                .or(fe.result_buffer_mb)
+                .map_or(engine_defaults.result_buffer_bytes, |mb| {
+                    mb.saturating_mul(1 << 20)
+                }),
             result_channel_batches: engine_defaults.result_channel_batches,
             tick: Duration::from_millis(batch_ms.clamp(5, 1000)),
         };

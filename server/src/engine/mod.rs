@@ -45,6 +45,8 @@ pub struct EngineConfig {
     pub lap_gap_ms: i64,
     /// Rows each query keeps for subscribers who start from the buffer.
     pub result_buffer_rows: usize,
+    /// Bytes (Arrow memory) each query keeps for subscribers who start from the buffer.
+    pub result_buffer_bytes: usize,
     /// Batches a subscriber may fall behind before it is dropped.
     pub result_channel_batches: usize,
     /// How often the watermark is re-evaluated when no data arrives.
@@ -57,6 +59,7 @@ impl Default for EngineConfig {
             watermark: WatermarkConfig::default(),
             lap_gap_ms: 10_000,
             result_buffer_rows: 100_000,
+            result_buffer_bytes: 16 << 20,
             result_channel_batches: 1024,
             tick: Duration::from_millis(50),
         }
@@ -244,6 +247,7 @@ impl Engine {
         let results = Arc::new(ResultStream::new(
             schema,
             self.config.result_buffer_rows,
+            self.config.result_buffer_bytes,
             self.config.result_channel_batches,
         ));
         self.registry

@@ -1,6 +1,9 @@
 //! Query results: an append-only stream of record batches per continuous query, each stamped
 //! with a sequence number and the watermark at emission, fanned out to any number of
-//! subscribers, with a bounded in-memory replay buffer for those who join late.
+//! subscribers, with a bounded in-memory replay buffer for those who join late. The buffer is
+//! bounded by rows and by bytes: a query that emits a few rows per micro-batch holds many
+//! small batches, whose buffers cost far more than their rows, so a row bound alone let the
+//! replay buffers of a long session grow by ~26 MB per 1.5 h of a 20-car race.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -26,6 +29,8 @@ pub struct ResultBatch {
 struct Buffer {
     batches: VecDeque<Arc<ResultBatch>>,
     rows: usize,
+    /// Arrow memory of the buffered batches (`get_array_memory_size`).
+    bytes: usize,
     next_seq: u64,
     schema: SchemaRef,
 }
@@ -35,28 +40,39 @@ pub struct ResultStream {
     tx: broadcast::Sender<Arc<ResultBatch>>,
     buffer: Mutex<Buffer>,
     max_buffer_rows: usize,
+    max_buffer_bytes: usize,
 }
 
 impl std::fmt::Debug for ResultStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResultStream")
             .field("max_buffer_rows", &self.max_buffer_rows)
+            .field("max_buffer_bytes", &self.max_buffer_bytes)
             .finish()
     }
 }
 
 impl ResultStream {
-    pub fn new(schema: SchemaRef, max_buffer_rows: usize, channel_batches: usize) -> Self {
+    /// A stream whose replay buffer keeps at most `max_buffer_rows` rows and
+    /// `max_buffer_bytes` bytes of Arrow memory (always at least the newest batch).
+    pub fn new(
+        schema: SchemaRef,
+        max_buffer_rows: usize,
+        max_buffer_bytes: usize,
+        channel_batches: usize,
+    ) -> Self {
         let (tx, _) = broadcast::channel(channel_batches.max(1));
         Self {
             tx,
             buffer: Mutex::new(Buffer {
                 batches: VecDeque::new(),
                 rows: 0,
+                bytes: 0,
                 next_seq: 0,
                 schema,
             }),
             max_buffer_rows,
+            max_buffer_bytes,
         }
     }
 
@@ -82,10 +98,14 @@ impl ResultStream {
             encoded: OnceLock::new(),
         });
         buf.rows += item.batch.num_rows();
+        buf.bytes += item.batch.get_array_memory_size();
         buf.batches.push_back(item.clone());
-        while buf.rows > self.max_buffer_rows && buf.batches.len() > 1 {
+        while (buf.rows > self.max_buffer_rows || buf.bytes > self.max_buffer_bytes)
+            && buf.batches.len() > 1
+        {
             if let Some(old) = buf.batches.pop_front() {
                 buf.rows -= old.batch.num_rows();
+                buf.bytes -= old.batch.get_array_memory_size();
             }
         }
         // Sending under the lock keeps subscribe() free of gaps and duplicates.
@@ -139,7 +159,7 @@ mod tests {
 
     #[tokio::test]
     async fn late_subscribers_replay_the_buffer_then_follow() {
-        let s = ResultStream::new(batch(0).schema(), 10, 16);
+        let s = ResultStream::new(batch(0).schema(), 10, usize::MAX, 16);
         s.publish(batch(4), Some(1));
         s.publish(batch(4), Some(2));
         s.publish(batch(4), Some(3)); // 12 rows > 10: the oldest batch leaves the buffer
@@ -149,5 +169,25 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().seq, 3);
         let (replay, _) = s.subscribe(false);
         assert!(replay.is_empty());
+    }
+
+    #[test]
+    fn the_replay_buffer_is_bounded_by_bytes_as_well_as_rows() {
+        let one = batch(1).get_array_memory_size();
+        // Room for 100 rows but only for the bytes of three one-row batches.
+        let s = ResultStream::new(batch(0).schema(), 100, 3 * one, 16);
+        for wm in 0..10 {
+            s.publish(batch(1), Some(wm));
+        }
+        let (replay, _) = s.subscribe(true);
+        assert_eq!(
+            replay.iter().map(|b| b.seq).collect::<Vec<_>>(),
+            vec![7, 8, 9]
+        );
+        // A batch larger than the whole bound is still kept, alone.
+        s.publish(batch(1000), Some(10));
+        let (replay, _) = s.subscribe(true);
+        assert_eq!(replay.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![10]);
+        assert_eq!(s.snapshot()[0].num_rows(), 1000);
     }
 }
