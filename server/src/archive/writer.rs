@@ -412,7 +412,9 @@ mod tests {
         use parquet::file::reader::{FileReader, SerializedFileReader};
 
         // (run length, has a lap) -> (rows, rows with no lap) of each row group.
-        let cases: [(&[(usize, bool)], &[(i64, i64)]); 5] = [
+        type Runs = &'static [(usize, bool)];
+        type Groups = &'static [(i64, i64)];
+        let cases: [(Runs, Groups); 5] = [
             (
                 &[
                     (5000, false),
