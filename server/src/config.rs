@@ -142,6 +142,12 @@ pub struct FlightArgs {
     /// Batches a subscriber may have buffered before it is dropped.
     #[arg(long)]
     pub subscriber_buffer: Option<usize>,
+    /// Address of the dashboard and `/metrics` (HTTP; port 0 = any free port), or `off`.
+    #[arg(long, env = "PITWALL_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Most dashboard streams open at once; more are refused with 503.
+    #[arg(long)]
+    pub max_dashboards: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -198,6 +204,9 @@ pub struct Config {
     pub engine: EngineConfig,
     pub queries_dir: Option<PathBuf>,
     pub flight_addr: SocketAddr,
+    /// The dashboard's HTTP address; None = off.
+    pub http_addr: Option<SocketAddr>,
+    pub max_dashboards: usize,
     pub token: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub subscriber_buffer: usize,
@@ -342,6 +351,8 @@ impl Config {
                 .flight_addr
                 .or(ff.flight_addr)
                 .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
+            http_addr: http_addr(f.http_addr.or(ff.http_addr))?,
+            max_dashboards: f.max_dashboards.or(ff.max_dashboards).unwrap_or(256),
             token: f.token.or(ff.token),
             tls,
             subscriber_buffer: f.subscriber_buffer.or(ff.subscriber_buffer).unwrap_or(64),
@@ -382,6 +393,19 @@ impl Config {
                 }
             },
         })
+    }
+}
+
+/// `--http-addr`: an address, `off`, or (unset) `127.0.0.1:8080`.
+fn http_addr(value: Option<String>) -> Result<Option<SocketAddr>> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 8080)))),
+        Some("off") => Ok(None),
+        Some(a) => a.parse().map(Some).map_err(|e| {
+            Error::Config(format!(
+                "--http-addr {a:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:8080, or off)"
+            ))
+        }),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod flight;
 pub mod ingest;
+pub(crate) mod web;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,6 +69,8 @@ pub struct App {
 /// A server running in the background (tests start one in-process).
 pub struct RunningApp {
     pub flight_addr: SocketAddr,
+    /// The dashboard's address (None when `--http-addr off`).
+    pub http_addr: Option<SocketAddr>,
     pub engine: EngineHandle,
     pub ingest_stats: Arc<IngestStats>,
     pub archive_stats: Arc<archive::ArchiveStats>,
@@ -220,15 +223,35 @@ impl App {
         });
         let (flight_addr, flight_task) = flight::serve(
             config.flight_addr,
-            state,
+            state.clone(),
             config.token.clone(),
             config.tls.clone(),
             shutdown_rx.clone(),
         )
         .await?;
         tasks.push(flight_task);
+        let http_addr = match config.http_addr {
+            Some(addr) => {
+                let web = Arc::new(web::WebState {
+                    flight: state,
+                    token: config.token.clone().map(Into::into),
+                    epoch: epoch(),
+                    streams: Default::default(),
+                    max_streams: config.max_dashboards,
+                    query_subscriptions: Default::default(),
+                    dropped: Default::default(),
+                    stream_buffer: 32,
+                    shutdown: shutdown_rx.clone(),
+                });
+                let (addr, task) = web::serve(addr, web, shutdown_rx.clone()).await?;
+                tasks.push(task);
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(RunningApp {
             flight_addr,
+            http_addr,
             engine: handle,
             ingest_stats,
             archive_stats,
@@ -245,11 +268,23 @@ impl App {
     pub async fn run_until_stopped(self) -> Result<()> {
         let running = self.start().await?;
         tracing::info!(addr = %running.flight_addr, "Pitwall is up");
+        match running.http_addr {
+            Some(a) => eprintln!("dashboard: http://{a}/"),
+            None => eprintln!("dashboard: off"),
+        }
         wait_for_signal().await;
         tracing::info!("stopping");
         running.stop().await;
         Ok(())
     }
+}
+
+/// A name for this run of the server, different at every start (dashboard streams' epoch).
+fn epoch() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", nanos, std::process::id())
 }
 
 async fn wait_for_signal() {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,6 @@ use arrow::array::{AsArray, RecordBatch};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::prelude::SessionContext;
-use pitwall_cli::client::{Client, ServerAddress};
 use pitwall_server::engine::oracle::{assert_same_rows, batch_result, canonical_rows};
 
 use crate::engine::stats;
@@ -42,93 +41,6 @@ impl Drop for LogOnPanic {
                 }
             }
         }
-    }
-}
-
-/// `pitwall-server` as a separate process, so that it can be killed.
-struct ServerProcess {
-    child: Child,
-    port: u16,
-}
-
-impl ServerProcess {
-    fn start(bootstrap: &str, topic: &str, group: &str, data: &Path, extra: &[&str]) -> Self {
-        let port = free_port();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.with_extension("log"))
-            .unwrap();
-        let child = Command::new(pitwall_server_binary())
-            .args(["--brokers", bootstrap, "--topic", topic, "--group", group])
-            .args([
-                "--flight-addr",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                data.to_str().unwrap(),
-            ])
-            .args(["--lap-gap-ms", "3000", "--checkpoint-ms", "700"])
-            .args(if extra.contains(&"--idle-timeout-ms") {
-                &[][..]
-            } else {
-                &["--idle-timeout-ms", "500"][..]
-            })
-            .args(extra)
-            .env("RUST_LOG", "info,pitwall_server::engine=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self { child, port }
-    }
-
-    async fn client(&self) -> Client {
-        let addr = ServerAddress {
-            url: format!("http://127.0.0.1:{}", self.port),
-            token: None,
-            tls_ca: None,
-        };
-        let started = Instant::now();
-        loop {
-            match Client::connect(&addr).await {
-                Ok(c) => return c,
-                Err(e) => {
-                    assert!(
-                        started.elapsed() < Duration::from_secs(60),
-                        "server did not come up: {e:#}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM: a clean stop writes a last checkpoint.
-    fn stop(mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let started = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "server did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

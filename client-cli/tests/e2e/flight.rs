@@ -75,7 +75,7 @@ async fn replay_to_server_to_watch_lap_anomaly_csv_gives_every_lap() {
     let (header, lines) = header.await.unwrap();
     assert_eq!(
         header,
-        "session,driver,lap,mean_speed,mean_rpm,anomaly_score"
+        "session,driver,lap,mean_speed,mean_rpm,anomaly_score,is_anomaly"
     );
     replay(&bootstrap, &topic, &["--laps", "1-4"]);
     let got = tokio::task::spawn_blocking(move || {
@@ -287,6 +287,8 @@ async fn embedded_server(extra: &[&str]) -> pitwall_server::RunningApp {
     let mut args: Vec<String> = [
         "pitwall-server",
         "--flight-addr",
+        "127.0.0.1:0",
+        "--http-addr",
         "127.0.0.1:0",
         "--data-dir",
         data.to_str().unwrap(),

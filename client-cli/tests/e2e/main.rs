@@ -4,6 +4,8 @@
 mod support;
 
 mod archive;
+mod dashboard;
 mod engine;
 mod flight;
 mod replay;
+mod web;

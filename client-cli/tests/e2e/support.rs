@@ -264,6 +264,8 @@ pub fn server_args(bootstrap: &str, topic: &str, data_dir: &Path, extra: &[&str]
         &unique("group"),
         "--flight-addr",
         "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
         "--data-dir",
         data_dir.to_str().unwrap(),
         "--idle-timeout-ms",
@@ -309,4 +311,113 @@ pub fn session_rows(last_lap: i32) -> RecordBatch {
 /// Runs ad-hoc SQL and returns the batches.
 pub async fn sql(client: &mut Client, q: &str) -> Vec<RecordBatch> {
     client.sql(q).await.unwrap_or_else(|e| panic!("{q}: {e:#}"))
+}
+
+/// `pitwall-server` as a separate process, so that it can be killed.
+pub struct ServerProcess {
+    child: Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    pub fn start(bootstrap: &str, topic: &str, group: &str, data: &Path, extra: &[&str]) -> Self {
+        Self::start_on(
+            free_port(),
+            free_port(),
+            bootstrap,
+            topic,
+            group,
+            data,
+            extra,
+        )
+    }
+
+    /// Starts it on given ports (to start it again where clients look for it).
+    pub fn start_on(
+        port: u16,
+        http_port: u16,
+        bootstrap: &str,
+        topic: &str,
+        group: &str,
+        data: &Path,
+        extra: &[&str],
+    ) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .unwrap();
+        let child = Command::new(pitwall_server_binary())
+            .args(["--brokers", bootstrap, "--topic", topic, "--group", group])
+            .args([
+                "--flight-addr",
+                &format!("127.0.0.1:{port}"),
+                "--http-addr",
+                &format!("127.0.0.1:{http_port}"),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .args(["--lap-gap-ms", "3000", "--checkpoint-ms", "700"])
+            .args(if extra.contains(&"--idle-timeout-ms") {
+                &[][..]
+            } else {
+                &["--idle-timeout-ms", "500"][..]
+            })
+            .args(extra)
+            .env("RUST_LOG", "info,pitwall_server::engine=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child, port }
+    }
+
+    pub async fn client(&self) -> Client {
+        let addr = ServerAddress {
+            url: format!("http://127.0.0.1:{}", self.port),
+            token: None,
+            tls_ca: None,
+        };
+        let started = Instant::now();
+        loop {
+            match Client::connect(&addr).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "server did not come up: {e:#}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM: a clean stop writes a last checkpoint.
+    pub fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

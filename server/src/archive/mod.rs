@@ -88,6 +88,10 @@ pub struct ArchiveStats {
     pub checkpoints: AtomicU64,
     pub last_seq: AtomicU64,
     pub compactions: AtomicU64,
+    /// Failed attempts to write a checkpoint (each retry counts).
+    pub failures: AtomicU64,
+    /// When the last checkpoint was committed (ms since the epoch; 0 = none yet).
+    pub last_commit_ms: std::sync::atomic::AtomicI64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -395,6 +399,7 @@ impl WriterState {
                             tracing::error!("{msg}");
                         }
                         self.stats.set_error(Some(msg));
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
                         if stopping {
                             tracing::error!(
                                 "stopping with archive data not written; it will be read again from Kafka"
@@ -509,6 +514,9 @@ impl WriterState {
         );
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.stats.last_seq.store(seq, Ordering::Relaxed);
+        self.stats
+            .last_commit_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
         if let Some(c) = &self.committer {
             let offsets: Offsets = consumed
                 .iter()

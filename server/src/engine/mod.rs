@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod results;
 pub mod snapshot;
 pub mod splice;
+pub mod traces;
 pub mod watermark;
 pub mod windows;
 
@@ -178,13 +179,25 @@ pub struct Engine {
     task_ctx: Arc<TaskContext>,
     /// "topic/partition" -> next offset to read, for the rows this engine has processed.
     consumed: BTreeMap<String, i64>,
+    thinner: traces::Thinner,
+    /// Every car's telemetry thinned to 20 Hz, for the dashboard's traces and track map.
+    traces: Arc<ResultStream>,
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self> {
         let compiler = Compiler::new(telemetry_schema(), config.lap_gap_ms)?;
         let task_ctx = compiler.state().task_ctx();
+        let thinner = traces::Thinner::new();
+        let traces = Arc::new(ResultStream::new(
+            thinner.schema(),
+            config.result_buffer_rows,
+            config.result_buffer_bytes,
+            config.result_channel_batches,
+        ));
         Ok(Self {
+            thinner,
+            traces,
             watermarks: Watermarks::new(config.watermark),
             config,
             compiler,
@@ -462,6 +475,13 @@ impl Engine {
                 }
                 input.push(b.rows.clone());
             }
+            match self.thinner.thin(&b.rows) {
+                Ok(Some(t)) => {
+                    self.traces.publish(t, before);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "traces: a batch could not be thinned"),
+            }
             for p in &b.partitions {
                 if let Some(ts) = p.max_ts {
                     self.watermarks.observe(p.partition, ts, now);
@@ -633,6 +653,8 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     pub registry: ResultRegistry,
     pub stats: Arc<EngineStats>,
+    /// Every car's telemetry thinned to 20 Hz ([`traces`]).
+    pub traces: Arc<ResultStream>,
 }
 
 impl EngineHandle {
@@ -695,6 +717,7 @@ impl Engine {
                 tx,
                 registry: self.registry.clone(),
                 stats: self.stats.clone(),
+                traces: self.traces.clone(),
             },
             rx,
         )

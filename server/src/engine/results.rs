@@ -24,6 +24,8 @@ pub struct ResultBatch {
     pub batch: RecordBatch,
     /// The batch encoded for the wire, by the first subscriber that needs it, for the others.
     pub encoded: OnceLock<Arc<dyn Any + Send + Sync>>,
+    /// The rows as a JSON array, made by the first dashboard stream that sends them.
+    pub json: OnceLock<Arc<str>>,
 }
 
 struct Buffer {
@@ -96,6 +98,7 @@ impl ResultStream {
             emitted_at: SystemTime::now(),
             batch,
             encoded: OnceLock::new(),
+            json: OnceLock::new(),
         });
         buf.rows += item.batch.num_rows();
         buf.bytes += item.batch.get_array_memory_size();
@@ -140,6 +143,12 @@ impl ResultStream {
 
     pub fn next_seq(&self) -> u64 {
         self.buffer.lock().expect("results lock").next_seq
+    }
+
+    /// Sequence number of the oldest batch still in the replay buffer (`next_seq` when empty).
+    pub fn first_buffered_seq(&self) -> u64 {
+        let buf = self.buffer.lock().expect("results lock");
+        buf.batches.front().map_or(buf.next_seq, |b| b.seq)
     }
 }
 

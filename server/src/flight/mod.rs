@@ -75,24 +75,34 @@ impl Auth {
             .ok_or_else(|| {
                 Status::unauthenticated("missing authorization: send `authorization: Bearer TOKEN`")
             })?;
-        let ok = if let Some(bearer) = header.strip_prefix("Bearer ") {
-            bearer.trim() == &**token
-        } else if let Some(basic) = header.strip_prefix("Basic ") {
-            base64::engine::general_purpose::STANDARD
-                .decode(basic.trim())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.split_once(':').map(|(_, pass)| pass == &**token))
-                .unwrap_or(false)
-        } else {
-            false
-        };
+        let ok = authorization_matches(header, token);
         if ok {
             Ok(req)
         } else {
             Err(Status::unauthenticated("invalid token"))
         }
     }
+}
+
+/// Whether an `authorization` header value carries the token: `Bearer TOKEN`, or Basic
+/// credentials whose password is the token (any user name). Compared in constant time.
+pub(crate) fn authorization_matches(header: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let given = if let Some(bearer) = header.strip_prefix("Bearer ") {
+        bearer.trim().to_string()
+    } else if let Some(basic) = header.strip_prefix("Basic ") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        match decoded.as_deref().and_then(|s| s.split_once(':')) {
+            Some((_, pass)) => pass.to_string(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// Binds the endpoint (port 0 picks a free port) and returns its address and the server task.

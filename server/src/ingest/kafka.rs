@@ -24,10 +24,32 @@ use super::{IngestStats, MicroBatch, PartitionSlice};
 use crate::error::Result;
 
 /// The consumer's librdkafka context: reaching the end of a partition is how the watermark
-/// learns the input is caught up, not an error worth a log line.
-pub struct Quiet;
+/// learns the input is caught up, not an error worth a log line. The consumer's own context
+/// also takes librdkafka's statistics (every second) for the consumer lag per partition.
+#[derive(Default)]
+pub struct Quiet {
+    stats: Option<(Arc<IngestStats>, String)>,
+}
 
 impl ClientContext for Quiet {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some((stats, topic)) = &self.stats else {
+            return;
+        };
+        let lag = statistics
+            .topics
+            .get(topic)
+            .map(|t| {
+                t.partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(|p| (p.partition, p.consumer_lag))
+                    .collect()
+            })
+            .unwrap_or_default();
+        stats.set_lag(lag);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(
             error,
@@ -369,8 +391,13 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
     skip_below: BTreeMap<i32, i64>,
 ) -> Result<KafkaSource> {
-    let consumer: Arc<BaseConsumer> =
-        Arc::new(consumer_config(&config).create_with_context(Quiet)?);
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        consumer_config(&config)
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(Quiet {
+                stats: Some((stats.clone(), config.topic.clone())),
+            })?,
+    );
     consumer.subscribe(&[&config.topic])?;
     let mut probe_config = ClientConfig::new();
     probe_config.set("bootstrap.servers", &config.brokers);
@@ -381,7 +408,7 @@ pub fn spawn(
     }
     let mut prober = Prober::spawn(
         consumer.clone(),
-        probe_config.create_with_context(Quiet)?,
+        probe_config.create_with_context(Quiet::default())?,
         config.topic.clone(),
         stop.clone(),
     )?;

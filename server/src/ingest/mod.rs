@@ -56,6 +56,8 @@ pub struct IngestStats {
     pub rows: AtomicU64,
     pub micro_batches: AtomicU64,
     bad: Mutex<BTreeMap<&'static str, u64>>,
+    /// Consumer lag per partition (messages), from librdkafka's statistics.
+    lag: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl IngestStats {
@@ -75,6 +77,15 @@ impl IngestStats {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect()
+    }
+
+    /// Replaces the consumer lag of the partitions the consumer owns.
+    pub fn set_lag(&self, lag: BTreeMap<i32, i64>) {
+        *self.lag.lock().expect("stats lock") = lag;
+    }
+
+    pub fn lag_by_partition(&self) -> BTreeMap<i32, i64> {
+        self.lag.lock().expect("stats lock").clone()
     }
 
     pub fn bad_total(&self) -> u64 {
