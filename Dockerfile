@@ -48,7 +48,7 @@ COPY --from=builder /app/data /app/data
 
 WORKDIR /app
 USER pitwall
-EXPOSE 50051
+EXPOSE 50051 8080
 ENTRYPOINT ["pitwall-server"]
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, from a fresh clone, with nothing else running:
 #  - installs tansu 0.6.0 when missing (cached in ~/.cargo/bin; about 15 minutes once),
+#  - installs Debian's chromium and chromium-driver when missing (the dashboard tests drive a
+#    real browser over WebDriver; apt, no browser download),
 #  - starts it on a free loopback port (memory storage) unless PITWALL_TEST_KAFKA names a
 #    broker to use instead (any real Kafka, e.g. the one of docker-compose.yml),
 #  - builds every binary (some tests run them), runs `cargo test --workspace`,
@@ -12,6 +14,15 @@ cd "$(dirname "$0")/.."
 if [ "$(uname -m)" = x86_64 ] && ! grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
   export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=x86-64}"
   export CFLAGS_x86_64_unknown_linux_gnu="${CFLAGS_x86_64_unknown_linux_gnu:--march=x86-64}"
+fi
+
+# The dashboard tests need a real Chromium and its WebDriver, from Debian's packages.
+if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+  echo "test.sh: installing chromium and chromium-driver (apt-get)" >&2
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  if ! { $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium chromium-driver; } >&2; then
+    echo "test.sh: chromium / chromium-driver could not be installed with apt-get; the dashboard tests will fail" >&2
+  fi
 fi
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

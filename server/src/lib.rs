@@ -7,7 +7,8 @@
 //! written in plain SQL and compiled by DataFusion into stages that keep only open windows,
 //! over each micro-batch; what a query emits goes to its result stream. Result streams are
 //! served live over Arrow Flight, with query control and Flight SQL on the same port
-//! ([`flight`]). Raw rows, results and dead letters are written to Parquet with the engine's
+//! ([`flight`]), and to people by the dashboard on an HTTP port, which also serves `/metrics`
+//! (`web`). Raw rows, results and dead letters are written to Parquet with the engine's
 //! checkpoints ([`archive`]), which is what makes a restart lose and repeat nothing.
 
 pub mod archive;

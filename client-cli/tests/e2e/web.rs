@@ -75,6 +75,19 @@ impl Browser {
                 Err(e) => panic!("chromedriver at {url} gave no browser session: {e}"),
             }
         };
+        // A pit laptop's screen: the page itself (not the window) 1366x768.
+        let inner = page
+            .execute("return [window.innerWidth, window.innerHeight]", vec![])
+            .await
+            .unwrap();
+        let (w, h) = page.get_window_size().await.unwrap();
+        let (dw, dh) = (
+            w as i64 - inner[0].as_i64().unwrap(),
+            h as i64 - inner[1].as_i64().unwrap(),
+        );
+        page.set_window_size((1366 + dw) as u32, (768 + dh) as u32)
+            .await
+            .unwrap();
         Self {
             page,
             driver,

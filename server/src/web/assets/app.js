@@ -68,6 +68,7 @@ const S = {
   serverThreshold: null,
   wm: null,
   hasXY: false,
+  outlineCar: null,
   tab: "race",
   query: null,
 };
@@ -331,9 +332,10 @@ function addTraces(rows) {
     // Keep twice the window; the oldest go in chunks.
     if (rs.length > 64 && t - rs[0].t > 2 * TRACE_WINDOW_MS) rs.splice(0, rs.findIndex((x) => t - x.t <= TRACE_WINDOW_MS));
   }
-  // The outline of the track: one car's positions.
-  const first = [...S.cars].sort()[0];
-  trackMap.learn(rows.filter((r) => r.driver === first && r.x !== undefined && r.y !== undefined).map((r) => [r.x, r.y, r.speed]));
+  // The outline of the track: the positions of the first car seen with any.
+  const positioned = rows.filter((r) => r.x !== undefined && r.y !== undefined);
+  if (!S.outlineCar && positioned.length) S.outlineCar = positioned[0].driver;
+  trackMap.learn(positioned.filter((r) => r.driver === S.outlineCar).map((r) => [r.x, r.y, r.speed]));
 }
 
 function onEvent(kind, d) {

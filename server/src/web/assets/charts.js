@@ -21,7 +21,7 @@ function axes(yLabel, time = true) {
   const font = "11px system-ui, sans-serif";
   return [
     { stroke, grid, ticks: grid, show: time, size: time ? 24 : 0, font },
-    { stroke, grid, ticks: grid, label: yLabel, size: 44, labelSize: 12, font, labelFont: font },
+    { stroke, grid, ticks: grid, label: yLabel, size: 56, labelSize: 12, font, labelFont: font },
   ];
 }
 
@@ -125,7 +125,8 @@ export class AnomalyChart {
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: false } },
       axes: [
-        { stroke: css("--muted"), grid: { stroke: css("--line") }, label: "lap", labelSize: 14, size: 36 },
+        { stroke: css("--muted"), grid: { stroke: css("--line") }, label: "lap", labelSize: 14, size: 36,
+          incrs: [1, 2, 5, 10, 20], values: (_, ticks) => ticks.map((t) => t.toFixed(0)) },
         { stroke: css("--muted"), grid: { stroke: css("--line") }, label: "score", size: 48, labelSize: 14 },
       ],
       series: [
@@ -207,9 +208,13 @@ export class TrackMap {
     if (pts.length === 0) return;
     let [x0, x1, y0, y1] = [Infinity, -Infinity, Infinity, -Infinity];
     for (const [x, y] of pts) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
-    const s = Math.min((w - 20) / (x1 - x0 || 1), (h - 20) / (y1 - y0 || 1));
-    const px = (x) => 10 + (x - x0) * s;
-    const py = (y) => h - 10 - (y - y0) * s;
+    const pad = 24;
+    const s = Math.min((w - 2 * pad) / (x1 - x0 || 1), (h - 2 * pad) / (y1 - y0 || 1));
+    // Centred in the canvas, north up.
+    const ox = (w - (x1 - x0) * s) / 2;
+    const oy = (h - (y1 - y0) * s) / 2;
+    const px = (x) => ox + (x - x0) * s;
+    const py = (y) => h - oy - (y - y0) * s;
     for (const [x, y, v] of this.outline) {
       // 80 km/h blue ... 330 km/h red
       const hue = 220 - Math.max(0, Math.min(1, (v - 80) / 250)) * 220;
