@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// The server binary (default: pitwall-server next to this program).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// Dashboard pages to keep open during the run (each one live stream of every query and
+    /// the traces, read as fast as it comes, as a browser tab does).
+    #[arg(long, default_value_t = 0)]
+    pub dashboards: usize,
     /// Extra server flag (repeatable), e.g. --server-arg=--linger-ms=2.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
@@ -138,6 +142,9 @@ pub struct BenchReport {
     pub server_rss_end_mb: f64,
     pub subscribers: usize,
     pub slow_subscriber_dropped: Option<bool>,
+    pub dashboards: usize,
+    /// Bytes the dashboard streams received during the run, all together.
+    pub dashboard_bytes: u64,
 }
 
 fn now_ms() -> i64 {
@@ -386,6 +393,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     crate::replay::ensure_topic(&config, &topic, args.partitions).await?;
     let data = std::env::temp_dir().join(format!("pitwall-bench-{suffix}"));
     let port = free_port()?;
+    let http_port = free_port()?;
     let idle_timeout_ms = 1000;
     let mut cmd = Command::new(&bin);
     cmd.args([
@@ -399,6 +407,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     .args([
         "--flight-addr",
         &format!("127.0.0.1:{port}"),
+        "--http-addr",
+        &format!("127.0.0.1:{http_port}"),
         "--data-dir",
         data.to_str().unwrap_or("pitwall-bench"),
     ])
@@ -539,6 +549,10 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     } else {
         None
     };
+    let dashboard_bytes = Arc::new(AtomicU64::new(0));
+    let dashboards: Vec<_> = (0..args.dashboards)
+        .map(|_| tokio::spawn(dashboard_page(http_port, dashboard_bytes.clone())))
+        .collect();
     // Produce: warm-up, then measure.
     let stop = Arc::new(AtomicBool::new(false));
     let produced = Arc::new(AtomicU64::new(0));
@@ -556,11 +570,14 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     let stats0: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
     let (cpu0, _, _) = proc_usage(pid)?;
     let produced0 = produced.load(Ordering::Relaxed);
+    let dashboard_bytes0 = dashboard_bytes.load(Ordering::Relaxed);
     let t0 = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     let elapsed = t0.elapsed().as_secs_f64();
     let (cpu1, _, _) = proc_usage(pid)?;
+    let dashboard_bytes = dashboard_bytes.load(Ordering::Relaxed) - dashboard_bytes0;
+    dashboards.iter().for_each(|d| d.abort());
     let stats1: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
     let produced1 = produced.load(Ordering::Relaxed);
     // Stop input; the last windows must close on idleness.
@@ -629,7 +646,31 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
         server_rss_end_mb: rss_now as f64 / (1024.0 * 1024.0),
         subscribers: args.subscribers.max(1),
         slow_subscriber_dropped: slow_dropped,
+        dashboards: args.dashboards,
+        dashboard_bytes,
     })
+}
+
+/// A dashboard page: the live stream of every query and the traces, read as it comes (and
+/// again after a drop), its bytes counted.
+async fn dashboard_page(http_port: u16, bytes: Arc<AtomicU64>) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: hyper::Uri = format!("http://127.0.0.1:{http_port}/api/live")
+        .parse()
+        .expect("a valid URI");
+    loop {
+        if let Ok(resp) = client.get(uri.clone()).await {
+            let mut body = resp.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 pub fn print(r: &BenchReport) {
@@ -700,6 +741,16 @@ pub fn print(r: &BenchReport) {
     }
     if let Some(d) = r.slow_subscriber_dropped {
         t.add_row(["slow subscriber dropped".to_string(), d.to_string()]);
+    }
+    if r.dashboards > 0 {
+        t.add_row([
+            "dashboard pages".to_string(),
+            format!(
+                "{}, {:.0} kB/s each",
+                r.dashboards,
+                r.dashboard_bytes as f64 / r.duration_s / r.dashboards as f64 / 1000.0
+            ),
+        ]);
     }
     println!("{t}");
 }

@@ -156,15 +156,24 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
     let mut steady: Option<(i64, Instant)> = None;
     let total = loop {
         let (_, flagged) = slide(&browser, 0).await;
-        let above_zero = count(&mut client, "SELECT count(*) FROM lap_anomaly WHERE anomaly_score > 0").await;
+        let above_zero = count(
+            &mut client,
+            "SELECT count(*) FROM lap_anomaly WHERE anomaly_score > 0",
+        )
+        .await;
         let n = count(&mut client, scored).await;
         let same = n > 0 && flagged == above_zero;
         match steady {
-            Some((m, since)) if same && m == n && since.elapsed() > Duration::from_secs(5) => break n,
+            Some((m, since)) if same && m == n && since.elapsed() > Duration::from_secs(5) => {
+                break n;
+            }
             Some((m, _)) if same && m == n => {}
             _ => steady = same.then(|| (n, Instant::now())),
         }
-        assert!(Instant::now() < deadline, "waited 90 s for every lap_anomaly row on the page");
+        assert!(
+            Instant::now() < deadline,
+            "waited 90 s for every lap_anomaly row on the page"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let scores: Vec<f64> = sql(
@@ -314,7 +323,10 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
     // 6. The race from the archive, through the session selector.
     browser.click("#tab-race").await;
     assert!(
-        browser.js("return document.querySelector('#map-panel').hidden", vec![]).await == json!(true),
+        browser
+            .js("return document.querySelector('#map-panel').hidden", vec![])
+            .await
+            == json!(true),
         "no x/y in the bundled race: no track map"
     );
     let archived = count(
@@ -322,12 +334,16 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
         "SELECT count(*) FROM archive.results_lap_stats WHERE session = '2023-british-gp-race'",
     )
     .await;
-    wait_until(Duration::from_secs(30), "the archived session in the selector", || async {
-        let n = browser
-            .count("#session-select option[value='2023-british-gp-race']")
-            .await;
-        (n == 1).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the archived session in the selector",
+        || async {
+            let n = browser
+                .count("#session-select option[value='2023-british-gp-race']")
+                .await;
+            (n == 1).then_some(())
+        },
+    )
     .await;
     browser
         .js(
@@ -336,14 +352,22 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
             vec![],
         )
         .await;
-    wait_until(Duration::from_secs(30), "the archived session to open", || async {
-        let url = browser.page.current_url().await.unwrap();
-        url.as_str().contains("session=2023-british-gp-race").then_some(())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the archived session to open",
+        || async {
+            let url = browser.page.current_url().await.unwrap();
+            url.as_str()
+                .contains("session=2023-british-gp-race")
+                .then_some(())
+        },
+    )
     .await;
     let shown = page_laps(&browser).await.len() as i64;
     assert_eq!(shown, archived, "lap rows of the archived session");
-    println!("archived session 2023-british-gp-race: {shown} lap rows from the archive (it holds {archived})");
+    println!(
+        "archived session 2023-british-gp-race: {shown} lap rows from the archive (it holds {archived})"
+    );
 
     // 7. Telemetry with positions: the track map appears, with a dot per car.
     browser
@@ -357,7 +381,10 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
     replay(&bootstrap, &topic, &["--file", xy.to_str().unwrap()]);
     wait_until(Duration::from_secs(30), "the track map", || async {
         let shown = browser
-            .js("return !document.querySelector('#map-panel').hidden", vec![])
+            .js(
+                "return !document.querySelector('#map-panel').hidden",
+                vec![],
+            )
             .await;
         (shown == json!(true)).then_some(())
     })
@@ -384,7 +411,9 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
 /// Two cars going round a circle (x/y in the schema's position columns), later than the race:
 /// a session with positions, as the F1 games send.
 fn circuit_file(dir: &Path) -> PathBuf {
-    use arrow::array::{ArrayRef, Float32Array, Int32Array, Int8Array, StringArray, TimestampMillisecondArray};
+    use arrow::array::{
+        ArrayRef, Float32Array, Int8Array, Int32Array, StringArray, TimestampMillisecondArray,
+    };
     let schema = pitwall_proto::schema::telemetry_schema();
     let n = 600;
     let (mut drivers, mut ts, mut x, mut y, mut speed) = (vec![], vec![], vec![], vec![], vec![]);
@@ -420,7 +449,9 @@ fn circuit_file(dir: &Path) -> PathBuf {
         .collect();
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
     let path = dir.join("circuit.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None)
+            .unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
     path
@@ -698,7 +729,9 @@ async fn produce_garbage(bootstrap: &str, topic: &str) {
         .unwrap();
     producer
         .send(
-            rdkafka::producer::FutureRecord::to(topic).key("VER").payload("{not json"),
+            rdkafka::producer::FutureRecord::to(topic)
+                .key("VER")
+                .payload("{not json"),
             Duration::from_secs(10),
         )
         .await
@@ -762,7 +795,7 @@ async fn metrics_rise_during_a_replay_and_are_all_in_the_readme() {
             (total(&s, "pitwall_query_rows_out_total")
                 > total(&first, "pitwall_query_rows_out_total")
                 && total(&s, "pitwall_archive_checkpoints_total") > 0.0
-            && total(&s, "pitwall_dead_letters_total") >= 1.0
+                && total(&s, "pitwall_dead_letters_total") >= 1.0
                 && total(&s, "pitwall_consumer_lag") >= 0.0
                 && s.samples.iter().any(|x| x.metric == "pitwall_consumer_lag"))
             .then_some(s)
