@@ -518,6 +518,31 @@ async fn with_a_token_the_page_asks_for_it_and_the_api_refuses_without_it() {
         .await;
     assert_eq!(stored, json!(token), "kept in the session storage");
     println!("the page asked for the token once, then went live");
+
+    // The slider's value stored on the server, for every screen and Flight subscriber.
+    assert_eq!(
+        browser.text("#threshold-value").await,
+        "500.0",
+        "the server's threshold"
+    );
+    slide(&browser, 321).await;
+    browser.click("#threshold-apply").await;
+    let stored = wait_until(
+        Duration::from_secs(10),
+        "the threshold on the server",
+        || async {
+            let (_, body) = good.get("/api/queries/lap_anomaly").await;
+            let info: Value = serde_json::from_str(&body).unwrap();
+            let t = info["params"]["threshold"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (t == "321").then_some(t)
+        },
+    )
+    .await;
+    assert!(browser.text("#threshold-msg").await.contains("stored"));
+    println!("Apply to all screens: lap_anomaly's threshold is {stored} on the server");
     browser.close().await;
     app.stop().await;
 }

@@ -74,6 +74,7 @@ const S = {
 };
 
 const store = () => (S.archived ? S.archived.store : S.live);
+window.pitwall = S; // for the browser console (and the tests)
 
 // ---- URL state: a screen can be left on a car, a session, a query ----
 function readUrl() {
@@ -168,15 +169,21 @@ function scoresOf(st, session) {
   return [...st.scores.values()].filter((r) => r.session === session && r.anomaly_score !== undefined);
 }
 
+/** The slider's range (up to past the highest score and the server's threshold), then value. */
+function renderSlider(st, session) {
+  const max = Math.max(0, ...scoresOf(st, session).map((r) => r.anomaly_score));
+  const slider = $("#threshold");
+  const top = Math.max(10, Math.ceil(Math.max(max * 1.1, (S.serverThreshold ?? 0) * 1.5, S.threshold)));
+  if (Number(slider.max) !== top) slider.max = top;
+  slider.value = S.threshold;
+  $("#threshold-value").textContent = fmt(S.threshold, 1);
+}
+
 const anomalyChart = new AnomalyChart($("#anomaly-chart"));
 function renderAnomaly(st, session) {
   const scores = scoresOf(st, session);
   const flagged = scores.filter((r) => r.anomaly_score > S.threshold).length;
   $("#flagged-count").textContent = flagged;
-  const max = Math.max(0, ...scores.map((r) => r.anomaly_score));
-  const slider = $("#threshold");
-  const top = Math.max(10, Math.ceil(Math.max(max * 1.1, (S.serverThreshold ?? 0) * 1.5, S.threshold)));
-  if (Number(slider.max) !== top) slider.max = top;
   const cars = [...new Set(scores.map((r) => r.driver))]
     .filter((c) => S.selected.length === 0 || S.selected.includes(c))
     .sort();
@@ -301,8 +308,7 @@ function render() {
   $("#race").hidden = S.tab !== "race";
   $("#queries").hidden = S.tab !== "queries";
   document.querySelectorAll(".tab").forEach((b) => b.classList.toggle("active", b.dataset.tab === S.tab));
-  $("#threshold").value = S.threshold;
-  $("#threshold-value").textContent = fmt(S.threshold, 1);
+  renderSlider(st, session);
   if (S.tab === "race") {
     renderLaps(st, session);
     renderAnomaly(st, session);
@@ -391,6 +397,7 @@ async function refreshQueries() {
     // Another screen (or `pitwall set`) stored a threshold: every screen follows it.
     S.serverThreshold = t;
     S.threshold = t;
+    render();
   }
   schedule();
   return true;
