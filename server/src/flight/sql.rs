@@ -41,16 +41,20 @@ use crate::engine::{QueryDef, QueryInfo, QueryStatus};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// A prepared statement: its SQL and the last parameter values bound to it.
+/// A prepared statement: its SQL, the last parameter values bound to it, when it was last used.
 struct Prepared {
     sql: String,
     params: Option<RecordBatch>,
+    used: Instant,
 }
 
 /// A statement planned for its FlightInfo, kept for the DoGet of its ticket: the context
-/// (the archive as of its newest commit then, the live tables' snapshot) and the plan.
+/// (the archive as of its newest commit then, the live tables' snapshot) and the plan, under
+/// an unguessable id and bound to its SQL: another client cannot take it, and a ticket whose
+/// SQL is not the one planned under its id is planned afresh from its own SQL.
 struct Planned {
     id: u64,
+    sql: String,
     at: Instant,
     ctx: SessionContext,
     plan: LogicalPlan,
@@ -61,6 +65,56 @@ struct Planned {
 const PLANNED_KEPT: usize = 64;
 const PLANNED_TTL: Duration = Duration::from_secs(60);
 
+/// Planned statements waiting for their DoGet, oldest first.
+#[derive(Default)]
+struct PlannedStatements(Mutex<VecDeque<Planned>>);
+
+impl PlannedStatements {
+    /// Keeps a planned statement; returns its id (random, never 0).
+    fn keep(&self, sql: &str, ctx: SessionContext, plan: LogicalPlan) -> Result<u64, Status> {
+        let id = random_id()?;
+        let now = Instant::now();
+        let mut kept = self.0.lock().expect("planned lock");
+        kept.retain(|p| now.duration_since(p.at) < PLANNED_TTL);
+        if kept.len() >= PLANNED_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(Planned {
+            id,
+            sql: sql.to_string(),
+            at: now,
+            ctx,
+            plan,
+        });
+        Ok(id)
+    }
+
+    /// Takes the statement kept under `id` for exactly this SQL, if it is still there.
+    fn take(&self, id: u64, sql: &str) -> Option<(SessionContext, LogicalPlan)> {
+        let mut kept = self.0.lock().expect("planned lock");
+        let i = kept
+            .iter()
+            .position(|p| p.id == id && p.sql == sql && p.at.elapsed() < PLANNED_TTL)?;
+        kept.remove(i).map(|p| (p.ctx, p.plan))
+    }
+}
+
+/// A random non-zero id from the operating system's generator.
+fn random_id() -> Result<u64, Status> {
+    loop {
+        let id =
+            getrandom::u64().map_err(|e| Status::internal(format!("no random numbers: {e}")))?;
+        if id != 0 {
+            return Ok(id);
+        }
+    }
+}
+
+/// Prepared statements a server keeps open at most, and how long one unused is kept when the
+/// bound is reached (clients should close theirs; those that do not cannot grow the server).
+const PREPARED_KEPT: usize = 1024;
+const PREPARED_IDLE: Duration = Duration::from_secs(3600);
+
 pub struct PitwallSql {
     pub state: Arc<FlightState>,
     prepared: Mutex<HashMap<String, Prepared>>,
@@ -68,8 +122,7 @@ pub struct PitwallSql {
     /// is what DoGet runs (about a millisecond of context and planning less per query). The
     /// first DoGet of a ticket takes it; a ticket whose plan is gone (fetched again, after
     /// [`PLANNED_TTL`], on a restarted server) is planned afresh from its SQL.
-    planned: Mutex<VecDeque<Planned>>,
-    next_handle: AtomicU64,
+    planned: PlannedStatements,
     sql_info: SqlInfoData,
 }
 
@@ -89,8 +142,7 @@ impl PitwallSql {
         Self {
             state,
             prepared: Mutex::default(),
-            planned: Mutex::default(),
-            next_handle: AtomicU64::new(1),
+            planned: PlannedStatements::default(),
             sql_info,
         }
     }
@@ -117,33 +169,6 @@ impl PitwallSql {
         let ctx = adhoc::context(&self.state).await?;
         let plan = adhoc::plan(&ctx, sql).await?;
         Ok(Arc::new(plan.schema().as_arrow().clone()))
-    }
-
-    /// Keeps a planned statement for its DoGet; returns its id (never 0).
-    fn keep(&self, ctx: SessionContext, plan: LogicalPlan) -> u64 {
-        let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let mut kept = self.planned.lock().expect("planned lock");
-        kept.retain(|p| now.duration_since(p.at) < PLANNED_TTL);
-        if kept.len() >= PLANNED_KEPT {
-            kept.pop_front();
-        }
-        kept.push_back(Planned {
-            id,
-            at: now,
-            ctx,
-            plan,
-        });
-        id
-    }
-
-    /// Takes the statement kept under `id`, if it is still there.
-    fn take(&self, id: u64) -> Option<(SessionContext, LogicalPlan)> {
-        let mut kept = self.planned.lock().expect("planned lock");
-        let i = kept
-            .iter()
-            .position(|p| p.id == id && p.at.elapsed() < PLANNED_TTL)?;
-        kept.remove(i).map(|p| (p.ctx, p.plan))
     }
 
     fn prepared_sql(&self, handle: &[u8]) -> Result<(String, Option<RecordBatch>), Status> {
@@ -366,8 +391,8 @@ impl FlightSqlService for PitwallSql {
         let plan = adhoc::plan(&ctx, &query.query).await?;
         let schema = Arc::new(plan.schema().as_arrow().clone());
         let handle = pb::StatementHandle {
+            plan: self.planned.keep(&query.query, ctx, plan)?,
             sql: query.query,
-            plan: self.keep(ctx, plan),
         };
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode_to_vec().into(),
@@ -386,7 +411,7 @@ impl FlightSqlService for PitwallSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = pb::StatementHandle::decode(&*ticket.statement_handle)
             .map_err(|e| Status::invalid_argument(format!("bad statement handle: {e}")))?;
-        let (schema, batches) = match self.take(handle.plan) {
+        let (schema, batches) = match self.planned.take(handle.plan, &handle.sql) {
             Some((ctx, plan)) => {
                 adhoc::execute(
                     &ctx,
@@ -431,14 +456,26 @@ impl FlightSqlService for PitwallSql {
             .collect();
         params.sort_by_key(|(n, _)| *n);
         let param_schema = Schema::new(params.into_iter().map(|(_, f)| f).collect::<Vec<_>>());
-        let handle = format!("ps-{}", self.next_handle.fetch_add(1, Ordering::Relaxed));
-        self.prepared.lock().expect("prepared lock").insert(
-            handle.clone(),
-            Prepared {
-                sql: query.query,
-                params: None,
-            },
-        );
+        let handle = format!("ps-{:016x}{:016x}", random_id()?, random_id()?);
+        {
+            let mut open = self.prepared.lock().expect("prepared lock");
+            if open.len() >= PREPARED_KEPT {
+                open.retain(|_, p| p.used.elapsed() < PREPARED_IDLE);
+            }
+            if open.len() >= PREPARED_KEPT {
+                return Err(Status::resource_exhausted(format!(
+                    "{PREPARED_KEPT} prepared statements are open, the most a server keeps: close some (ClosePreparedStatement)"
+                )));
+            }
+            open.insert(
+                handle.clone(),
+                Prepared {
+                    sql: query.query,
+                    params: None,
+                    used: Instant::now(),
+                },
+            );
+        }
         let encode = |s: &Schema| -> Result<bytes::Bytes, Status> {
             let IpcMessage(b) = SchemaAsIpc::new(s, &IpcWriteOptions::default())
                 .try_into()
@@ -473,6 +510,7 @@ impl FlightSqlService for PitwallSql {
             .get_mut(&key)
             .ok_or_else(|| Status::not_found("unknown or closed prepared statement"))?;
         p.params = params;
+        p.used = Instant::now();
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(query.prepared_statement_handle),
         })
@@ -775,4 +813,37 @@ impl FlightSqlService for PitwallSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
+
+    use super::*;
+
+    fn plan() -> LogicalPlan {
+        LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: true,
+            schema: Arc::new(datafusion::common::DFSchema::empty()),
+        })
+    }
+
+    #[test]
+    fn planned_statements_are_unguessable_and_bound_to_their_sql() {
+        let kept = PlannedStatements::default();
+        let a = kept
+            .keep("SELECT 1", SessionContext::new(), plan())
+            .unwrap();
+        let b = kept
+            .keep("SELECT 2", SessionContext::new(), plan())
+            .unwrap();
+        // Sequential ids (1, 2, ...) let any client take another's statement.
+        assert!(a != 0 && b != 0 && b != a + 1 && a > 1 << 8, "ids {a}, {b}");
+        // Another statement's id, or an id with other SQL: not this plan (planned afresh).
+        assert!(kept.take(a, "SELECT 2").is_none());
+        assert!(kept.take(b, "SELECT 1").is_none());
+        assert!(kept.take(a, "SELECT 1").is_some());
+        assert!(kept.take(a, "SELECT 1").is_none(), "taken once");
+        assert!(kept.take(b, "SELECT 2").is_some());
+    }
 }
