@@ -337,7 +337,7 @@ impl Config {
                 ));
             }
         };
-        Ok(Config {
+        let config = Config {
             kafka,
             embedded_speed: k.embedded_speed.or(fk.embedded_speed).unwrap_or(1.0),
             embedded_loop: !(k.embedded_once || fk.embedded_once),
@@ -371,10 +371,19 @@ impl Config {
                         .or(fa.checkpoint_ms)
                         .map(Duration::from_millis)
                         .unwrap_or(d.checkpoint_interval),
-                    retention: a
-                        .retention_days
-                        .or(fa.retention_days)
-                        .map(|days| Duration::from_secs_f64(days * 86_400.0)),
+                    retention: match a.retention_days.or(fa.retention_days) {
+                        Some(days) if days.is_finite() && days > 0.0 && days <= 36_500.0 => {
+                            Some(Duration::from_secs_f64(days * 86_400.0))
+                        }
+                        Some(days) => {
+                            return Err(out_of_range(
+                                "--retention-days",
+                                days,
+                                "a number of days above 0, at most 36500",
+                            ));
+                        }
+                        None => None,
+                    },
                     compact_min_files: a
                         .compact_min_files
                         .or(fa.compact_min_files)
@@ -392,8 +401,71 @@ impl Config {
                     ..d
                 }
             },
-        })
+        };
+        config.check_ranges()?;
+        Ok(config)
     }
+
+    /// Every numeric setting within what the server can run with (a zero capacity or
+    /// interval would panic or spin).
+    fn check_ranges(&self) -> Result<()> {
+        let at_least = |name: &str, v: u128, min: u128| {
+            if v < min {
+                Err(out_of_range(name, v, &format!("at least {min}")))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(k) = &self.kafka {
+            at_least("--batch-rows", k.max_batch_rows as u128, 1)?;
+            at_least("--batch-ms", k.max_batch_wait.as_millis(), 1)?;
+        }
+        let speed = self.embedded_speed;
+        if !(speed.is_finite() && speed > 0.0 && speed <= 1e6) {
+            return Err(out_of_range(
+                "--embedded-speed",
+                speed,
+                "above 0, at most 1000000",
+            ));
+        }
+        at_least(
+            "--max-message-bytes",
+            self.decode.max_message_bytes as u128,
+            1,
+        )?;
+        let e = &self.engine;
+        if e.watermark.lateness_ms < 0 {
+            return Err(out_of_range(
+                "--lateness-ms",
+                e.watermark.lateness_ms,
+                "0 or more",
+            ));
+        }
+        at_least("--idle-timeout-ms", e.watermark.idle_timeout.as_millis(), 1)?;
+        if e.lap_gap_ms < 1 {
+            return Err(out_of_range("--lap-gap-ms", e.lap_gap_ms, "at least 1"));
+        }
+        at_least("--result-buffer-rows", e.result_buffer_rows as u128, 1)?;
+        at_least(
+            "--result-buffer-mb",
+            (e.result_buffer_bytes >> 20) as u128,
+            1,
+        )?;
+        at_least("--subscriber-buffer", self.subscriber_buffer as u128, 1)?;
+        at_least("--max-dashboards", self.max_dashboards as u128, 1)?;
+        let a = &self.archive;
+        at_least("--checkpoint-ms", a.checkpoint_interval.as_millis(), 10)?;
+        at_least("--compact-min-files", a.compact_min_files as u128, 2)?;
+        at_least("--housekeeping-ms", a.housekeeping_interval.as_millis(), 10)?;
+        Ok(())
+    }
+}
+
+/// The one line for a setting out of range.
+fn out_of_range(name: &str, value: impl std::fmt::Display, expected: &str) -> Error {
+    Error::Config(format!(
+        "{name} {value} is out of range: expected {expected} (flag, PITWALL_* variable or TOML key)"
+    ))
 }
 
 /// `--http-addr`: an address, `off`, or (unset) `127.0.0.1:8080`.
@@ -420,6 +492,63 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn every_numeric_setting_out_of_range_is_one_line_not_a_panic() {
+        let kafka = ["--brokers", "127.0.0.1:9"];
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("--retention-days", "-1", &[]),
+            ("--retention-days", "NaN", &[]),
+            ("--retention-days", "inf", &[]),
+            ("--retention-days", "1e300", &[]),
+            ("--retention-days", "0", &[]),
+            ("--embedded-speed", "0", &[]),
+            ("--embedded-speed", "-3", &[]),
+            ("--embedded-speed", "NaN", &[]),
+            ("--batch-rows", "0", &kafka),
+            ("--batch-ms", "0", &kafka),
+            ("--max-message-bytes", "0", &[]),
+            ("--lateness-ms", "-5", &[]),
+            ("--idle-timeout-ms", "0", &[]),
+            ("--lap-gap-ms", "0", &[]),
+            ("--lap-gap-ms", "-1000", &[]),
+            ("--result-buffer-rows", "0", &[]),
+            ("--result-buffer-mb", "0", &[]),
+            ("--subscriber-buffer", "0", &[]),
+            ("--max-dashboards", "0", &[]),
+            ("--checkpoint-ms", "0", &[]),
+            ("--compact-min-files", "1", &[]),
+            ("--housekeeping-ms", "0", &[]),
+            ("--http-addr", "nowhere", &[]),
+        ];
+        for (flag, value, extra) in cases {
+            let arg = format!("{flag}={value}");
+            let mut argv = vec!["pitwall-server", arg.as_str()];
+            argv.extend_from_slice(extra);
+            let err = match ServerArgs::try_parse_from(&argv) {
+                Err(e) => panic!("{flag} {value}: clap refused it: {e}"),
+                Ok(args) => std::panic::catch_unwind(|| Config::resolve(args))
+                    .unwrap_or_else(|_| panic!("{flag} {value}: panicked"))
+                    .expect_err(&format!("{flag} {value}: accepted")),
+            };
+            let line = err.to_string();
+            assert!(
+                line.contains(flag) && !line.contains('\n'),
+                "{flag} {value}: {line}"
+            );
+        }
+        // The same from the TOML file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[storage]\nretention_days = -2.0\n").unwrap();
+        let err = Config::resolve(ServerArgs::parse_from([
+            "pitwall-server",
+            "--config",
+            path.to_str().unwrap(),
+        ]))
+        .expect_err("negative retention in TOML");
+        assert!(err.to_string().contains("--retention-days -2"), "{err}");
+    }
 
     #[test]
     fn the_example_file_is_valid_and_flags_override_it() {

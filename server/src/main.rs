@@ -12,12 +12,15 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let result = async {
-        App::build(Config::resolve(ServerArgs::parse())?)
-            .await?
-            .run_until_stopped()
-            .await
+    // A setting out of range is a usage error, as clap's own: one line, exit code 2.
+    let config = match Config::resolve(ServerArgs::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
     };
+    let result = async { App::build(config).await?.run_until_stopped().await };
     if let Err(e) = result.await {
         eprintln!("error: {e}");
         std::process::exit(1);
