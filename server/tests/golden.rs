@@ -3,8 +3,9 @@
 //! A file with a `-- fail: MESSAGE` line must be refused with exactly that message. Any other
 //! file is streamed, with the shipped queries (so it may read them), over laps 1-2 of the
 //! bundled race in micro-batches; its rows must equal `NAME.out` and the same SQL run in
-//! batch by DataFusion. `cargo test -p pitwall-server --test golden -- --complete` rewrites
-//! the `.out` files.
+//! batch by DataFusion. Each file is a test of its own (libtest-mimic: the usual filters and
+//! flags work); no file at all is a failure. `PITWALL_GOLDEN_COMPLETE=1 cargo test -p
+//! pitwall-server --test golden` rewrites the `.out` files.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -105,31 +106,34 @@ async fn check(path: &Path, complete: bool) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let complete = std::env::args().any(|a| a == "--complete");
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut failed = 0;
+    let args = libtest_mimic::Arguments::from_args();
+    let complete = std::env::var_os("PITWALL_GOLDEN_COMPLETE").is_some_and(|v| v == "1");
+    let rt = std::sync::Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+    );
     let files = files();
-    for f in &files {
-        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
-        if filter.as_ref().is_some_and(|p| !name.contains(p.as_str())) {
-            continue;
-        }
-        match rt.block_on(check(f, complete)) {
-            Ok(msg) => println!("golden {name} ... ok ({msg})"),
-            Err(msg) => {
-                failed += 1;
-                println!("golden {name} ... FAILED\n  {}", msg.replace('\n', "\n  "));
+    let count = files.len();
+    let mut trials = vec![libtest_mimic::Trial::test(
+        "golden_files_are_there",
+        move || {
+            if count == 0 {
+                Err("no golden files in tests/queries".into())
+            } else {
+                Ok(())
             }
-        }
-    }
-    println!("\ngolden: {} files, {failed} failed", files.len());
-    if failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+        },
+    )];
+    trials.extend(files.into_iter().map(|f| {
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        let rt = rt.clone();
+        libtest_mimic::Trial::test(name, move || {
+            rt.block_on(check(&f, complete))
+                .map(|msg| println!("{}: {msg}", f.display()))
+                .map_err(Into::into)
+        })
+    }));
+    libtest_mimic::run(&args, trials).exit_code()
 }

@@ -161,8 +161,14 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// After a failed test too: chromedriver, and the browser it started (which would outlive
+    /// it), found by its profile directory.
     fn drop(&mut self) {
         let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &self._profile.path().display().to_string()])
+            .status();
     }
 }
 
