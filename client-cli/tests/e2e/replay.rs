@@ -220,12 +220,16 @@ fn malformed_csv_is_one_line_naming_file_and_line() {
          1,2023-07-09 13:01:03.103,fast,201,7,100,False,0,car,0 days 00:00:02.067000,0 days 00:00:02.067000\n",
     )
     .unwrap();
+    let bootstrap = broker();
+    let topic = unique("malformed");
     let out = run(pitwall().args([
         "replay",
         "--dir",
         dir.path().to_str().unwrap(),
         "--brokers",
-        "127.0.0.1:1",
+        &bootstrap,
+        "--topic",
+        &topic,
         "--quiet",
     ]));
     assert!(!out.status.success());
@@ -234,6 +238,18 @@ fn malformed_csv_is_one_line_naming_file_and_line() {
     assert!(err.contains("1_telemetry.csv"), "{err}");
     assert!(err.contains("1_telemetry.csv:3:"), "names the line: {err}");
     assert!(err.contains("'fast'"), "names the value: {err}");
-    // Nothing was published: the broker address is unreachable and the file was read first.
+    // Nothing was published to the (reachable) broker: the file is read before anything is sent.
     assert!(!err.contains("publish"), "{err}");
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let published = rdkafka::consumer::Consumer::fetch_watermarks(
+        &consumer,
+        &topic,
+        0,
+        std::time::Duration::from_secs(5),
+    )
+    .map_or(0, |(_, high)| high);
+    assert_eq!(published, 0, "messages published from a malformed file");
 }
