@@ -71,8 +71,8 @@ pub struct BenchArgs {
     /// The server binary (default: pitwall-server next to this program).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
-    /// Dashboard pages to keep open during the run (each one live stream of every query and
-    /// the traces, read as fast as it comes, as a browser tab does).
+    /// Dashboard pages to keep open during the run (each one live stream of what the race
+    /// view shows and the traces, read as fast as it comes, as a browser tab does).
     #[arg(long, default_value_t = 0)]
     pub dashboards: usize,
     /// Extra server flag (repeatable), e.g. --server-arg=--linger-ms=2.
@@ -651,15 +651,18 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     })
 }
 
-/// A dashboard page: the live stream of every query and the traces, read as it comes (and
-/// again after a drop), its bytes counted.
+/// A dashboard page on the race view: the live stream of what it shows (laps, anomaly scores,
+/// over-revs, lock-ups) and the traces, read as it comes (and again after a drop), its bytes
+/// counted.
 async fn dashboard_page(http_port: u16, bytes: Arc<AtomicU64>) {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let uri: hyper::Uri = format!("http://127.0.0.1:{http_port}/api/live")
-        .parse()
-        .expect("a valid URI");
+    let uri: hyper::Uri = format!(
+        "http://127.0.0.1:{http_port}/api/live?queries=lap_stats,lap_anomaly,over_rev,lock_up"
+    )
+    .parse()
+    .expect("a valid URI");
     loop {
         if let Ok(resp) = client.get(uri.clone()).await {
             let mut body = resp.into_body();

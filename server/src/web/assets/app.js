@@ -379,6 +379,17 @@ setInterval(() => {
 }, 250);
 
 // ---- queries, parameters, sessions ----
+/** What the race view shows; the Queries tab adds the query it shows. */
+const RACE_QUERIES = ["lap_stats", "lap_anomaly", "over_rev", "lock_up"];
+
+/** Streams only what the page shows (a pit screen on the race view takes no other rows). */
+function followQueries() {
+  const names = S.queries.map((q) => q.name);
+  const shown = S.tab === "queries" ? S.query || names[0] : null;
+  const want = names.filter((n) => RACE_QUERIES.includes(n) || n === shown).sort();
+  if (want.join() !== live.queries.join()) live.follow(want);
+}
+
 async function refreshQueries() {
   const resp = await api("/api/queries");
   if (resp.status === 401) { askToken(); return false; }
@@ -390,8 +401,8 @@ async function refreshQueries() {
   if (names.join() !== before) {
     const sel = $("#query-select");
     sel.replaceChildren(...names.map((n) => Object.assign(document.createElement("option"), { value: n, textContent: n })));
-    live.follow(names);
   }
+  followQueries();
   const t = Number(S.queries.find((q) => q.name === "lap_anomaly")?.params?.threshold);
   if (Number.isFinite(t) && t !== S.serverThreshold) {
     // Another screen (or `pitwall set`) stored a threshold: every screen follows it.
@@ -475,10 +486,16 @@ $("#threshold").addEventListener("input", (e) => {
 });
 $("#threshold-apply").addEventListener("click", applyThreshold);
 $("#session-select").addEventListener("change", (e) => openSession(e.target.value));
-$("#query-select").addEventListener("change", (e) => { S.query = e.target.value; writeUrl(); render(); });
+$("#query-select").addEventListener("change", (e) => {
+  S.query = e.target.value;
+  writeUrl();
+  followQueries();
+  render();
+});
 document.querySelectorAll(".tab").forEach((b) => b.addEventListener("click", () => {
   S.tab = b.dataset.tab;
   writeUrl();
+  followQueries();
   render();
 }));
 $("#theme").addEventListener("click", () => {
