@@ -305,13 +305,7 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
         },
     )
     .await;
-    browser
-        .js(
-            "const s = document.querySelector('#query-select'); s.value = 'top_speed';
-             s.dispatchEvent(new Event('change'))",
-            vec![],
-        )
-        .await;
+    browser.select("#query-select", "top_speed").await;
     replay(&bootstrap, &topic, &["--file", parts[3].to_str().unwrap()]);
     let rows = wait_until(
         Duration::from_secs(30),
@@ -352,11 +346,7 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
     )
     .await;
     browser
-        .js(
-            "const s = document.querySelector('#session-select'); s.value = '2023-british-gp-race';
-             s.dispatchEvent(new Event('change'))",
-            vec![],
-        )
+        .select("#session-select", "2023-british-gp-race")
         .await;
     wait_until(
         Duration::from_secs(30),
@@ -376,13 +366,7 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
     );
 
     // 7. Telemetry with positions: the track map appears, with a dot per car.
-    browser
-        .js(
-            "const s = document.querySelector('#session-select'); s.value = '';
-             s.dispatchEvent(new Event('change'))",
-            vec![],
-        )
-        .await;
+    browser.select("#session-select", "").await;
     let xy = circuit_file(dir.path());
     replay(&bootstrap, &topic, &["--file", xy.to_str().unwrap()]);
     wait_until(Duration::from_secs(30), "the track map", || async {
@@ -466,7 +450,7 @@ fn circuit_file(dir: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_a_token_the_page_asks_for_it_and_the_api_refuses_without_it() {
     let token = "s3cret-pit-token";
-    let app = embedded_app(&["--token", token]).await;
+    let app = embedded_server(&["--token", token, "--embedded-speed", "20"]).await;
     let addr = app.http_addr.unwrap();
     let anonymous = Http::new(addr, None);
     let wrong = Http::new(addr, Some("not-it"));
@@ -553,30 +537,9 @@ async fn with_a_token_the_page_asks_for_it_and_the_api_refuses_without_it() {
     app.stop().await;
 }
 
-/// A server on the embedded replay of the bundled race (no broker), HTTP on a free port.
-async fn embedded_app(extra: &[&str]) -> pitwall_server::RunningApp {
-    let data = std::env::temp_dir().join(unique("dash-embedded"));
-    let mut args: Vec<String> = [
-        "pitwall-server",
-        "--flight-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--embedded-speed",
-        "20",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    start_server(args).await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_one_line_and_200_reconnecting_tabs_stay_bounded() {
-    let app = embedded_app(&["--max-dashboards", "120"]).await;
+    let app = embedded_server(&["--max-dashboards", "120", "--embedded-speed", "20"]).await;
     let http = Http::new(app.http_addr.unwrap(), None);
     for (method, path, body, want) in [
         ("GET", "/api/queries/nope", "", 404),

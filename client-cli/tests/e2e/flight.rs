@@ -282,27 +282,6 @@ async fn set_parameter_changes_what_a_running_subscriber_receives() {
     app.stop().await;
 }
 
-async fn embedded_server(extra: &[&str]) -> pitwall_server::RunningApp {
-    let data = std::env::temp_dir().join(unique("embedded"));
-    let mut args: Vec<String> = [
-        "pitwall-server",
-        "--flight-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if !extra.contains(&"--embedded-speed") {
-        args.extend(["--embedded-speed".to_string(), "100".to_string()]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    start_server(args).await
-}
-
 async fn sql_client(
     app: &pitwall_server::RunningApp,
     token: Option<&str>,

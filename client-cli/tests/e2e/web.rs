@@ -131,6 +131,16 @@ impl Browser {
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
+    /// Chooses an option of a `<select>`, as a user does (its `change` event).
+    pub async fn select(&self, css: &str, value: &str) {
+        self.js(
+            "const s = document.querySelector(arguments[0]); s.value = arguments[1];
+             s.dispatchEvent(new Event('change'))",
+            vec![json!(css), json!(value)],
+        )
+        .await;
+    }
+
     /// The connection indicator's state (`live`, `reconnecting`, ...).
     pub async fn connection(&self) -> String {
         self.js(
