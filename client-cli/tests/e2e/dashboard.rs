@@ -338,6 +338,13 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
         Duration::from_secs(30),
         "the archived session in the selector",
         || async {
+            // Opening the selector asks the server for the archived sessions.
+            browser
+                .js("document.querySelector('#session-select').blur()", vec![])
+                .await;
+            browser
+                .js("document.querySelector('#session-select').focus()", vec![])
+                .await;
             let n = browser
                 .count("#session-select option[value='2023-british-gp-race']")
                 .await;

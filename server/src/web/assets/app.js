@@ -486,6 +486,7 @@ $("#threshold").addEventListener("input", (e) => {
 });
 $("#threshold-apply").addEventListener("click", applyThreshold);
 $("#session-select").addEventListener("change", (e) => openSession(e.target.value));
+$("#session-select").addEventListener("focus", refreshSessions);
 $("#query-select").addEventListener("change", (e) => {
   S.query = e.target.value;
   writeUrl();
@@ -516,6 +517,8 @@ if (localStorage.getItem("pitwall-theme") === "light") document.documentElement.
     }
   }
   setInterval(refreshQueries, 3000);
-  setInterval(refreshSessions, 15000);
+  // The list of archived sessions costs a query over the archive: asked for when the
+  // selector is opened, and once a minute.
+  setInterval(refreshSessions, 60000);
   render();
 })();
