@@ -329,11 +329,24 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
             == json!(true),
         "no x/y in the bundled race: no track map"
     );
-    let archived = count(
-        &mut client,
-        "SELECT count(*) FROM archive.results_lap_stats WHERE session = '2023-british-gp-race'",
-    )
-    .await;
+    // The last laps of the replay close and are archived within seconds: wait until the
+    // archive holds still for 5 s, so that the session opened is the whole of it.
+    let sql_archived =
+        "SELECT count(*) FROM archive.results_lap_stats WHERE session = '2023-british-gp-race'";
+    let mut archived = count(&mut client, sql_archived).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = count(&mut client, sql_archived).await;
+        if now == archived {
+            break;
+        }
+        archived = now;
+        assert!(
+            Instant::now() < deadline,
+            "the archive kept growing for 60 s"
+        );
+    }
     wait_until(
         Duration::from_secs(30),
         "the archived session in the selector",
