@@ -371,19 +371,7 @@ impl Config {
                         .or(fa.checkpoint_ms)
                         .map(Duration::from_millis)
                         .unwrap_or(d.checkpoint_interval),
-                    retention: match a.retention_days.or(fa.retention_days) {
-                        Some(days) if days.is_finite() && days > 0.0 && days <= 36_500.0 => {
-                            Some(Duration::from_secs_f64(days * 86_400.0))
-                        }
-                        Some(days) => {
-                            return Err(out_of_range(
-                                "--retention-days",
-                                days,
-                                "a number of days above 0, at most 36500",
-                            ));
-                        }
-                        None => None,
-                    },
+                    retention: retention(a.retention_days.or(fa.retention_days))?,
                     compact_min_files: a
                         .compact_min_files
                         .or(fa.compact_min_files)
@@ -458,6 +446,21 @@ impl Config {
         at_least("--compact-min-files", a.compact_min_files as u128, 2)?;
         at_least("--housekeeping-ms", a.housekeeping_interval.as_millis(), 10)?;
         Ok(())
+    }
+}
+
+/// `--retention-days`: a number of days above 0 (at most a century), or none.
+fn retention(days: Option<f64>) -> Result<Option<Duration>> {
+    match days {
+        Some(d) if d.is_finite() && d > 0.0 && d <= 36_500.0 => {
+            Ok(Some(Duration::from_secs_f64(d * 86_400.0)))
+        }
+        Some(d) => Err(out_of_range(
+            "--retention-days",
+            d,
+            "a number of days above 0, at most 36500",
+        )),
+        None => Ok(None),
     }
 }
 

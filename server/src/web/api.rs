@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::response::IntoResponse;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use serde_json::{Map, Value, json};
 
@@ -188,5 +189,3 @@ pub(crate) async fn session(
     )
         .into_response())
 }
-
-use axum::response::IntoResponse;
