@@ -218,6 +218,24 @@ pub async fn sql(client: &mut Client, query: &str, format: Format) -> Result<()>
     Printer::new(format).print_all(&batches)
 }
 
+/// The consumer's partitions, or how long it has had none (and whether that is a fault).
+fn partitions_line(s: &pb::ServerStats) -> String {
+    let rejoins = match s.group_rejoins {
+        0 => String::new(),
+        n => format!("; rejoined the group {n} time(s)"),
+    };
+    if !s.partitions.is_empty() {
+        let list: Vec<String> = s.partitions.iter().map(|p| p.to_string()).collect();
+        return format!("{}{rejoins}", list.join(", "));
+    }
+    let state = if s.group_stuck {
+        "WARNING: longer than a rebalance takes"
+    } else {
+        "joining the group"
+    };
+    format!("none for {:.0} s ({state}){rejoins}", s.unassigned_s)
+}
+
 pub async fn stats(client: &mut Client) -> Result<()> {
     let s: pb::ServerStats = client.action(a::STATS, &pb::GetStats {}).await?;
     let fmt_ts = |ms: i64| {
@@ -247,6 +265,9 @@ pub async fn stats(client: &mut Client) -> Result<()> {
             bad.join(", ")
         }
     );
+    if s.kafka {
+        println!("partitions:    {}", partitions_line(&s));
+    }
     println!("late rows:     {}", s.late_rows);
     println!(
         "watermark:     {} (lag {} ms)",

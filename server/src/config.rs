@@ -48,6 +48,11 @@ pub struct KafkaArgs {
     /// Consumer group.
     #[arg(long, env = "PITWALL_GROUP")]
     pub group: Option<String>,
+    /// This instance's static member id in the group (`group.instance.id`): a restarted
+    /// server takes its old place at once instead of waiting out the session timeout.
+    /// Default: `pitwall-HOST-HASH` (HASH of the data directory); `off` = dynamic membership.
+    #[arg(long, env = "PITWALL_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Where a new consumer group starts.
     #[arg(long, value_enum)]
     pub start: Option<StartAt>,
@@ -294,7 +299,9 @@ impl Config {
             max_batch_wait: Duration::from_millis(k.batch_ms.or(fk.batch_ms).unwrap_or(50)),
             linger: Duration::from_millis(k.linger_ms.or(fk.linger_ms).unwrap_or(1)),
             dead_letter_topic: k.dead_letter_topic.clone().or(fk.dead_letter_topic.clone()),
+            instance_id: None,
         });
+        let instance = k.instance_id.clone().or(fk.instance_id.clone());
 
         let engine_defaults = EngineConfig::default();
         let batch_ms = k.batch_ms.or(fk.batch_ms).unwrap_or(50);
@@ -390,6 +397,10 @@ impl Config {
                 }
             },
         };
+        let mut config = config;
+        if let Some(kafka) = &mut config.kafka {
+            kafka.instance_id = instance_id(instance, &config.data_dir, &kafka.options)?;
+        }
         config.check_ranges()?;
         Ok(config)
     }
@@ -484,6 +495,48 @@ fn http_addr(value: Option<String>) -> Result<Option<SocketAddr>> {
     }
 }
 
+/// The consumer's static member id: the one given, none for `off` (or when `--kafka-opt`
+/// sets `group.instance.id` itself), else `pitwall-HOST-HASH` with HASH from the data
+/// directory's absolute path: the same server restarted gets the same id, and two servers on
+/// one host (which need two data directories) get two.
+fn instance_id(
+    value: Option<String>,
+    data_dir: &str,
+    options: &[(String, String)],
+) -> Result<Option<String>> {
+    if options.iter().any(|(k, _)| k == "group.instance.id") {
+        return Ok(None);
+    }
+    let id = match value.as_deref().map(str::trim) {
+        Some("off") => return Ok(None),
+        Some(id) => id.to_string(),
+        None => {
+            let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.into());
+            let hash = twox_hash::XxHash64::oneshot(0, dir.as_os_str().as_encoded_bytes());
+            let host = gethostname::gethostname().to_string_lossy().into_owned();
+            let host: String = host
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(64)
+                .collect();
+            format!("pitwall-{host}-{:08x}", hash as u32)
+        }
+    };
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > 249 || !id.chars().all(legal) {
+        return Err(Error::Config(format!(
+            "--instance-id {id:?}: expected 1-249 characters of a-z, A-Z, 0-9, '.', '_', '-' (or off)"
+        )));
+    }
+    Ok(Some(id))
+}
+
 /// `./queries` when it exists (running from the repository), else none (the built-in defaults).
 fn default_queries_dir() -> Option<PathBuf> {
     let p = PathBuf::from("queries");
@@ -523,6 +576,7 @@ mod tests {
             ("--compact-min-files", "1", &[]),
             ("--housekeeping-ms", "0", &[]),
             ("--http-addr", "nowhere", &[]),
+            ("--instance-id", "a b", &kafka),
         ];
         for (flag, value, extra) in cases {
             let arg = format!("{flag}={value}");
@@ -575,6 +629,31 @@ mod tests {
             ("kmh".to_string(), "speed".to_string())
         );
         assert_eq!(c.archive.checkpoint_interval, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn the_static_member_id_follows_the_data_dir_unless_given_or_off() {
+        let id = |extra: &[&str]| {
+            let mut argv = vec!["pitwall-server", "--brokers", "b:9092"];
+            argv.extend_from_slice(extra);
+            Config::resolve(ServerArgs::parse_from(argv))
+                .unwrap()
+                .kafka
+                .unwrap()
+                .instance_id
+        };
+        let (a, a_again) = (id(&["--data-dir", "/d/a"]), id(&["--data-dir", "/d/a"]));
+        let b = id(&["--data-dir", "/d/b"]);
+        assert!(a.as_deref().unwrap().starts_with("pitwall-"), "{a:?}");
+        assert_eq!(a, a_again, "the same server restarted keeps its id");
+        assert_ne!(a, b, "two data directories, two members");
+        assert_eq!(id(&["--instance-id", "rig-7"]).as_deref(), Some("rig-7"));
+        assert_eq!(id(&["--instance-id", "off"]), None);
+        assert_eq!(
+            id(&["--kafka-opt", "group.instance.id=x"]),
+            None,
+            "librdkafka's own wins"
+        );
     }
 
     #[test]

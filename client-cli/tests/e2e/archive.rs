@@ -14,7 +14,7 @@ use datafusion::datasource::listing::ListingOptions;
 use datafusion::prelude::SessionContext;
 use pitwall_server::engine::oracle::{assert_same_rows, batch_result, canonical_rows};
 
-use crate::engine::stats;
+use crate::engine::{stats, wait_for};
 use crate::support::*;
 
 /// The tests here restart servers and brokers and time their recovery: on a 2-core machine
@@ -242,7 +242,12 @@ async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() 
     let group = unique("group");
     let mut rng = 0x2545F4914F6CDD1Du64;
     let settings = [
-        // The broker's minimum: a killed member leaves the group after 6 s.
+        // The broker's minimum: a killed member leaves the group after 6 s. With a dynamic
+        // member: tansu answers a static member's JoinGroup and SyncGroup 3 s each, and takes
+        // 6 s without a heartbeat for a missed session; the restarts here do not wait for the
+        // group anyway.
+        "--instance-id",
+        "off",
         "--kafka-opt",
         "session.timeout.ms=6000",
         "--kafka-opt",
@@ -283,6 +288,159 @@ async fn killed_five_times_the_archive_is_exact_and_results_are_uninterrupted() 
     let archived = read_archive(&data, "telemetry", &["session", "driver"]).await;
     assert_archive_holds_exactly(&archived, &rows);
     assert_results_equal_batch(&data, &rows).await;
+}
+
+/// The rows `pitwall replay --cars N` publishes (one round).
+fn fleet_rows(cars: usize) -> RecordBatch {
+    let session = pitwall_cli::session::Session::bundled().unwrap();
+    let mut fleet = pitwall_cli::fleet::Fleet::new(&session, Some(cars), false).unwrap();
+    let mut chunks = Vec::new();
+    while let Some(c) = fleet.next_chunk(64 * 1024).unwrap() {
+        chunks.push(c);
+    }
+    arrow::compute::concat_batches(&chunks[0].schema(), &chunks).unwrap()
+}
+
+/// As an operator would (issue 24, point 0): the server started with its default group
+/// settings, a 6-car replay at 500x into a 4-partition topic that does not exist yet, and the
+/// server killed with SIGKILL five times, 1-3 s apart, each time started again at once with
+/// the same flags. The last one must consume everything, each row once. (Without static
+/// membership tansu 0.6.0 left it idle for good: `scripts/repro-idle-group.sh`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_five_times_during_a_replay_the_restarted_server_consumes_it_all() {
+    let _serial = one_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = broker();
+    let topic = unique("restarts");
+    let group = unique("group");
+    let data = dir.path().join("data");
+    let _log = LogOnPanic(vec![data.with_extension("log")]);
+    let (port, http) = (free_port(), free_port());
+    let start = || ServerProcess::start_on(port, http, &bootstrap, &topic, &group, &data, &[]);
+    let mut server = start();
+    stats(&mut server.client().await).await;
+    let replay = pitwall()
+        .args(["replay", "--brokers", &bootstrap, "--topic", &topic])
+        .args([
+            "--partitions",
+            "4",
+            "--cars",
+            "6",
+            "--speed",
+            "500",
+            "--quiet",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rng = 0x9E3779B97F4A7C15u64;
+    for kill in 1..=5 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let after = Duration::from_millis(1_000 + rng % 2_000);
+        tokio::time::sleep(after).await;
+        println!("kill -9 #{kill} after {after:?}");
+        server.kill9();
+        server = start();
+        // Until it answers.
+        stats(&mut server.client().await).await;
+    }
+    let out = replay.wait_with_output().unwrap();
+    assert!(out.status.success());
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let rows = fleet_rows(6);
+    finish(server, rows.num_rows() as u64).await;
+    let archived = read_archive(&data, "telemetry", &["session", "driver"]).await;
+    assert_archive_holds_exactly(&archived, &rows);
+}
+
+/// A server that owns no partition for longer than a rebalance takes says so (`stats`,
+/// `/readyz`, a warning), rejoins its group, and takes over once a partition is free: here a
+/// second server in the group of a 1-partition topic, whose owner is then killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_partitions_says_so_and_takes_over_when_one_frees() {
+    let _serial = one_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = broker();
+    let topic = unique("unassigned");
+    let group = unique("group");
+    create_topic(&bootstrap, &topic, 1).await.unwrap();
+    // Short timeouts: the watch fires at max(session, rebalance timeout) + 15 s = 27 s. (Not
+    // 6 s: tansu takes 3 s to answer a static member's JoinGroup and 3 s for its SyncGroup,
+    // and then counts the member's session as missed.)
+    let settings = [
+        "--kafka-opt",
+        "session.timeout.ms=12000",
+        "--kafka-opt",
+        "heartbeat.interval.ms=500",
+        "--kafka-opt",
+        "max.poll.interval.ms=12000",
+    ];
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let _log = LogOnPanic(vec![
+        a_dir.with_extension("log"),
+        b_dir.with_extension("log"),
+    ]);
+    let start = |dir: &Path| {
+        let http = free_port();
+        let server = ServerProcess::start_on(
+            free_port(),
+            http,
+            &bootstrap,
+            &topic,
+            &group,
+            dir,
+            &settings,
+        );
+        (
+            server,
+            crate::web::Http::new(([127, 0, 0, 1], http).into(), None),
+        )
+    };
+    let (a, a_http) = start(&a_dir);
+    let (b, b_http) = start(&b_dir);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    assert_eq!(b_http.get("/readyz").await.0, 200);
+    // The group gives the partition to one of them (the first member id in order).
+    let started = Instant::now();
+    let (owner, idle) = loop {
+        let (sa, sb) = (stats(&mut ca).await, stats(&mut cb).await);
+        let stuck = |s: &pitwall_proto::ServerStats| s.group_stuck && s.group_rejoins >= 1;
+        if sa.partitions == [0] && stuck(&sb) {
+            break ((a, ca, a_http), (b, cb, b_http, sb, b_dir));
+        }
+        if sb.partitions == [0] && stuck(&sa) {
+            break ((b, cb, b_http), (a, ca, a_http, sa, a_dir));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no owner and idle server after 120 s: {sa:?} {sb:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (idle, mut idle_client, idle_http, s, idle_dir) = idle;
+    assert!(s.partitions.is_empty() && s.unassigned_s > 27.0, "{s:?}");
+    let (status, body) = idle_http.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("no partitions assigned for "), "{body}");
+    assert_eq!(owner.2.get("/readyz").await.0, 200);
+    let log = std::fs::read_to_string(idle_dir.with_extension("log")).unwrap();
+    assert!(
+        log.contains("no partitions assigned for"),
+        "no warning logged"
+    );
+    drop(owner.1);
+    owner.0.kill9();
+    let s = wait_for(
+        &mut idle_client,
+        "the idle server to take the partition",
+        |s| s.partitions == [0],
+    )
+    .await;
+    assert!(!s.group_stuck && s.unassigned_s == 0.0, "{s:?}");
+    assert_eq!(idle_http.get("/readyz").await, (200, "ready\n".to_string()));
+    idle.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -286,7 +286,15 @@ impl PitwallSql {
                 .as_ref()
                 .map_or(0, |a| counter(a).load(Ordering::Relaxed))
         };
+        let group = ingest.group();
         Ok(pb::ServerStats {
+            kafka: group.kafka,
+            partitions: group.assigned.clone(),
+            unassigned_s: group
+                .unassigned_since
+                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            group_stuck: group.stuck,
+            group_rejoins: group.rejoins,
             rows_ingested: ingest.rows.load(Ordering::Relaxed),
             messages_ingested: ingest.messages.load(Ordering::Relaxed),
             bytes_ingested: ingest.bytes.load(Ordering::Relaxed),

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::dead_letter::DeadLetter;
 use super::decode::{Decoder, RawMessage};
-use super::{IngestStats, MicroBatch, PartitionSlice};
+use super::{GroupStatus, IngestStats, MicroBatch, PartitionSlice};
 use crate::error::Result;
 
 /// The consumer's librdkafka context: reaching the end of a partition is how the watermark
@@ -296,6 +296,9 @@ impl ResumeGuard {
     }
 }
 
+/// The consumer's poll interval, which is also its rebalance timeout (see `consumer_config`).
+const MAX_POLL_INTERVAL_MS: u64 = 60_000;
+
 /// Where a new consumer group starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -319,6 +322,8 @@ pub struct KafkaConfig {
     /// How long a micro-batch stays open after its first message.
     pub linger: Duration,
     pub dead_letter_topic: Option<String>,
+    /// Static group membership (`group.instance.id`); None = dynamic.
+    pub instance_id: Option<String>,
 }
 
 /// Offsets to commit: (topic, partition) -> next offset to read.
@@ -370,12 +375,19 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         // long a rejoin may wait for members that are gone (Kafka's 5 minutes would stall a
         // restarted instance that long). The ingest thread polls continuously, so a minute
         // without a poll means it is stuck.
-        .set("max.poll.interval.ms", "60000")
+        .set("max.poll.interval.ms", MAX_POLL_INTERVAL_MS.to_string())
         .set("fetch.wait.max.ms", "10")
         .set("queued.min.messages", "200000")
         // librdkafka prefetches up to 64 MB by default; 16 MB is still over a second of input
         // at 200K rows/s and keeps the consumer's share of memory small.
         .set("queued.max.messages.kbytes", "16384");
+    // A static member id: a server restarted after a crash takes its old member's place (and
+    // partitions) at once. It also avoids a group coordinator fault seen with tansu 0.6.0,
+    // where a dynamic member that rejoins after its predecessors died ends up "steady" with
+    // no partitions (see `scripts/repro-idle-group.sh`).
+    if let Some(id) = &config.instance_id {
+        c.set("group.instance.id", id);
+    }
     for (k, v) in &config.options {
         c.set(k, v);
     }
@@ -402,7 +414,15 @@ pub fn spawn(
     let mut probe_config = ClientConfig::new();
     probe_config.set("bootstrap.servers", &config.brokers);
     for (k, v) in &config.options {
-        if !k.starts_with("group.") && !k.contains("session.timeout") && !k.contains("heartbeat") {
+        // Group settings are the consumer's only (the prober has no group; a lone poll
+        // interval below the default session timeout would even refuse to create it).
+        let group_only = [
+            "group.",
+            "session.timeout",
+            "heartbeat",
+            "max.poll.interval",
+        ];
+        if !group_only.iter().any(|g| k.starts_with(g)) {
             probe_config.set(k, v);
         }
     }
@@ -445,6 +465,7 @@ pub fn spawn(
             // it cannot say the partition is at its end).
             let mut last_message: BTreeMap<i32, Instant> = BTreeMap::new();
             let mut new_assignment = true;
+            let mut watch = AssignmentWatch::new(&config.options);
             while !stop.load(Ordering::Relaxed) {
                 // While a probe is out, come back soon to hand its answer to the engine.
                 let max_idle_wait = prober.busy.then_some(Duration::from_millis(2));
@@ -463,6 +484,7 @@ pub fn spawn(
                     }
                 }
                 let assigned = assignment(&consumer, &config.topic);
+                watch.observe(&consumer, &config, assigned.as_deref(), &stats);
                 let assignment_changed = assigned != last_assigned;
                 if assignment_changed {
                     new_assignment = true;
@@ -552,6 +574,87 @@ pub fn spawn(
         committer: Committer { tx: commit_tx },
         thread,
     })
+}
+
+/// Notices a consumer that owns no partition for longer than a rebalance can take (the
+/// session timeout, or the rebalance timeout if longer, plus [`AssignmentWatch::GRACE`]):
+/// it says so (a warning, `pitwall stats`, `/readyz`) and leaves and rejoins its group,
+/// then again after twice as long, up to every [`AssignmentWatch::MAX_BACKOFF`]. An
+/// instance with nothing to own (more servers than partitions) is told so the same way.
+struct AssignmentWatch {
+    limit: Duration,
+    since: Option<Instant>,
+    next_rejoin: Duration,
+    status: GroupStatus,
+}
+
+impl AssignmentWatch {
+    const GRACE: Duration = Duration::from_secs(15);
+    const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+    fn new(options: &[(String, String)]) -> Self {
+        let ms = |key: &str, default: u64| {
+            options
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        let session = ms("session.timeout.ms", 45_000);
+        let rebalance = ms("max.poll.interval.ms", MAX_POLL_INTERVAL_MS);
+        let limit = Duration::from_millis(session.max(rebalance)) + Self::GRACE;
+        Self {
+            limit,
+            since: Some(Instant::now()),
+            next_rejoin: limit,
+            status: GroupStatus {
+                kafka: true,
+                ..GroupStatus::default()
+            },
+        }
+    }
+
+    fn observe(
+        &mut self,
+        consumer: &BaseConsumer,
+        config: &KafkaConfig,
+        assigned: Option<&[i32]>,
+        stats: &IngestStats,
+    ) {
+        let assigned = assigned.unwrap_or_default();
+        let before = self.status.clone();
+        self.status.assigned = assigned.to_vec();
+        if !assigned.is_empty() {
+            if self.status.stuck {
+                tracing::info!(partitions = ?assigned, "partitions assigned again");
+            }
+            self.since = None;
+            self.next_rejoin = self.limit;
+            self.status.stuck = false;
+        } else {
+            let since = *self.since.get_or_insert_with(Instant::now);
+            let idle = since.elapsed();
+            self.status.stuck = idle > self.limit;
+            if idle > self.next_rejoin {
+                tracing::warn!(
+                    topic = %config.topic,
+                    group = %config.group_id,
+                    "no partitions assigned for {} s (more servers than partitions, or a stuck group): leaving and rejoining the group",
+                    idle.as_secs()
+                );
+                consumer.unsubscribe();
+                if let Err(e) = consumer.subscribe(&[&config.topic]) {
+                    tracing::warn!(error = %e, "rejoining the group failed; will retry");
+                }
+                self.status.rejoins += 1;
+                self.next_rejoin = (self.next_rejoin * 2).min(idle + Self::MAX_BACKOFF);
+            }
+        }
+        self.status.unassigned_since = self.since;
+        if self.status != before {
+            stats.set_group(self.status.clone());
+        }
+    }
 }
 
 /// The partitions whose position has reached the broker's high watermark. Any broker error

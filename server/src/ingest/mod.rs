@@ -58,6 +58,22 @@ pub struct IngestStats {
     bad: Mutex<BTreeMap<&'static str, u64>>,
     /// Consumer lag per partition (messages), from librdkafka's statistics.
     lag: Mutex<BTreeMap<i32, i64>>,
+    group: Mutex<GroupStatus>,
+}
+
+/// The consumer's place in its group, as `pitwall stats`, `/metrics` and `/readyz` show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupStatus {
+    /// A Kafka consumer (false for the embedded replay, which owns all its input).
+    pub kafka: bool,
+    /// Partitions assigned now.
+    pub assigned: Vec<i32>,
+    /// Since when none are (None while some are).
+    pub unassigned_since: Option<std::time::Instant>,
+    /// Unassigned for longer than the session timeout plus a bound: something is wrong.
+    pub stuck: bool,
+    /// Times the consumer left and rejoined its group because it was stuck.
+    pub rejoins: u64,
 }
 
 impl IngestStats {
@@ -82,6 +98,14 @@ impl IngestStats {
     /// Replaces the consumer lag of the partitions the consumer owns.
     pub fn set_lag(&self, lag: BTreeMap<i32, i64>) {
         *self.lag.lock().expect("stats lock") = lag;
+    }
+
+    pub fn set_group(&self, status: GroupStatus) {
+        *self.group.lock().expect("stats lock") = status;
+    }
+
+    pub fn group(&self) -> GroupStatus {
+        self.group.lock().expect("stats lock").clone()
     }
 
     pub fn lag_by_partition(&self) -> BTreeMap<i32, i64> {

@@ -5,7 +5,8 @@
 //! The names, with their labels (README "Metrics" lists the same):
 //! ingest `pitwall_ingest_{messages,rows,bytes,micro_batches}_total`,
 //! `pitwall_dead_letters_total{reason}`, `pitwall_late_rows_total`,
-//! `pitwall_consumer_lag{partition}`; engine `pitwall_watermark_delay_seconds`,
+//! `pitwall_consumer_lag{partition}`, `pitwall_partitions_assigned`,
+//! `pitwall_unassigned_seconds`, `pitwall_group_rejoins_total` (Kafka input only); engine `pitwall_watermark_delay_seconds`,
 //! `pitwall_query_rows_out_total{query}`, `pitwall_query_late_rows_dropped_total{query}`,
 //! `pitwall_query_state_rows{query}`, `pitwall_query_emit_latency_seconds{query,quantile}`;
 //! subscribers `pitwall_subscribers{kind}`, `pitwall_subscribers_dropped_total{kind}` (kind
@@ -114,6 +115,26 @@ fn ingest(s: &mut Scrape, state: &WebState) {
             .into_iter()
             .map(|(r, n)| (label("reason", r), n)),
     );
+    let group = i.group();
+    if group.kafka {
+        s.gauge(
+            "pitwall_partitions_assigned",
+            "Partitions of the topic this instance owns now",
+            group.assigned.len() as f64,
+        );
+        s.gauge(
+            "pitwall_unassigned_seconds",
+            "How long this instance has owned no partition (0 while it owns some)",
+            group
+                .unassigned_since
+                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        );
+        s.counter(
+            "pitwall_group_rejoins",
+            "Times the consumer left and rejoined its group after owning nothing for too long",
+            group.rejoins,
+        );
+    }
     s.gauges(
         "pitwall_consumer_lag",
         "Messages behind the end of each owned partition (librdkafka statistics)",

@@ -152,6 +152,21 @@ async fn security_headers(req: Request, next: Next) -> Response {
     resp
 }
 
+/// `GET /readyz`: 200 while the server does its work; 503 with the reason when its Kafka
+/// consumer has owned no partition for longer than a rebalance takes (see
+/// `ingest::kafka::AssignmentWatch`). Open like `/healthz`: it says nothing about the data.
+async fn ready(State(state): State<Arc<WebState>>) -> Result<&'static str, HttpError> {
+    let group = state.flight.ingest.group();
+    if group.stuck {
+        let s = group.unassigned_since.map_or(0, |t| t.elapsed().as_secs());
+        return Err(HttpError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no partitions assigned for {s} s"),
+        ));
+    }
+    Ok("ready\n")
+}
+
 fn router(state: Arc<WebState>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics::scrape))
@@ -168,6 +183,8 @@ fn router(state: Arc<WebState>) -> Router {
     Router::new()
         .route("/", get(assets::index))
         .route("/assets/{*file}", get(assets::file))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
         .merge(protected)
         .fallback(|| async { HttpError::not_found("no such page; the dashboard is at /") })
         .layer(axum::middleware::from_fn(security_headers))
