@@ -193,7 +193,7 @@ async fn finish(server: ServerProcess, rows: u64) {
 
 async fn assert_results_equal_batch(data: &Path, rows: &RecordBatch) {
     let queries = pitwall_server::initial_queries(None).unwrap();
-    for q in ["lap_anomaly", "lap_stats", "speed_1s"] {
+    for q in ["lap_anomaly", "lap_stats", "speed_1s", "lock_up"] {
         let archived = read_archive(data, &format!("results/query={q}"), &["session"]).await;
         // Put `session` back where the query has it, for comparison.
         let batch = batch_result(&queries, q, rows).await.unwrap();

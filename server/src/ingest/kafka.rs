@@ -870,8 +870,16 @@ fn send_batch(
     let mut batch = match decode_batch(config, messages, decoder, dlq, stats, processed) {
         Ok(b) => b,
         Err(e) => {
-            tracing::error!(error = %e, "micro-batch could not be decoded; it is skipped");
-            return true;
+            // Not one message could be decoded into the batch (see `Decoder::decode`): the
+            // offsets stay where they are, and ingest stops rather than skip input. A restart
+            // reads it again from the last checkpoint.
+            tracing::error!(error = %e, "micro-batch could not be decoded; ingest stops here");
+            let mut status = stats.group();
+            status.stopped = Some(format!(
+                "ingest stopped: a micro-batch could not be decoded: {e}"
+            ));
+            stats.set_group(status);
+            return false;
         }
     };
     for s in &batch.partitions {

@@ -74,6 +74,8 @@ pub struct GroupStatus {
     pub stuck: bool,
     /// Times the consumer left and rejoined its group because it was stuck.
     pub rejoins: u64,
+    /// Why ingest stopped, when it stopped on an error (a restart resumes from the checkpoint).
+    pub stopped: Option<String>,
 }
 
 impl IngestStats {

@@ -152,11 +152,14 @@ async fn security_headers(req: Request, next: Next) -> Response {
     resp
 }
 
-/// `GET /readyz`: 200 while the server does its work; 503 with the reason when its Kafka
-/// consumer has owned no partition for longer than a rebalance takes (see
+/// `GET /readyz`: 200 while the server does its work; 503 with the reason when ingest stopped
+/// on an error, or when its Kafka consumer has owned no partition for longer than a rebalance takes (see
 /// `ingest::kafka::AssignmentWatch`). Open like `/healthz`: it says nothing about the data.
 async fn ready(State(state): State<Arc<WebState>>) -> Result<&'static str, HttpError> {
     let group = state.flight.ingest.group();
+    if let Some(why) = group.stopped {
+        return Err(HttpError(StatusCode::SERVICE_UNAVAILABLE, why));
+    }
     if group.stuck {
         let s = group.unassigned_since.map_or(0, |t| t.elapsed().as_secs());
         return Err(HttpError(

@@ -14,7 +14,7 @@ pub mod protobuf;
 use std::collections::HashMap;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::filter;
+use datafusion::arrow::compute::{concat_batches, filter};
 use serde::Deserialize;
 
 use pitwall_proto::schema::JSON_WIRE_NAMES;
@@ -86,6 +86,9 @@ pub mod reason {
     pub const MISSING_FIELD: &str = "missing_field";
     pub const BAD_PROTOBUF: &str = "bad_protobuf";
     pub const BAD_TIME: &str = "bad_time";
+    /// The decoder itself failed on this message (an internal error, not the input's fault
+    /// as far as we know): dead-lettered like the others, so that nothing is lost unseen.
+    pub const DECODER_ERROR: &str = "decoder_error";
 }
 
 /// A rejected message (index into the decoded slice) and why.
@@ -139,6 +142,9 @@ pub struct Decoder {
     config: DecodeConfig,
     json: json::JsonDecoder,
     session_starts: HashMap<String, i64>,
+    /// Tests: fail (as an internal error would) on any slice holding a payload with this.
+    #[cfg(test)]
+    pub(crate) fail_on: Option<&'static [u8]>,
 }
 
 impl Decoder {
@@ -148,6 +154,8 @@ impl Decoder {
             config,
             json,
             session_starts: HashMap::new(),
+            #[cfg(test)]
+            fail_on: None,
         })
     }
 
@@ -155,7 +163,56 @@ impl Decoder {
         &self.config
     }
 
+    /// Decodes a micro-batch. Bad input is never an error (each bad message is in
+    /// [`Decoded::bad`] with its reason); an internal error on the batch as a whole makes the
+    /// decoder take its messages one by one, and a message that fails alone is a bad message
+    /// (`decoder_error`): one message's problem costs no other message, and none is skipped
+    /// without a dead letter. The error left is concatenating what was decoded.
     pub fn decode(&mut self, messages: &[RawMessage<'_>]) -> crate::error::Result<Decoded> {
+        match self.decode_together(messages) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                tracing::warn!(error = %e, messages = messages.len(), "a micro-batch failed to decode as a whole; decoding its messages one by one");
+                self.decode_one_by_one(messages)
+            }
+        }
+    }
+
+    fn decode_one_by_one(&mut self, messages: &[RawMessage<'_>]) -> crate::error::Result<Decoded> {
+        let mut out = self.decode_together(&[])?;
+        let mut rows = vec![out.rows.clone()];
+        for (i, m) in messages.iter().enumerate() {
+            match self.decode_together(std::slice::from_ref(m)) {
+                Ok(d) => {
+                    out.row_message.extend(d.row_message.iter().map(|_| i));
+                    out.bad
+                        .extend(d.bad.into_iter().map(|b| BadMessage { index: i, ..b }));
+                    rows.push(d.rows);
+                }
+                Err(e) => out.bad.push(BadMessage {
+                    index: i,
+                    reason: reason::DECODER_ERROR,
+                    error: e.to_string().lines().next().unwrap_or_default().to_string(),
+                }),
+            }
+        }
+        out.rows = concat_batches(&out.rows.schema(), &rows)?;
+        out.bad.sort_by_key(|b| b.index);
+        Ok(out)
+    }
+
+    fn decode_together(&mut self, messages: &[RawMessage<'_>]) -> crate::error::Result<Decoded> {
+        #[cfg(test)]
+        if let Some(marker) = self.fail_on
+            && messages
+                .iter()
+                .any(|m| memchr::memmem::find(m.payload, marker).is_some())
+        {
+            return Err(datafusion::arrow::error::ArrowError::ComputeError(
+                "injected decoder failure".into(),
+            )
+            .into());
+        }
         let mut bad = Vec::new();
         let (mut json_idx, mut proto_idx, mut batch_idx) = (Vec::new(), Vec::new(), Vec::new());
         for (i, m) in messages.iter().enumerate() {

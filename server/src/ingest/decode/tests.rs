@@ -259,3 +259,29 @@ fn protobuf_samples_and_batches() {
     );
     assert_eq!(d.rows.column_by_name("x").unwrap().null_count(), 4);
 }
+
+/// An internal error on a micro-batch costs no message: the decoder takes the batch apart,
+/// and the message it still fails on is a bad message (dead-lettered), not skipped.
+#[test]
+fn an_internal_decoder_failure_loses_no_message_and_dead_letters_the_culprit() {
+    let mut d = decoder();
+    d.fail_on = Some(b"BOOM");
+    let (a, b) = (
+        br#"{"Session":"s","Driver":"VER","LapNumber":1,"SessionTime":1.0,"Speed":1,"RPM":1}"#,
+        br#"{"Session":"s","Driver":"HAM","LapNumber":1,"SessionTime":2.0,"Speed":2,"RPM":2}"#,
+    );
+    let culprit = br#"{"Session":"s","Driver":"BOOM","LapNumber":1,"SessionTime":3.0}"#;
+    let out = d
+        .decode(&[
+            msg(a, None, 0),
+            msg(culprit, None, 1),
+            msg(b"{nope", None, 2),
+            msg(b, None, 3),
+        ])
+        .unwrap();
+    assert_eq!(out.rows.num_rows(), 2);
+    assert_eq!(out.row_message, [0, 3]);
+    let bad: Vec<(usize, &str)> = out.bad.iter().map(|b| (b.index, b.reason)).collect();
+    assert_eq!(bad, [(1, reason::DECODER_ERROR), (2, reason::NOT_JSON)]);
+    assert!(out.bad[0].error.contains("injected"), "{:?}", out.bad[0]);
+}
