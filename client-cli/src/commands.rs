@@ -268,7 +268,10 @@ pub async fn stats(client: &mut Client) -> Result<()> {
     if s.kafka {
         println!("partitions:    {}", partitions_line(&s));
     }
-    println!("late rows:     {}", s.late_rows);
+    println!(
+        "behind wm:     {} rows below the watermark on arrival (dropped as late: see \"late dropped\")",
+        s.late_rows
+    );
     println!(
         "watermark:     {} (lag {} ms)",
         fmt_ts(s.watermark_ms),

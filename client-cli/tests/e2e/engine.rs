@@ -44,12 +44,13 @@ pub async fn wait_for(
 
 /// Waits until `rows` rows were ingested and every window has closed.
 pub async fn wait_until_done(client: &mut Client, rows: u64) {
-    wait_for(client, "all rows ingested and every window closed", |s| {
-        s.rows_ingested == rows && s.queries.iter().all(|q| q.open_windows == 0)
+    wait_for(client, "all rows ingested and emitted", |s| {
+        s.rows_ingested == rows
+            && s.queries
+                .iter()
+                .all(|q| q.open_windows == 0 && q.pending_rows == 0)
     })
     .await;
-    // Rows held for the watermark are released on the next ticks.
-    tokio::time::sleep(Duration::from_millis(600)).await;
 }
 
 /// Compares every shipped query's live results with the same SQL run in batch over `rows`.

@@ -18,6 +18,14 @@ use tonic::transport::Channel;
 use crate::engine::wait_until_done;
 use crate::support::*;
 
+/// A stream's next item, failing the test after 60 s without one: a bug must fail the suite,
+/// not hang it.
+async fn next_within<S: futures::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    tokio::time::timeout(Duration::from_secs(60), stream.next())
+        .await
+        .expect("no message for 60 s")
+}
+
 fn csv_lines(batches: &[RecordBatch]) -> Vec<String> {
     let mut buf = Vec::new();
     {
@@ -72,7 +80,10 @@ async fn replay_to_server_to_watch_lap_anomaly_csv_gives_every_lap() {
         let h = lines.next().unwrap().unwrap();
         (h, lines)
     });
-    let (header, lines) = header.await.unwrap();
+    let (header, lines) = tokio::time::timeout(Duration::from_secs(60), header)
+        .await
+        .expect("no header from pitwall watch in 60 s")
+        .unwrap();
     assert_eq!(
         header,
         "session,driver,lap,mean_speed,mean_rpm,anomaly_score,is_anomaly"
@@ -82,9 +93,15 @@ async fn replay_to_server_to_watch_lap_anomaly_csv_gives_every_lap() {
         let mut v: Vec<String> = lines.map(|l| l.unwrap()).collect();
         v.sort();
         v
-    })
-    .await
-    .unwrap();
+    });
+    // `--limit` ends the watch; a bug that keeps it open fails here instead of hanging.
+    let got = tokio::time::timeout(Duration::from_secs(120), got)
+        .await
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("pitwall watch still running after 120 s")
+        })
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "pitwall watch failed");
     assert!(got.len() >= 20 * 4, "a row per car and lap");
@@ -145,7 +162,9 @@ async fn replace_under_load_keeps_subscribers_and_other_queries() {
     // Some rows of the original query first.
     let mut before = 0;
     while before < 20 {
-        if let DecodedPayload::RecordBatch(b) = over_rev.next().await.unwrap().unwrap().payload {
+        if let DecodedPayload::RecordBatch(b) =
+            next_within(&mut over_rev).await.unwrap().unwrap().payload
+        {
             before += b.num_rows();
         }
     }
@@ -167,8 +186,7 @@ async fn replace_under_load_keeps_subscribers_and_other_queries() {
     // Same stream: a new schema, then the new query's rows.
     let (mut new_schema, mut after) = (false, 0);
     while after < 20 {
-        match over_rev
-            .next()
+        match next_within(&mut over_rev)
             .await
             .expect("stream still open")
             .unwrap()
@@ -196,7 +214,9 @@ async fn replace_under_load_keeps_subscribers_and_other_queries() {
     let mut speed_rows = 0;
     let started = Instant::now();
     while speed_rows == 0 && started.elapsed() < Duration::from_secs(30) {
-        if let DecodedPayload::RecordBatch(b) = speed.next().await.unwrap().unwrap().payload {
+        if let DecodedPayload::RecordBatch(b) =
+            next_within(&mut speed).await.unwrap().unwrap().payload
+        {
             speed_rows += b.num_rows();
         }
     }
@@ -248,7 +268,9 @@ async fn set_parameter_changes_what_a_running_subscriber_receives() {
     };
     let mut before = Vec::new();
     while before.len() < 30 {
-        if let DecodedPayload::RecordBatch(b) = stream.next().await.unwrap().unwrap().payload {
+        if let DecodedPayload::RecordBatch(b) =
+            next_within(&mut stream).await.unwrap().unwrap().payload
+        {
             before.extend(rpms(&b));
         }
     }
@@ -266,7 +288,9 @@ async fn set_parameter_changes_what_a_running_subscriber_receives() {
             started.elapsed() < Duration::from_secs(60),
             "no row between 11500 and 11800 after the change"
         );
-        if let DecodedPayload::RecordBatch(b) = stream.next().await.unwrap().unwrap().payload {
+        if let DecodedPayload::RecordBatch(b) =
+            next_within(&mut stream).await.unwrap().unwrap().payload
+        {
             after.extend(rpms(&b));
         }
     }
@@ -568,7 +592,12 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_others_keep_up() {
     let started = Instant::now();
     let mut fast_rows = 0;
     loop {
-        if let DecodedPayload::RecordBatch(b) = fast_stream.next().await.unwrap().unwrap().payload {
+        if let DecodedPayload::RecordBatch(b) = next_within(&mut fast_stream)
+            .await
+            .unwrap()
+            .unwrap()
+            .payload
+        {
             fast_rows += b.num_rows();
         }
         let s = crate::engine::stats(&mut control).await;
@@ -582,7 +611,7 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_others_keep_up() {
     }
     // The slow one gets what was buffered, then the reason it was dropped.
     let mut ended = None;
-    while let Some(item) = slow_stream.next().await {
+    while let Some(item) = next_within(&mut slow_stream).await {
         if let Err(e) = item {
             ended = Some(e.to_string());
             break;

@@ -91,6 +91,8 @@ pub struct QueryInfo {
     pub open_windows: u64,
     /// Rows held as window state (partial aggregates, rows waiting for the watermark).
     pub state_rows: u64,
+    /// Rows of window functions not emitted yet (held for the watermark or their next rows).
+    pub pending_rows: u64,
     pub subscribers: usize,
     pub emit_latency_ms: LatencySummary,
 }
@@ -152,6 +154,7 @@ impl RunningQuery {
             late_rows_dropped: self.pipeline.late_rows(),
             open_windows: self.pipeline.open_windows() as u64,
             state_rows: self.pipeline.state_rows() as u64,
+            pending_rows: self.pipeline.pending_rows() as u64,
             subscribers: self.results.subscribers(),
             emit_latency_ms: LatencySummary {
                 p50: pct(0.5),

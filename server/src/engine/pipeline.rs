@@ -135,6 +135,21 @@ impl Pipeline {
             .sum()
     }
 
+    /// Rows not emitted yet that no open window accounts for: window-function input held for
+    /// the watermark, and rows that wait for their following rows. Once the input ends and the
+    /// watermark passes everything, this and [`Self::open_windows`] reach 0.
+    pub fn pending_rows(&self) -> usize {
+        self.states
+            .iter()
+            .map(|s| match s {
+                StageState::Aggregate(_) => 0,
+                StageState::WindowFn(w) => {
+                    w.held.iter().map(|b| b.num_rows()).sum::<usize>() + w.pending.len()
+                }
+            })
+            .sum()
+    }
+
     /// Feeds new input rows (any may be empty), closes what the watermark allows, and returns
     /// the rows to emit. `idle` says the whole input has gone quiet.
     pub async fn process(

@@ -115,6 +115,20 @@ fn random_id() -> Result<u64, Status> {
 const PREPARED_KEPT: usize = 1024;
 const PREPARED_IDLE: Duration = Duration::from_secs(3600);
 
+/// Room for one more prepared statement: at the bound, those unused for [`PREPARED_IDLE`]
+/// are closed; if none is, the new one is refused.
+fn make_room(open: &mut HashMap<String, Prepared>, now: Instant) -> Result<(), Status> {
+    if open.len() >= PREPARED_KEPT {
+        open.retain(|_, p| now.saturating_duration_since(p.used) < PREPARED_IDLE);
+    }
+    if open.len() >= PREPARED_KEPT {
+        return Err(Status::resource_exhausted(format!(
+            "{PREPARED_KEPT} prepared statements are open, the most a server keeps: close some (ClosePreparedStatement)"
+        )));
+    }
+    Ok(())
+}
+
 pub struct PitwallSql {
     pub state: Arc<FlightState>,
     prepared: Mutex<HashMap<String, Prepared>>,
@@ -319,6 +333,7 @@ impl PitwallSql {
                     late_rows_dropped: q.late_rows_dropped,
                     subscribers: q.subscribers as u32,
                     open_windows: q.open_windows,
+                    pending_rows: q.pending_rows,
                 })
                 .collect(),
             archive_rows: archive(|a| &a.rows),
@@ -467,14 +482,7 @@ impl FlightSqlService for PitwallSql {
         let handle = format!("ps-{:016x}{:016x}", random_id()?, random_id()?);
         {
             let mut open = self.prepared.lock().expect("prepared lock");
-            if open.len() >= PREPARED_KEPT {
-                open.retain(|_, p| p.used.elapsed() < PREPARED_IDLE);
-            }
-            if open.len() >= PREPARED_KEPT {
-                return Err(Status::resource_exhausted(format!(
-                    "{PREPARED_KEPT} prepared statements are open, the most a server keeps: close some (ClosePreparedStatement)"
-                )));
-            }
+            make_room(&mut open, Instant::now())?;
             open.insert(
                 handle.clone(),
                 Prepared {
@@ -834,6 +842,44 @@ mod tests {
             produce_one_row: true,
             schema: Arc::new(datafusion::common::DFSchema::empty()),
         })
+    }
+
+    #[test]
+    fn prepared_statements_are_bounded_in_count_and_idle_age() {
+        let now = Instant::now();
+        let statement = |used| Prepared {
+            sql: "SELECT 1".into(),
+            params: None,
+            used,
+        };
+        let mut open: HashMap<String, Prepared> = (0..PREPARED_KEPT)
+            .map(|i| (format!("ps-{i}"), statement(now)))
+            .collect();
+        let full = make_room(&mut open, now).expect_err("the bound is reached");
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+        assert!(full.message().contains("close some"), "{}", full.message());
+        assert_eq!(open.len(), PREPARED_KEPT, "statements in use are kept");
+        // One left unused for longer than the idle age makes room.
+        open.get_mut("ps-7").unwrap().used = now - PREPARED_IDLE - Duration::from_secs(1);
+        make_room(&mut open, now).expect("the idle one is closed");
+        assert_eq!(open.len(), PREPARED_KEPT - 1);
+        assert!(!open.contains_key("ps-7"));
+    }
+
+    #[test]
+    fn planned_statements_waiting_for_their_doget_are_bounded() {
+        let kept = PlannedStatements::default();
+        let ids: Vec<u64> = (0..PLANNED_KEPT + 10)
+            .map(|i| {
+                kept.keep(&format!("SELECT {i}"), SessionContext::new(), plan())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(kept.0.lock().unwrap().len(), PLANNED_KEPT);
+        // The oldest made room (its ticket is planned again from its SQL); the newest waits.
+        assert!(kept.take(ids[0], "SELECT 0").is_none());
+        let last = PLANNED_KEPT + 9;
+        assert!(kept.take(ids[last], &format!("SELECT {last}")).is_some());
     }
 
     #[test]
