@@ -1,6 +1,7 @@
 //! Where archive files go: a local directory (written to a hidden temporary file, fsynced, then
-//! atomically renamed) or an object store (`s3://bucket/prefix`, where a PUT is atomic;
-//! credentials and region come from the usual `AWS_*` environment variables).
+//! atomically renamed, the directory synced; a new directory is synced in its parent) or an
+//! object store (`s3://bucket/prefix`, where a PUT is atomic; credentials and region come from
+//! the usual `AWS_*` environment variables).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -291,8 +292,7 @@ fn write_local(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Archive(format!("{} has no directory", path.display())))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| archive_err(&format!("cannot create {}", dir.display()), e))?;
+    create_dir_durably(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp"));
     let written = (|| {
@@ -312,10 +312,49 @@ fn write_local(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     written?;
     // Make the rename itself durable.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    sync_dir(dir)
+}
+
+/// Creates `dir` and its missing parents one at a time, syncing the parent of each: a new
+/// Hive directory's entry (`session=…/driver=…`) must survive a power loss as its files do.
+/// Returns the directories synced.
+fn create_dir_durably(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(m) = d.filter(|m| !m.as_os_str().is_empty() && !m.is_dir()) {
+        missing.push(m);
+        d = m.parent();
     }
-    Ok(())
+    let mut synced = Vec::new();
+    for m in missing.into_iter().rev() {
+        match std::fs::create_dir(m) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && m.is_dir() => {}
+            Err(e) => return Err(archive_err(&format!("cannot create {}", m.display()), e)),
+        }
+        if let Some(parent) = m.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+            synced.push(parent.to_path_buf());
+        }
+    }
+    Ok(synced)
+}
+
+/// Makes a directory's entries durable. File systems that cannot sync a directory say so
+/// with `InvalidInput`/`Unsupported`: there is nothing more to do there.
+fn sync_dir(dir: &Path) -> Result<()> {
+    let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    match synced {
+        Err(e)
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            Err(archive_err(&format!("cannot sync {}", dir.display()), e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The entries of a local directory; `None` when there is nothing to list there: missing, or a
@@ -361,4 +400,30 @@ fn list_local(root: &Path, base: &Path) -> Result<Vec<StoredFile>> {
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_hive_directories_are_synced_in_their_parents() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("telemetry/session=s1/driver=VER");
+        let synced = create_dir_durably(&dir).unwrap();
+        assert!(dir.is_dir());
+        let want = [
+            root.path().to_path_buf(),
+            root.path().join("telemetry"),
+            root.path().join("telemetry/session=s1"),
+        ];
+        assert_eq!(synced, want);
+        // Existing ones: nothing to create, nothing to sync.
+        assert!(create_dir_durably(&dir).unwrap().is_empty());
+        let sibling = root.path().join("telemetry/session=s1/driver=HAM");
+        assert_eq!(
+            create_dir_durably(&sibling).unwrap(),
+            [root.path().join("telemetry/session=s1")]
+        );
+    }
 }
