@@ -344,7 +344,7 @@ impl Config {
                 ));
             }
         };
-        let config = Config {
+        let mut config = Config {
             kafka,
             embedded_speed: k.embedded_speed.or(fk.embedded_speed).unwrap_or(1.0),
             embedded_loop: !(k.embedded_once || fk.embedded_once),
@@ -397,7 +397,6 @@ impl Config {
                 }
             },
         };
-        let mut config = config;
         if let Some(kafka) = &mut config.kafka {
             kafka.instance_id = instance_id(instance, &config.data_dir, &kafka.options)?;
         }
