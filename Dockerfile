@@ -44,7 +44,9 @@ RUN apt-get update \
 
 COPY --from=builder /usr/local/bin/pitwall-server /usr/local/bin/pitwall-server
 COPY --from=builder /app/queries /app/queries
-COPY --from=builder /app/data /app/data
+# The bundled race (GPL-3.0 data) beside the binary, not in it: found in ../share/pitwall/.
+COPY --from=builder /app/data /usr/local/share/pitwall
+COPY LICENSE /usr/local/share/doc/pitwall/LICENSE
 
 WORKDIR /app
 USER pitwall
@@ -62,7 +64,8 @@ RUN apt-get update \
  && chown pitwall /app
 
 COPY --from=builder /usr/local/bin/pitwall /usr/local/bin/pitwall
-COPY --from=builder /app/data /app/data
+COPY --from=builder /app/data /usr/local/share/pitwall
+COPY LICENSE /usr/local/share/doc/pitwall/LICENSE
 
 WORKDIR /app
 USER pitwall

@@ -4,6 +4,7 @@
 //! messages of `telemetry.proto`), is decoded into one canonical Arrow schema ([`schema`]), and
 //! leaves as Arrow Flight streams whose control messages are those of `control.proto`.
 
+pub mod bundled;
 pub mod schema;
 
 /// Generated from `telemetry.proto` and `control.proto` (package `pitwall.v1`).

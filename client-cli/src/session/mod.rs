@@ -21,10 +21,7 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pitwall_proto::schema::{col, telemetry_schema};
 
-/// The bundled session: the 2023 British GP race, all 20 cars, from 30 s before the start to
-/// the chequered flag (see data/PROVENANCE.md).
-pub const BUNDLED_PARQUET: &[u8] = include_bytes!("../../../data/2023-british-gp-race.parquet");
-pub const BUNDLED_NAME: &str = "2023-british-gp-race";
+pub use pitwall_proto::bundled::NAME as BUNDLED_NAME;
 
 /// A recorded session in the canonical schema, sorted by `ts` then `driver`.
 #[derive(Debug, Clone)]
@@ -34,8 +31,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// The bundled session: the 2023 British GP race, all 20 cars, from 30 s before the start
+    /// to the chequered flag (see data/PROVENANCE.md), read from its file at run time (GPL-3.0
+    /// data stays out of the binary; see [`pitwall_proto::bundled`]).
     pub fn bundled() -> Result<Self> {
-        let rows = read_parquet_bytes(Bytes::from_static(BUNDLED_PARQUET), "bundled session")?;
+        let bytes = pitwall_proto::bundled::read().map_err(|e| anyhow!(e))?;
+        let rows = read_parquet_bytes(Bytes::from(bytes), "bundled session")?;
         Self::new(BUNDLED_NAME.to_string(), rows)
     }
 

@@ -1,6 +1,7 @@
 //! `pitwall replay` into a real broker, read back with a plain rdkafka consumer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -252,4 +253,50 @@ fn malformed_csv_is_one_line_naming_file_and_line() {
     )
     .map_or(0, |(_, high)| high);
     assert_eq!(published, 0, "messages published from a malformed file");
+}
+
+/// Issue 24 point 18: the bundled race is GPL-3.0 data and the binaries are Apache-2.0, so
+/// neither binary may hold any of its bytes; both read it at run time, and without it they say
+/// in one line where they looked.
+#[test]
+fn the_binaries_carry_no_bundled_data_and_say_where_they_looked_without_it() {
+    let data = std::fs::read(pitwall_proto::bundled::path().unwrap()).unwrap();
+    let needles: Vec<&[u8]> = [1, 2, 3]
+        .iter()
+        .map(|q| &data[data.len() * q / 4..data.len() * q / 4 + 64])
+        .collect();
+    for bin in [pitwall_binary(), pitwall_server_binary()] {
+        let image = std::fs::read(&bin).unwrap();
+        for n in &needles {
+            assert!(
+                memchr::memmem::find(&image, n).is_none(),
+                "{} holds bytes of the bundled race",
+                bin.display()
+            );
+        }
+    }
+    let missing = "/nonexistent/bundled.parquet";
+    let data_dir = tempfile::tempdir().unwrap();
+    let out = run(pitwall()
+        .args(["replay", "--brokers", "127.0.0.1:9", "--topic", "t"])
+        .env(pitwall_proto::bundled::ENV, missing));
+    let server = run(Command::new(pitwall_server_binary())
+        .args([
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "off",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .env(pitwall_proto::bundled::ENV, missing));
+    for (what, out) in [("pitwall replay", out), ("pitwall-server", server)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(!out.status.success(), "{what} ran without the bundled race");
+        assert!(
+            last.contains(missing) && last.contains(pitwall_proto::bundled::ENV),
+            "{what}: {err}"
+        );
+    }
 }

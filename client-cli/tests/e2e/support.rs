@@ -199,7 +199,7 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Resu
 /// The `pitwall` binary under test: the one cargo built with this test, or the one in
 /// `$PITWALL_TEST_BIN_DIR` (to test other builds, e.g. release binaries or a copy kept aside
 /// while the tree changes).
-fn pitwall_binary() -> PathBuf {
+pub fn pitwall_binary() -> PathBuf {
     match std::env::var_os("PITWALL_TEST_BIN_DIR") {
         Some(dir) => Path::new(&dir).join("pitwall"),
         None => PathBuf::from(env!("CARGO_BIN_EXE_pitwall")),

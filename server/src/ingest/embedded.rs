@@ -21,15 +21,15 @@ use tokio::sync::mpsc;
 use super::{IngestStats, MicroBatch, PartitionSlice};
 use crate::error::{Error, Result};
 
-/// The bundled session, compiled into the binary (see data/PROVENANCE.md).
-pub const BUNDLED_PARQUET: &[u8] = include_bytes!("../../../data/2023-british-gp-race.parquet");
-pub const BUNDLED_NAME: &str = "2023-british-gp-race";
+pub use pitwall_proto::bundled::NAME as BUNDLED_NAME;
 /// The topic name offsets of the embedded source are recorded under.
 pub const TOPIC: &str = "embedded";
 
-/// The bundled session's rows in the canonical schema, sorted by event time.
+/// The bundled session's rows in the canonical schema, sorted by event time. The file is read
+/// at run time (GPL-3.0 data stays out of the binary; see [`pitwall_proto::bundled`]).
 pub fn bundled_session() -> Result<RecordBatch> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from_static(BUNDLED_PARQUET))?
+    let bytes = pitwall_proto::bundled::read().map_err(Error::Config)?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))?
         .with_batch_size(64 * 1024)
         .build()?;
     let schema = telemetry_schema();
