@@ -22,7 +22,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::catalog::is_data_file;
 use super::store::StoredFile;
 use super::writer::{file_seq, part_name, to_parquet};
-use super::{CommitRecord, CommittedFile, WriterState, commit_path, state_path};
+use super::{CommitRecord, CommittedFile, WriterState, put_commit_record, state_path};
 use crate::error::{Error, Result};
 
 /// Files at most this big count as small.
@@ -33,6 +33,12 @@ const DIRS_PER_RUN: usize = 8;
 pub(super) async fn run(w: &mut WriterState) -> Result<()> {
     if w.pending.is_some() {
         return Ok(());
+    }
+    if !w.uncertain.is_empty() {
+        // A commit whose record may have landed: the next commit settles it (and on a quiet
+        // stream no checkpoint comes, so this one makes it). No merge meanwhile: its files
+        // count or not depending on that record.
+        return commit_change(w, None, &[]).await;
     }
     settle(w).await?;
     if !w.superseded.is_empty() {
@@ -159,28 +165,35 @@ async fn commit_change(
                 bytes: bytes.len(),
             })
             .collect(),
-        replaces: w.superseded.iter().chain(replaced).cloned().collect(),
+        replaces: w
+            .replaced_by_next_commit()
+            .into_iter()
+            .chain(replaced.iter().cloned())
+            .collect(),
     };
     let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Archive(e.to_string()))?;
+    let mut maybe_landed = false;
     let written = async {
         if let Some((path, bytes, _)) = &added {
             w.store.put(path, bytes.clone()).await?;
         }
         w.store.put(&state_path(seq), state).await?;
-        w.store.put(&commit_path(seq), Bytes::from(json)).await
+        put_commit_record(&w.store, seq, Bytes::from(json))
+            .await
+            .map_err(|f| {
+                maybe_landed = f.maybe_landed;
+                f.error
+            })
     }
     .await;
     if let Err(e) = written {
-        // The commit record first: without it the other two are orphans, with it (should a
-        // crash stop this loop) recovery would delete the files it replaces.
-        for p in [&commit_path(seq), &state_path(seq)] {
-            let _ = w.store.delete(p).await;
-        }
-        if let Some((path, ..)) = added {
-            w.discard(path).await;
-        }
+        // With its record landed, recovery would delete the files it replaces: the merged
+        // file stays until a later commit leaves it out.
+        let attempted = added.map(|(path, ..)| path).into_iter().collect();
+        w.abandon(seq, attempted, maybe_landed).await;
         return Err(e);
     }
+    w.settle_uncertain();
     w.last_record = Some(record);
     w.superseded.extend(replaced.iter().cloned());
     w.superseded_since.get_or_insert_with(Instant::now);
@@ -285,6 +298,7 @@ mod tests {
             last_record: None,
             superseded: Vec::new(),
             superseded_since: None,
+            uncertain: Vec::new(),
         }
     }
 
@@ -568,15 +582,47 @@ mod tests {
     /// An in-memory object store that, while `broken`, refuses to write state files and to
     /// delete anything: a disk that fails in the middle of a checkpoint and stays failing
     /// while the writer cleans up.
+    ///
+    /// And, for a timeout after success: the `lie_at`-th put from now (1 = the next) stores
+    /// its object and then reports an error; with `blind_after_lie`, reads and deletes fail
+    /// from then on too (nobody can tell whether it landed).
     #[derive(Debug, Default)]
     struct Failing {
         inner: object_store::memory::InMemory,
         broken: std::sync::atomic::AtomicBool,
+        lie_at: std::sync::atomic::AtomicUsize,
+        lied: std::sync::atomic::AtomicBool,
+        blind_after_lie: std::sync::atomic::AtomicBool,
+        blind: std::sync::atomic::AtomicBool,
     }
 
     impl Failing {
+        fn heal(&self) {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.broken.store(false, SeqCst);
+            self.lie_at.store(0, SeqCst);
+            self.blind.store(false, SeqCst);
+        }
+
+        /// Whether this put is the one that lies.
+        fn lies_now(&self) -> bool {
+            use std::sync::atomic::Ordering::SeqCst;
+            let lie = self
+                .lie_at
+                .fetch_update(SeqCst, SeqCst, |n| (n > 0).then(|| n - 1))
+                == Ok(1);
+            if lie {
+                self.lied.store(true, SeqCst);
+                if self.blind_after_lie.load(SeqCst) {
+                    self.blind.store(true, SeqCst);
+                }
+            }
+            lie
+        }
+
         fn refuse(&self, what: &str) -> object_store::Result<()> {
-            if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            let blind = what != "put" && self.blind.load(std::sync::atomic::Ordering::Relaxed);
+            if blind || self.broken.load(std::sync::atomic::Ordering::Relaxed) {
                 Err(object_store::Error::Generic {
                     store: "failing",
                     source: format!("{what} refused").into(),
@@ -604,7 +650,15 @@ mod tests {
             if location.as_ref().contains("_pitwall/state") {
                 self.refuse("put")?;
             }
-            self.inner.put_opts(location, payload, opts).await
+            let lie = self.lies_now();
+            let put = self.inner.put_opts(location, payload, opts).await?;
+            if lie {
+                return Err(object_store::Error::Generic {
+                    store: "failing",
+                    source: "put timed out (after storing the object)".into(),
+                });
+            }
+            Ok(put)
         }
 
         async fn put_multipart_opts(
@@ -620,6 +674,7 @@ mod tests {
             location: &object_store::path::Path,
             options: object_store::GetOptions,
         ) -> object_store::Result<object_store::GetResult> {
+            self.refuse("get")?;
             self.inner.get_opts(location, options).await
         }
 
@@ -717,5 +772,105 @@ mod tests {
                 .replaces
                 .is_empty()
         );
+    }
+
+    fn failing_store(failing: &Arc<Failing>) -> Store {
+        Store::Remote {
+            store: failing.clone(),
+            base: url::Url::parse("memory://failing/").unwrap(),
+            prefix: String::new(),
+        }
+    }
+
+    /// Telemetry rows in the archive's files, whatever a commit says of them.
+    async fn rows_on_disk(store: &Store) -> usize {
+        census(store).await.values().map(|(_, ts)| ts.len()).sum()
+    }
+
+    /// Restarts on `store` as the server does: recovery must work, and queries and the files
+    /// left on disk must hold exactly the rows the recovered checkpoint consumed.
+    async fn assert_recovers_exactly(store: &Store, case: &str) -> i64 {
+        let recovered = recover(store)
+            .await
+            .unwrap_or_else(|e| panic!("{case}: recovery fails: {e}"));
+        let consumed = recovered.last.unwrap().consumed["t/0"];
+        assert_eq!(queried_rows(store).await, consumed, "{case}: queried");
+        assert_eq!(
+            rows_on_disk(store).await as i64,
+            consumed,
+            "{case}: on disk"
+        );
+        consumed
+    }
+
+    /// One write of a checkpoint (`merge` false) or of a merge of two checkpoints' files
+    /// (`merge` true) stores its object and reports an error. Returns None once `k` is past
+    /// the last write, else the store and the writer right after the failed attempt.
+    async fn lie_on_write(
+        k: usize,
+        merge: bool,
+        blind: bool,
+    ) -> Option<(Arc<Failing>, WriterState, tempfile::TempDir)> {
+        use std::sync::atomic::Ordering::SeqCst;
+        static SESSION: std::sync::OnceLock<RecordBatch> = std::sync::OnceLock::new();
+        let session = SESSION.get_or_init(|| bundled_session().unwrap());
+        let failing = Arc::new(Failing::default());
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 2, Duration::from_secs(3600));
+        w.store = failing_store(&failing);
+        checkpoint(&mut w, session.slice(0, 3000), 3000).await;
+        if merge {
+            checkpoint(&mut w, session.slice(3000, 3000), 6000).await;
+        }
+        failing.lie_at.store(k, SeqCst);
+        failing.blind_after_lie.store(blind, SeqCst);
+        if merge {
+            let _ = super::run(&mut w).await;
+        } else {
+            w.pending = Some(segment(session.slice(3000, 3000), 6000));
+            let _ = w.flush().await;
+        }
+        failing.lied.load(SeqCst).then_some((failing, w, dir))
+    }
+
+    /// Issue 24 point 6: a write that lands but reports an error (an object store timeout),
+    /// on each write of a checkpoint and of a merge in turn, with the read-back and the
+    /// deletes after it failing too or not. A crash right then, or a retry and a crash after
+    /// it: either way recovery works and every row the checkpoint consumed is there once.
+    #[tokio::test]
+    async fn a_write_that_lands_but_reports_an_error_leaves_a_recoverable_exact_archive() {
+        let mut cases = 0;
+        for (merge, blind) in [(false, false), (false, true), (true, false), (true, true)] {
+            for k in 1.. {
+                let case = format!("merge {merge}, blind {blind}, write {k}");
+                // Crash at once (the restarted server's store works again).
+                let Some((failing, _w, _dir)) = lie_on_write(k, merge, blind).await else {
+                    break;
+                };
+                failing.heal();
+                assert_recovers_exactly(&failing_store(&failing), &format!("{case}, crash")).await;
+                // Retry, settle, then crash.
+                let (failing, mut w, _dir) = lie_on_write(k, merge, blind).await.unwrap();
+                failing.heal();
+                if w.pending.is_some() {
+                    w.flush().await.unwrap();
+                }
+                for _ in 0..4 {
+                    grace_over(&mut w);
+                    super::run(&mut w).await.unwrap();
+                }
+                assert_eq!(
+                    queried_rows(&w.store).await,
+                    6000,
+                    "{case}: after the retry"
+                );
+                let consumed =
+                    assert_recovers_exactly(&w.store, &format!("{case}, retry then crash")).await;
+                assert_eq!(consumed, 6000, "{case}");
+                cases += 1;
+            }
+        }
+        println!("{cases} writes stored and reported an error");
+        assert!(cases > 20, "only {cases} writes failed");
     }
 }

@@ -16,6 +16,14 @@
 //! When storage fails (disk full, directory not writable) the writer keeps the data, reports
 //! the error in the stats, commits no offsets, and retries; past a memory bound it stops
 //! taking data, which holds the engine and ingest back rather than losing anything.
+//!
+//! A failed attempt is cleared before the retry, which takes a new sequence number: its files
+//! (every one it tried to write, since a write that reports an error may have stored the file)
+//! are deleted, or, when they cannot be, listed by every later commit in `replaces` until they
+//! are, so no query or merge counts them. A commit record whose write reports an error is
+//! read back: it may have landed (an object store timing out after storing it). When nobody
+//! can tell, nothing it references is touched and the next commit replaces its files; so
+//! recovery always finds the newest record whole, whichever way the write went.
 
 pub mod catalog;
 pub mod housekeeping;
@@ -263,6 +271,50 @@ struct WriterState {
     /// what a failed write could not delete; and since when the first of them waits.
     superseded: Vec<String>,
     superseded_since: Option<Instant>,
+    /// Files of a commit whose record may or may not have landed (its write and every check
+    /// after it failed): kept on disk, since that record would count them, and listed in
+    /// `replaces` by the next commit, after which they are superseded like the rest.
+    uncertain: Vec<String>,
+}
+
+/// How the write of a commit record failed.
+pub(super) struct CommitFailed {
+    error: Error,
+    /// The record may be on disk all the same: nobody can tell until the store answers.
+    maybe_landed: bool,
+}
+
+/// Puts commit record `seq`. A put that reports an error may still have stored the record
+/// (an object store that times out after storing it): it is read back, and if that fails too,
+/// deleted. Only when neither works is the outcome unknown ([`CommitFailed::maybe_landed`]):
+/// then what the record references must stay until a later commit supersedes it.
+pub(super) async fn put_commit_record(
+    store: &Store,
+    seq: u64,
+    json: Bytes,
+) -> std::result::Result<(), CommitFailed> {
+    let path = commit_path(seq);
+    let Err(error) = store.put(&path, json.clone()).await else {
+        return Ok(());
+    };
+    match store.get_if_exists(&path).await {
+        Ok(Some(b)) if b == json => {
+            tracing::warn!(seq, %error, "commit record written although its write reported an error");
+            return Ok(());
+        }
+        Ok(None) => {
+            return Err(CommitFailed {
+                error,
+                maybe_landed: false,
+            });
+        }
+        _ => {}
+    }
+    let maybe_landed = store.delete(&path).await.is_err();
+    Err(CommitFailed {
+        error,
+        maybe_landed,
+    })
 }
 
 impl Archive {
@@ -289,6 +341,7 @@ impl Archive {
             last_record,
             superseded: Vec::new(),
             superseded_since: None,
+            uncertain: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("pitwall-archive".into())
@@ -457,11 +510,13 @@ impl WriterState {
                 bytes: writer::to_parquet(&batch, None)?,
             });
         }
-        let mut written = Vec::new();
+        let mut attempted = Vec::new();
+        let mut maybe_landed = false;
         let result = async {
             for f in &files {
+                // Listed before the put: a put that reports an error may have stored the file.
+                attempted.push(f.path.clone());
                 self.store.put(&f.path, f.bytes.clone()).await?;
-                written.push(f.path.clone());
             }
             self.store.put(&state_path(seq), state.clone()).await?;
             let record = CommitRecord {
@@ -479,23 +534,23 @@ impl WriterState {
                     })
                     .collect(),
                 // Merge inputs not deleted yet: queries leave them out while they are.
-                replaces: self.superseded.clone(),
+                replaces: self.replaced_by_next_commit(),
             };
             let json =
                 serde_json::to_vec_pretty(&record).map_err(|e| Error::Archive(e.to_string()))?;
-            self.store.put(&commit_path(seq), Bytes::from(json)).await?;
+            put_commit_record(&self.store, seq, Bytes::from(json))
+                .await
+                .map_err(|f| {
+                    maybe_landed = f.maybe_landed;
+                    f.error
+                })?;
             Ok::<CommitRecord, Error>(record)
         }
         .await;
         let record = match result {
             Ok(r) => r,
             Err(e) => {
-                // A retry uses the next sequence number: clear what this attempt left.
-                for p in written {
-                    self.discard(p).await;
-                }
-                let _ = self.store.delete(&state_path(seq)).await;
-                self.next_seq += 1;
+                self.abandon(seq, attempted, maybe_landed).await;
                 return Err(e);
             }
         };
@@ -527,8 +582,47 @@ impl WriterState {
         }
         self.next_seq = seq + 1;
         self.pending = None;
+        self.settle_uncertain();
         self.prune_checkpoints(seq).await;
         Ok(())
+    }
+
+    /// What the next commit lists in `replaces`: files on disk that no commit after it counts.
+    fn replaced_by_next_commit(&self) -> Vec<String> {
+        self.superseded
+            .iter()
+            .chain(&self.uncertain)
+            .cloned()
+            .collect()
+    }
+
+    /// After a commit: the files of an attempt whose record may have landed are now replaced
+    /// by a commit that did, and go like a merge's inputs.
+    fn settle_uncertain(&mut self) {
+        if !self.uncertain.is_empty() {
+            self.superseded.append(&mut self.uncertain);
+            self.superseded_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Clears what the failed commit attempt `seq` left (`attempted`: the data files it
+    /// wrote or tried to); a retry takes a later sequence number. When its record may have
+    /// landed, nothing it references is touched (recovery may yet load that record): its
+    /// files wait in `uncertain` until the next commit replaces them.
+    async fn abandon(&mut self, seq: u64, attempted: Vec<String>, maybe_landed: bool) {
+        self.next_seq = self.next_seq.max(seq + 1);
+        if maybe_landed {
+            tracing::warn!(
+                seq,
+                "a commit record may have been written despite the error; its files stay until the next commit replaces them"
+            );
+            self.uncertain.extend(attempted);
+            return;
+        }
+        let _ = self.store.delete(&state_path(seq)).await;
+        for p in attempted {
+            self.discard(p).await;
+        }
     }
 
     /// Deletes a data file that no commit counts (what a failed write left). One that cannot

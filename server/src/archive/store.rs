@@ -130,6 +130,24 @@ impl Store {
         }
     }
 
+    /// A file's bytes, `None` when it is not there (any other failure is an error).
+    pub async fn get_if_exists(&self, rel: &str) -> Result<Option<Bytes>> {
+        match self {
+            Store::Local { root } => match std::fs::read(root.join(rel)) {
+                Ok(b) => Ok(Some(Bytes::from(b))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(archive_err(rel, e)),
+            },
+            Store::Remote { store, prefix, .. } => {
+                match store.get(&Self::object_path(prefix, rel)).await {
+                    Ok(r) => Ok(Some(r.bytes().await.map_err(|e| archive_err(rel, e))?)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(archive_err(rel, e)),
+                }
+            }
+        }
+    }
+
     /// Every file under `dir` (recursively), hidden temporaries included for local stores.
     pub async fn list(&self, dir: &str) -> Result<Vec<StoredFile>> {
         match self {
