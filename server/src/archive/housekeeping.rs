@@ -873,4 +873,74 @@ mod tests {
         println!("{cases} writes stored and reported an error");
         assert!(cases > 20, "only {cases} writes failed");
     }
+
+    /// Issue 24 point 9: a flood of undecodable messages cannot take the writer's memory:
+    /// past a checkpoint's byte bound letters are archived without payload, past its count
+    /// bound not at all, and the cuts are counted.
+    #[tokio::test]
+    async fn dead_letters_past_a_checkpoints_bound_are_cut_and_counted() {
+        use crate::ingest::dead_letter::DeadLetter;
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 100, Duration::from_secs(3600));
+        w.config.max_dead_letters = 50;
+        w.config.max_dead_letter_bytes = 1 << 20;
+        let payload = vec![b'x'; 100 * 1024];
+        let letter = |offset| {
+            DeadLetter::new(
+                "t",
+                0,
+                offset,
+                None,
+                &payload,
+                "json",
+                "é".repeat(300),
+                None,
+            )
+        };
+        // 64 KiB of each payload is kept: 15 fit in 1 MiB with their error text.
+        w.keep_dead_letters((0..40).map(letter).collect());
+        w.keep_dead_letters((40..80).map(letter).collect());
+        let cut = w
+            .stats
+            .dead_letters_cut
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(cut, 35 + 30, "35 without payload, 30 left out");
+        assert!(w.open.dead_letter_bytes <= 1 << 20);
+        let (_, cp) = segment(bundled_session().unwrap().slice(0, 10), 10);
+        w.pending = Some((std::mem::take(&mut w.open), cp));
+        w.flush().await.unwrap();
+        let mut offsets: Vec<i64> = Vec::new();
+        let mut with_payload = 0;
+        for f in w.store.list("dead_letters").await.unwrap() {
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(w.store.get(&f.path).await.unwrap())
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                offsets.extend(
+                    b.column_by_name("offset")
+                        .unwrap()
+                        .as_primitive::<Int64Type>()
+                        .values(),
+                );
+                let payloads = b.column_by_name("payload").unwrap().as_binary::<i32>();
+                with_payload += payloads
+                    .iter()
+                    .filter(|p| p.is_some_and(|p| !p.is_empty()))
+                    .count();
+                let sizes = b
+                    .column_by_name("payload_bytes")
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                assert!(
+                    sizes.values().iter().all(|&n| n == 100 * 1024),
+                    "the size told is the message's"
+                );
+            }
+        }
+        assert_eq!(offsets, (0..50).collect::<Vec<i64>>());
+        assert_eq!(with_payload, 15);
+    }
 }

@@ -71,6 +71,13 @@ pub struct ArchiveConfig {
     pub compact_idle: Duration,
     /// How often compaction and retention run.
     pub housekeeping_interval: Duration,
+    /// Dead letters one checkpoint keeps (with those of failed attempts waiting): past this
+    /// many, or past `max_dead_letter_bytes` of payloads, keys and errors, a letter is
+    /// archived without its payload; past `max_dead_letters` it is left out. Each cut counts
+    /// in [`ArchiveStats::dead_letters_cut`]. The byte bound also keeps every column of the
+    /// dead-letter file far below Arrow's 2 GiB of 32-bit offsets.
+    pub max_dead_letters: usize,
+    pub max_dead_letter_bytes: usize,
 }
 
 impl Default for ArchiveConfig {
@@ -83,6 +90,8 @@ impl Default for ArchiveConfig {
             compact_min_files: 16,
             compact_idle: Duration::from_secs(120),
             housekeeping_interval: Duration::from_secs(30),
+            max_dead_letters: 100_000,
+            max_dead_letter_bytes: 64 << 20,
         }
     }
 }
@@ -98,6 +107,8 @@ pub struct ArchiveStats {
     pub compactions: AtomicU64,
     /// Failed attempts to write a checkpoint (each retry counts).
     pub failures: AtomicU64,
+    /// Dead letters archived without their payload, or left out, past a checkpoint's bound.
+    pub dead_letters_cut: AtomicU64,
     /// When the last checkpoint was committed (ms since the epoch; 0 = none yet).
     pub last_commit_ms: std::sync::atomic::AtomicI64,
     last_error: Mutex<Option<String>>,
@@ -231,14 +242,25 @@ enum Message {
 struct Segment {
     raw: Vec<RecordBatch>,
     dead_letters: Vec<DeadLetter>,
+    /// What `dead_letters` holds, as [`dead_letter_bytes`] counts it.
+    dead_letter_bytes: usize,
+    /// Dead letters cut since the segment opened (one warning per segment).
+    dead_letters_cut: u64,
     results: BTreeMap<String, Vec<RecordBatch>>,
     rows: usize,
+}
+
+/// Memory a dead letter holds: payload, key, error and names.
+fn dead_letter_bytes(l: &DeadLetter) -> usize {
+    l.payload.len() + l.key.as_ref().map_or(0, Vec::len) + l.error.len() + l.topic.len() + 64
 }
 
 impl Segment {
     fn absorb(&mut self, other: Segment) {
         self.raw.extend(other.raw);
         self.dead_letters.extend(other.dead_letters);
+        self.dead_letter_bytes += other.dead_letter_bytes;
+        self.dead_letters_cut += other.dead_letters_cut;
         for (q, b) in other.results {
             self.results.entry(q).or_default().extend(b);
         }
@@ -416,7 +438,7 @@ impl WriterState {
                     if let Some(r) = raw {
                         self.open.raw.push(r);
                     }
-                    self.open.dead_letters.extend(dead_letters);
+                    self.keep_dead_letters(dead_letters);
                     for (q, batches) in results {
                         rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
                         self.open.results.entry(q).or_default().extend(batches);
@@ -585,6 +607,47 @@ impl WriterState {
         self.settle_uncertain();
         self.prune_checkpoints(seq).await;
         Ok(())
+    }
+
+    /// Adds dead letters to the open segment within the checkpoint's bounds (see
+    /// [`ArchiveConfig::max_dead_letters`]), counting what is cut.
+    fn keep_dead_letters(&mut self, letters: Vec<DeadLetter>) {
+        let pending = self.pending.as_ref().map(|(s, _)| s);
+        let mut count = self.open.dead_letters.len() + pending.map_or(0, |s| s.dead_letters.len());
+        let mut bytes = self.open.dead_letter_bytes + pending.map_or(0, |s| s.dead_letter_bytes);
+        let mut cut = 0u64;
+        for mut l in letters {
+            if count >= self.config.max_dead_letters {
+                cut += 1;
+                continue;
+            }
+            if bytes + dead_letter_bytes(&l) > self.config.max_dead_letter_bytes {
+                l.payload = Vec::new();
+                l.key = None;
+                let end = (0..=l.error.len().min(200))
+                    .rev()
+                    .find(|&i| l.error.is_char_boundary(i))
+                    .unwrap_or(0);
+                l.error.truncate(end);
+                cut += 1;
+            }
+            count += 1;
+            bytes += dead_letter_bytes(&l);
+            self.open.dead_letter_bytes += dead_letter_bytes(&l);
+            self.open.dead_letters.push(l);
+        }
+        if cut > 0 {
+            self.stats
+                .dead_letters_cut
+                .fetch_add(cut, Ordering::Relaxed);
+            if self.open.dead_letters_cut == 0 {
+                tracing::warn!(
+                    held = count,
+                    "dead letters past the checkpoint's bound: archived without payload or left out (pitwall_archive_dead_letters_cut_total)"
+                );
+            }
+            self.open.dead_letters_cut += cut;
+        }
     }
 
     /// What the next commit lists in `replaces`: files on disk that no commit after it counts.

@@ -12,6 +12,7 @@
 //! subscribers `pitwall_subscribers{kind}`, `pitwall_subscribers_dropped_total{kind}` (kind
 //! `flight` or `dashboard`); archive `pitwall_archive_rows_total`,
 //! `pitwall_archive_checkpoints_total`, `pitwall_archive_failures_total`,
+//! `pitwall_archive_dead_letters_cut_total`,
 //! `pitwall_archive_commit_age_seconds`; process `pitwall_resident_memory_bytes`,
 //! `pitwall_uptime_seconds`.
 
@@ -254,6 +255,11 @@ fn archive_and_process(s: &mut Scrape, state: &WebState) {
             "pitwall_archive_failures",
             "Failed attempts to write a checkpoint",
             a.failures.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "pitwall_archive_dead_letters_cut",
+            "Dead letters archived without their payload, or not at all, past a checkpoint's bound",
+            a.dead_letters_cut.load(Ordering::Relaxed),
         );
         let last = a.last_commit_ms.load(Ordering::Relaxed);
         let started = chrono::Utc::now().timestamp_millis()
