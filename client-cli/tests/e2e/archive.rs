@@ -548,9 +548,20 @@ async fn an_unwritable_data_dir_commits_no_offsets_and_loses_nothing() {
         error.contains("cannot") && error.contains("retrying") && error.lines().count() == 1,
         "{error}"
     );
+    // Watched long enough for ten checkpoints (every 700 ms here) and for a timer-driven
+    // commit (librdkafka's auto-commit interval is 5 s) to have fired, had either committed.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(7) {
+        assert!(
+            committed_offsets(&bootstrap, &topic, &group, 2).is_empty(),
+            "offsets committed while unwritable, {:?} after the first error",
+            watched.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert!(
-        committed_offsets(&bootstrap, &topic, &group, 2).is_empty(),
-        "no offsets committed while unwritable"
+        !stats(&mut c).await.archive_error.is_empty(),
+        "still unwritable"
     );
     std::fs::remove_file(&blocker).unwrap();
     finish(server, rows.num_rows() as u64).await;
