@@ -3,12 +3,17 @@
 //! can, and compares the time per micro-batch in minute 1 and in hour 2.
 //!
 //! `cargo run --release -p pitwall-server --example engine_hours [HOURS]` (default 2.2)
+//!
+//! With `--loops N` it replays the race N times as the embedded source's loop does instead:
+//! each round a new session (renamed, times shifted, laps as recorded), and prints the
+//! resident memory and the state the queries hold at the end of each round, which must stay
+//! flat (the finished sessions' state is released).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Int32Array, RecordBatch, TimestampMillisecondArray,
+    ArrayRef, AsArray, Int32Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{Int32Type, TimestampMillisecondType};
 use pitwall_proto::schema::{col, telemetry_schema};
@@ -43,10 +48,23 @@ async fn main() {
     let max_lap = lap.iter().flatten().max().unwrap_or(0);
     // Session length in hours (default 2.2: two rounds of the race); more rounds show whether
     // the time per micro-batch keeps growing with the history or settles.
-    let hours: f64 = std::env::args()
-        .nth(1)
-        .map_or(2.2, |h| h.parse().expect("hours: a number, e.g. 6"));
-    let rounds = ((hours * 3_600_000.0) / span as f64).ceil() as i64;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let loops: Option<i64> = match args.as_slice() {
+        [flag, n] if flag == "--loops" => Some(n.parse().expect("--loops: a count, e.g. 10")),
+        _ => None,
+    };
+    let hours: f64 = match (loops, args.first()) {
+        (Some(n), _) => n as f64 * span as f64 / 3_600_000.0,
+        (None, Some(h)) => h.parse().expect("hours: a number, e.g. 6"),
+        (None, None) => 2.2,
+    };
+    let rounds = loops.unwrap_or(((hours * 3_600_000.0) / span as f64).ceil() as i64);
+    let session_name = race
+        .column_by_name(col::SESSION)
+        .unwrap()
+        .as_string::<i32>()
+        .value(0)
+        .to_string();
     let mut engine = Engine::new(EngineConfig::default()).unwrap();
     for q in pitwall_server::initial_queries(None).unwrap() {
         engine.submit(q).await.unwrap();
@@ -76,15 +94,22 @@ async fn main() {
                     )
                     .with_timezone("UTC"),
                 );
-                let l = slice
-                    .column_by_name(col::LAP)
-                    .unwrap()
-                    .as_primitive::<Int32Type>();
-                cols[schema.index_of(col::LAP).unwrap()] = Arc::new(
-                    l.iter()
-                        .map(|v| v.map(|v| v + round as i32 * max_lap))
-                        .collect::<Int32Array>(),
-                );
+                if loops.is_some() {
+                    // A new session, as the embedded loop names it.
+                    let name = format!("{session_name}-r{}", round + 1);
+                    cols[schema.index_of(col::SESSION).unwrap()] =
+                        Arc::new(StringArray::from(vec![name.as_str(); slice.num_rows()]));
+                } else {
+                    let l = slice
+                        .column_by_name(col::LAP)
+                        .unwrap()
+                        .as_primitive::<Int32Type>();
+                    cols[schema.index_of(col::LAP).unwrap()] = Arc::new(
+                        l.iter()
+                            .map(|v| v.map(|v| v + round as i32 * max_lap))
+                            .collect::<Int32Array>(),
+                    );
+                }
             }
             let rows = RecordBatch::try_new(schema.clone(), cols).unwrap();
             let n = rows.num_rows();
@@ -111,8 +136,9 @@ async fn main() {
             step_times.push((start_ts + round * span - first, t.elapsed(), n));
             pos = end;
         }
+        let state: u64 = engine.list().iter().map(|q| q.state_rows).sum();
         println!(
-            "round {}: RSS {:.0} MB at its end, peak {:.0} MB so far",
+            "round {}: RSS {:.0} MB at its end, peak {:.0} MB so far; {state} state rows",
             round + 1,
             rss_mb("VmRSS:"),
             rss_mb("VmHWM:")

@@ -88,7 +88,17 @@ impl App {
     /// archive consistent and restores the last checkpoint.
     pub async fn build(config: Config) -> Result<Self> {
         let mut engine = Engine::new(config.engine.clone())?;
-        let mut defs = initial_queries(config.queries_dir.as_deref())?;
+        let store = Store::open(&config.data_dir)?;
+        let recovered = archive::recover(&store).await?;
+        // What ran before the restart, run-time changes included, unless a query file was
+        // edited since (see `engine::snapshot::resume`).
+        let files = initial_queries(config.queries_dir.as_deref())?;
+        engine.set_query_files(&files);
+        let resumed = engine::snapshot::resume(files, recovered.state.as_ref().map(|(s, _)| s));
+        if !resumed.from_checkpoint.is_empty() {
+            tracing::info!(queries = ?resumed.from_checkpoint, "run-time query changes resumed from the checkpoint");
+        }
+        let mut defs = resumed.defs;
         // A query may read another: submit in passes until nothing more can start.
         let mut refused = Vec::new();
         while !defs.is_empty() {
@@ -109,8 +119,11 @@ impl App {
         for (name, err) in &refused {
             tracing::error!(query = %name, error = %err, "query refused; the others run");
         }
-        let store = Store::open(&config.data_dir)?;
-        let recovered = archive::recover(&store).await?;
+        for name in &resumed.paused {
+            if let Err(e) = engine.set_status(name, true) {
+                tracing::warn!(query = %name, error = %e, "not paused again");
+            }
+        }
         if let Some((state, batches)) = &recovered.state {
             let report = engine.restore(state, batches)?;
             tracing::info!(

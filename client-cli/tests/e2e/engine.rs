@@ -292,3 +292,89 @@ async fn bad_input_is_counted_dead_lettered_and_changes_nothing_else() {
         "every bad message dead-lettered with its offset"
     );
 }
+
+/// Issue 24 point 11: what clients change through Flight at run time (a query submitted,
+/// one dropped, one paused, a parameter set) is what the server runs after a restart, and the
+/// window state of a query whose SQL did not change comes back with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_time_query_changes_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "pitwall-server",
+        "--flight-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "off",
+        "--embedded-speed",
+        "50",
+        "--checkpoint-ms",
+        "200",
+        "--data-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([data.path().display().to_string()])
+    .collect();
+    let sql = data.path().join("gears.sql");
+    std::fs::write(
+        &sql,
+        "SELECT driver, ts, gear FROM telemetry WHERE gear >= 8",
+    )
+    .unwrap();
+    let app = start_server(args.clone()).await;
+    let url = format!("http://{}", app.flight_addr);
+    let cli = |a: &[&str]| run_ok(pitwall().args(["--server", &url]).args(a));
+    cli(&["set", "over_rev", "threshold=11500"]);
+    cli(&["pause", "lock_up"]);
+    cli(&["drop", "speed_1s"]);
+    cli(&["submit", "gears", sql.to_str().unwrap()]);
+    // Wait for a checkpoint taken after the changes, then a clean stop.
+    let taken = app
+        .archive_stats
+        .checkpoints
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    while app
+        .archive_stats
+        .checkpoints
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < taken + 2
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = app.engine.list().await.unwrap();
+    app.stop().await;
+
+    let app = start_server(args).await;
+    let after = app.engine.list().await.unwrap();
+    let names = |qs: &[pitwall_server::engine::QueryInfo]| {
+        qs.iter().map(|q| q.name.clone()).collect::<BTreeSet<_>>()
+    };
+    assert_eq!(names(&after), names(&before));
+    assert!(names(&after).contains("gears") && !names(&after).contains("speed_1s"));
+    let q = |name: &str| after.iter().find(|q| q.name == name).unwrap().clone();
+    assert_eq!(q("gears").sql, std::fs::read_to_string(&sql).unwrap());
+    assert!(
+        q("over_rev")
+            .params
+            .contains(&("threshold".to_string(), "11500".to_string())),
+        "{:?}",
+        q("over_rev").params
+    );
+    assert_eq!(
+        q("lock_up").status,
+        pitwall_server::engine::QueryStatus::Paused
+    );
+    assert_eq!(
+        q("lap_stats").status,
+        pitwall_server::engine::QueryStatus::Running
+    );
+    println!(
+        "after the restart: {:?}; over_rev {:?}; lock_up {:?}",
+        names(&after),
+        q("over_rev").params,
+        q("lock_up").status
+    );
+    app.stop().await;
+}

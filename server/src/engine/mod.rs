@@ -185,6 +185,8 @@ pub struct Engine {
     thinner: traces::Thinner,
     /// Every car's telemetry thinned to 20 Hz, for the dashboard's traces and track map.
     traces: Arc<ResultStream>,
+    /// The query files the server started from (name -> SQL), kept in every checkpoint.
+    query_files: BTreeMap<String, String>,
 }
 
 impl Engine {
@@ -210,7 +212,16 @@ impl Engine {
             registry: Arc::default(),
             task_ctx,
             consumed: BTreeMap::new(),
+            query_files: BTreeMap::new(),
         })
+    }
+
+    /// Records the query files the server started from (see [`snapshot::resume`]).
+    pub fn set_query_files(&mut self, files: &[QueryDef]) {
+        self.query_files = files
+            .iter()
+            .map(|f| (f.name.clone(), f.sql.clone()))
+            .collect();
     }
 
     pub fn stats(&self) -> Arc<EngineStats> {
@@ -588,6 +599,14 @@ impl Engine {
                     fingerprint: fingerprint(&q.def),
                     late_rows: q.pipeline.late_rows(),
                     stages: q.pipeline.snapshot(&mut batches),
+                    sql: Some(q.def.sql.clone()),
+                    params: q
+                        .def
+                        .params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), literal_text(v)))
+                        .collect(),
+                    paused: q.status == QueryStatus::Paused,
                 }
             })
             .collect();
@@ -595,6 +614,7 @@ impl Engine {
             watermark: self.watermarks.snapshot(),
             consumed: self.consumed.clone(),
             queries,
+            files: Some(self.query_files.clone()),
         };
         (state, batches)
     }

@@ -18,7 +18,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use super::compile::{
     AggregatePlan, CompiledQuery, LapProgress, StagePlan, WindowFnPlan, WindowKey,
 };
-use super::windows::{LapWindows, TimeWindows, WindowKind};
+use super::windows::{LapWindows, RELEASE_IDLE_MS, TimeWindows, WindowKind};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Default)]
@@ -58,6 +58,10 @@ struct WindowFnState {
     /// Rows already in `retained` that still wait for following rows before they are emitted.
     pending: HashSet<u64>,
     next_seq: u64,
+    /// Per partition of `retained`: the watermark when it last had a new row. One silent for
+    /// [`RELEASE_IDLE_MS`] (a finished car) loses its context. Not checkpointed: after a
+    /// restart every partition counts as active from then.
+    last_active: HashMap<Vec<u8>, i64>,
 }
 
 #[derive(Debug)]
@@ -150,6 +154,19 @@ impl Pipeline {
             .sum()
     }
 
+    /// Keys (cars, window-function partitions) whose bookkeeping the stages hold, whether
+    /// or not a window of theirs is open.
+    #[cfg(test)]
+    pub(crate) fn tracked_keys(&self) -> usize {
+        self.states
+            .iter()
+            .map(|s| match s {
+                StageState::Aggregate(a) => a.laps.as_ref().map_or(0, LapWindows::tracked),
+                StageState::WindowFn(w) => w.last_active.len(),
+            })
+            .sum()
+    }
+
     /// Feeds new input rows (any may be empty), closes what the watermark allows, and returns
     /// the rows to emit. `idle` says the whole input has gone quiet.
     pub async fn process(
@@ -194,6 +211,40 @@ impl Pipeline {
         }
         rows.retain(|b| b.num_rows() > 0);
         Ok(rows)
+    }
+}
+
+impl WindowFnState {
+    /// Whether the partition `key`, whose rows this step has the sequence numbers `seqs`, is
+    /// finished: no new row for [`RELEASE_IDLE_MS`] of watermark progress and none waiting
+    /// to be emitted. A finished partition is forgotten (its context is not retained).
+    fn finished(
+        &mut self,
+        key: &[u8],
+        mut seqs: impl Iterator<Item = u64>,
+        first_new: u64,
+        watermark: Option<i64>,
+    ) -> bool {
+        let Some(wm) = watermark else {
+            return false;
+        };
+        let (mut new, mut waiting) = (false, false);
+        for seq in seqs.by_ref() {
+            new |= seq >= first_new;
+            waiting |= self.pending.contains(&seq);
+        }
+        let last = match self.last_active.get_mut(key) {
+            Some(last) => last,
+            None => self.last_active.entry(key.to_vec()).or_insert(wm),
+        };
+        if new {
+            *last = wm;
+        }
+        let finished = !new && !waiting && last.saturating_add(RELEASE_IDLE_MS) <= wm;
+        if finished {
+            self.last_active.remove(key);
+        }
+        finished
     }
 }
 
@@ -538,6 +589,13 @@ async fn window_step(
         if parts.is_empty() {
             end = n;
         }
+        let finished = !parts.is_empty()
+            && state.finished(
+                &parts[start],
+                (start..end).map(|i| seqs.value(i)),
+                first_new,
+                watermark,
+            );
         for i in start..end {
             let seq = seqs.value(i);
             let ready = end - 1 - i >= plan.following || flush;
@@ -547,7 +605,7 @@ async fn window_step(
             } else if !ready && new {
                 state.pending.insert(seq);
             }
-            if end - i <= keep_rows {
+            if end - i <= keep_rows && !finished {
                 retain.push(i as u32);
             }
         }
@@ -648,6 +706,7 @@ mod checkpoint {
                         retained: retained.map(|r| batches.get(r)).transpose()?,
                         pending: pending.iter().copied().collect(),
                         next_seq: *next_seq,
+                        last_active: HashMap::new(),
                     }),
                     _ => {
                         return Err(Error::Archive(

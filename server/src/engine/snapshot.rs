@@ -68,6 +68,9 @@ pub struct CarState {
 pub struct LapWindowsState {
     pub gap_ms: i64,
     pub cars: Vec<CarState>,
+    /// Checkpoints written before cars were released have none.
+    #[serde(default)]
+    pub forgotten_upto: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +93,15 @@ pub struct QueryState {
     pub fingerprint: String,
     pub late_rows: u64,
     pub stages: Vec<StageState>,
+    /// The query as it ran: SQL, parameter values (SQL literals) and whether it was paused, so
+    /// a restart resumes what ran, run-time changes included (checkpoints written before
+    /// these existed have none: the query files' versions run).
+    #[serde(default)]
+    pub sql: Option<String>,
+    #[serde(default)]
+    pub params: Vec<(String, String)>,
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -105,6 +117,11 @@ pub struct EngineState {
     /// "topic/partition" -> next offset to read
     pub consumed: BTreeMap<String, i64>,
     pub queries: Vec<QueryState>,
+    /// The query files (name -> SQL text) the server started from. A file whose text still
+    /// matches yields to what ran (the run-time version, or its absence once dropped); one
+    /// edited since wins. None in checkpoints written before it existed.
+    #[serde(default)]
+    pub files: Option<BTreeMap<String, String>>,
 }
 
 pub fn offset_key(topic: &str, partition: i32) -> String {
@@ -169,6 +186,83 @@ pub fn decode(bytes: &[u8]) -> Result<(EngineState, Batches)> {
     Ok((state, batches))
 }
 
+/// The queries a restart runs: the query files merged with what the checkpoint ran.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    pub defs: Vec<crate::engine::QueryDef>,
+    pub paused: Vec<String>,
+    /// Queries whose run-time version (SQL, parameters, submitted or dropped at run time)
+    /// replaces the query files'.
+    pub from_checkpoint: Vec<String>,
+}
+
+/// Merges the query `files` with the live query set of a checkpoint: a query that ran is
+/// resumed as it ran (SQL, parameter values, paused), one dropped at run time stays dropped,
+/// one submitted at run time comes back; but a query file edited (or added) since the
+/// checkpoint's server started wins, as the operator's latest word.
+pub fn resume(files: Vec<crate::engine::QueryDef>, state: Option<&EngineState>) -> Resumed {
+    use crate::engine::QueryDef;
+    let Some((state, baseline)) = state.and_then(|s| Some((s, s.files.as_ref()?))) else {
+        return Resumed {
+            defs: files,
+            ..Resumed::default()
+        };
+    };
+    let edited = |f: &QueryDef| baseline.get(&f.name) != Some(&f.sql);
+    let mut out = Resumed::default();
+    for qs in &state.queries {
+        let file = files.iter().find(|f| f.name == qs.name);
+        if let Some(f) = file.filter(|f| edited(f)) {
+            out.defs.push(f.clone());
+            continue;
+        }
+        match qs
+            .sql
+            .as_deref()
+            .map(|sql| ran_as(&qs.name, sql, &qs.params))
+        {
+            Some(Ok(def)) => {
+                if file.is_none_or(|f| f.sql != def.sql || f.params != def.params) {
+                    out.from_checkpoint.push(qs.name.clone());
+                }
+                if qs.paused {
+                    out.paused.push(qs.name.clone());
+                }
+                out.defs.push(def);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(query = %qs.name, error = %e, "the checkpoint's version cannot be read; the query file's runs");
+                out.defs.extend(file.cloned());
+            }
+            None => out.defs.extend(file.cloned()),
+        }
+    }
+    for f in files {
+        let ran = state.queries.iter().any(|q| q.name == f.name);
+        if !ran && edited(&f) {
+            out.defs.push(f);
+        } else if !ran {
+            out.from_checkpoint.push(f.name.clone());
+        }
+    }
+    out
+}
+
+/// A query as a checkpoint recorded it.
+fn ran_as(
+    name: &str,
+    sql: &str,
+    params: &[(String, String)],
+) -> crate::error::Result<crate::engine::QueryDef> {
+    let mut def = crate::engine::QueryDef::parse(name, sql)?;
+    for (k, v) in params {
+        let value = crate::engine::definition::parse_literal(v)
+            .map_err(|e| crate::error::Error::Archive(format!("{name}: ${k}: {e}")))?;
+        def.params.insert(k.clone(), value);
+    }
+    Ok(def)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -203,7 +297,11 @@ mod tests {
                     closed_through: Some(0),
                     open: vec![(1000, vec![i])],
                 })],
+                sql: Some("SELECT 1".into()),
+                params: vec![("p".into(), "2.5".into())],
+                paused: true,
             }],
+            files: Some([("q".to_string(), "SELECT 1".to_string())].into()),
         };
         let bytes = encode(&state, &batches).unwrap();
         let (s2, b2) = decode(&bytes).unwrap();
@@ -211,5 +309,75 @@ mod tests {
         assert_eq!(b2.0[0], b);
         assert!(decode(&bytes[..bytes.len() - 3]).is_err());
         assert_eq!(parse_offset_key("a/b/7"), Some(("a/b".into(), 7)));
+    }
+
+    /// Issue 24 point 11: a restart runs what ran, run-time changes included, except where
+    /// the operator edited a query file since.
+    #[test]
+    fn a_restart_resumes_run_time_changes_unless_a_file_was_edited_since() {
+        use crate::engine::QueryDef;
+        let def = |name: &str, sql: &str| QueryDef::parse(name, sql).unwrap();
+        let ran = |name: &str, sql: &str, params: &[(&str, &str)], paused: bool| QueryState {
+            name: name.into(),
+            fingerprint: String::new(),
+            late_rows: 0,
+            stages: Vec::new(),
+            sql: Some(sql.into()),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            paused,
+        };
+        let p = "-- @param t = 1\nSELECT * FROM telemetry WHERE rpm > $t";
+        let baseline: BTreeMap<String, String> = [
+            ("replaced", "SELECT * FROM telemetry"),
+            ("dropped", "SELECT * FROM telemetry"),
+            ("edited", "SELECT * FROM telemetry"),
+            ("tuned", p),
+        ]
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect();
+        let state = EngineState {
+            queries: vec![
+                ran("replaced", "SELECT driver FROM telemetry", &[], false),
+                ran("edited", "SELECT ts FROM telemetry", &[], false),
+                ran("tuned", p, &[("t", "11500")], true),
+                ran("submitted", "SELECT lap FROM telemetry", &[], false),
+            ],
+            files: Some(baseline.clone()),
+            ..EngineState::default()
+        };
+        let mut files: Vec<QueryDef> = baseline.iter().map(|(n, s)| def(n, s)).collect();
+        files.iter_mut().find(|f| f.name == "edited").unwrap().sql =
+            "SELECT rpm FROM telemetry".into();
+        files.push(def("added", "SELECT gear FROM telemetry"));
+        let r = resume(files.clone(), Some(&state));
+        let by_name: BTreeMap<&str, &QueryDef> =
+            r.defs.iter().map(|d| (d.name.as_str(), d)).collect();
+        assert_eq!(
+            by_name.keys().copied().collect::<Vec<_>>(),
+            ["added", "edited", "replaced", "submitted", "tuned"],
+            "dropped stays dropped, submitted and added run"
+        );
+        assert_eq!(by_name["replaced"].sql, "SELECT driver FROM telemetry");
+        assert_eq!(
+            by_name["edited"].sql, "SELECT rpm FROM telemetry",
+            "the edited file wins"
+        );
+        assert_eq!(
+            crate::engine::definition::literal_text(&by_name["tuned"].params["t"]),
+            "11500"
+        );
+        assert_eq!(r.paused, ["tuned"]);
+        // A checkpoint from before run-time changes were kept: the files as they are.
+        let old = EngineState {
+            files: None,
+            ..state
+        };
+        let r = resume(files.clone(), Some(&old));
+        assert_eq!(r.defs.len(), files.len());
+        assert!(r.paused.is_empty());
     }
 }

@@ -97,6 +97,73 @@ async fn open_windows_hold_merged_partial_states_not_one_row_per_micro_batch() {
     );
 }
 
+/// Issue 24 point 13: a looping replay starts a new session every round; the state of the
+/// finished ones (cars' lap bookkeeping, window functions' context) must go, or it grows
+/// with every round (and every step runs the window functions over all of it). Four rounds
+/// of two laps, 15 minutes apart: what the engine holds stays at two rounds' worth at most,
+/// and results still equal the batch results over all four.
+#[tokio::test]
+async fn finished_sessions_release_their_state_and_results_stay_exact() {
+    // Laps 1 and 2 only (the race's rows with no lap go on to its end).
+    let lap2 = session_laps(2);
+    let has_lap =
+        datafusion::arrow::compute::is_not_null(lap2.column_by_name("lap").unwrap()).unwrap();
+    let lap2 = datafusion::arrow::compute::filter_record_batch(&lap2, &has_lap).unwrap();
+    let rounds: Vec<RecordBatch> = (0..4)
+        .map(|r| crate::ingest::embedded::shifted(&lap2, r * 15 * 60_000, &format!("loop-r{r}")))
+        .collect::<Result<_>>()
+        .unwrap();
+    let rows = datafusion::arrow::compute::concat_batches(&lap2.schema(), &rounds).unwrap();
+    let queries = shipped();
+    let first = {
+        use datafusion::arrow::array::AsArray;
+        let ts = rows.column_by_name("ts").unwrap();
+        ts.as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>()
+            .value(0)
+    };
+    let (mut peak_keys, mut peak_state) = (0usize, [0u64; 4]);
+    let mut last_keys = 0usize;
+    let streamed = oracle::stream_observed(&queries, &rows, 200, |engine| {
+        last_keys = engine
+            .queries
+            .values()
+            .map(|q| q.pipeline.tracked_keys())
+            .sum();
+        peak_keys = peak_keys.max(last_keys);
+        let state: u64 = engine.list().iter().map(|q| q.state_rows).sum();
+        let round = engine
+            .watermark()
+            .map_or(0, |wm| (wm - first) / (15 * 60_000));
+        let r = round.clamp(0, 3) as usize;
+        peak_state[r] = peak_state[r].max(state);
+    })
+    .await
+    .unwrap();
+    // lap_stats and lap_anomaly track cars (laps), lock_up and lap_anomaly track window
+    // partitions: 4 stages x 20 cars per round.
+    let one_round = 4 * 20;
+    println!(
+        "tracked keys: peak {peak_keys}, at the end {last_keys}; state rows, peak per round: {peak_state:?}"
+    );
+    for name in ["lock_up", "lap_anomaly", "lap_stats"] {
+        let batch = batch_result(&queries, name, &rows).await;
+        assert_same(
+            name,
+            &canonical_text(&streamed[name]),
+            &canonical_text(&batch),
+        );
+    }
+    assert!(peak_keys <= 2 * one_round, "peak {peak_keys} keys tracked");
+    assert!(
+        last_keys <= one_round,
+        "{last_keys} keys tracked at the end"
+    );
+    assert!(
+        peak_state[3] <= peak_state[0] + 20,
+        "state grows round after round: {peak_state:?}"
+    );
+}
+
 #[test]
 fn compact_gives_a_few_rows_buffers_of_their_own_size() {
     use datafusion::arrow::array::{Array, Int64Builder};

@@ -117,12 +117,21 @@ struct CarLaps {
     last_ts: i64,
 }
 
+/// Event time after which a silent key's state is released: a car (of a session, as every
+/// key holds the session) whose last sample is this far behind the watermark has finished, as
+/// every car of a looping replay's earlier rounds has. Its lap bookkeeping and its window
+/// functions' context go; a sample of it older than that is late, a newer one starts afresh.
+pub const RELEASE_IDLE_MS: i64 = 10 * 60 * 1000;
+
 /// Buffered partial aggregates of open lap windows, per car (`car` is an opaque key: the
 /// encoded driver and session values).
 #[derive(Debug, Default)]
 pub struct LapWindows {
     gap_ms: i64,
     cars: HashMap<Vec<u8>, CarLaps>,
+    /// The latest sample of a released car: a car not tracked that sends a sample at or
+    /// before it has its lap taken as closed (its rows are late).
+    forgotten_upto: Option<i64>,
 }
 
 impl LapWindows {
@@ -130,6 +139,7 @@ impl LapWindows {
         Self {
             gap_ms,
             cars: HashMap::new(),
+            forgotten_upto: None,
         }
     }
 
@@ -137,7 +147,13 @@ impl LapWindows {
     pub fn observe(&mut self, car: &[u8], lap: i64, ts: i64) {
         let c = match self.cars.get_mut(car) {
             Some(c) => c,
-            None => self.cars.entry(car.to_vec()).or_default(),
+            None => {
+                let released = self.forgotten_upto.is_some_and(|f| ts <= f);
+                self.cars.entry(car.to_vec()).or_insert(CarLaps {
+                    closed_upto: released.then_some(lap),
+                    ..CarLaps::default()
+                })
+            }
         };
         c.last_ts = c.last_ts.max(ts);
         if c.closed_upto.is_some_and(|u| lap <= u) {
@@ -187,11 +203,30 @@ impl LapWindows {
             }
         }
         closed.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        self.release_finished(watermark);
         closed
+    }
+
+    /// Forgets cars with no open lap that have been silent for [`RELEASE_IDLE_MS`].
+    fn release_finished(&mut self, watermark: i64) {
+        let mut forgotten = self.forgotten_upto;
+        self.cars.retain(|_, c| {
+            let keep = !c.open.is_empty() || c.last_ts.saturating_add(RELEASE_IDLE_MS) > watermark;
+            if !keep {
+                forgotten = Some(forgotten.map_or(c.last_ts, |f| f.max(c.last_ts)));
+            }
+            keep
+        });
+        self.forgotten_upto = forgotten;
     }
 
     pub fn open_windows(&self) -> usize {
         self.cars.values().map(|c| c.open.len()).sum()
+    }
+
+    /// Cars whose bookkeeping is held (open laps or not).
+    pub fn tracked(&self) -> usize {
+        self.cars.len()
     }
 
     /// Partial-state rows held by the open laps.
@@ -336,6 +371,7 @@ mod checkpoint {
             LapWindowsState {
                 gap_ms: self.gap_ms,
                 cars,
+                forgotten_upto: self.forgotten_upto,
             }
         }
 
@@ -364,6 +400,7 @@ mod checkpoint {
             Ok(Self {
                 gap_ms: state.gap_ms,
                 cars,
+                forgotten_upto: state.forgotten_upto,
             })
         }
     }

@@ -132,7 +132,7 @@ pub async fn run(
 }
 
 /// A later loop round: event times shifted, session renamed.
-fn shifted(rows: &RecordBatch, shift_ms: i64, session: &str) -> Result<RecordBatch> {
+pub(crate) fn shifted(rows: &RecordBatch, shift_ms: i64, session: &str) -> Result<RecordBatch> {
     let schema = rows.schema();
     let mut cols: Vec<ArrayRef> = rows.columns().to_vec();
     let ts_idx = schema.index_of(col::TS)?;
