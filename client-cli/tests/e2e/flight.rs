@@ -622,3 +622,136 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_others_keep_up() {
     println!("fast subscriber: {fast_rows} rows; slow subscriber dropped with: {ended}");
     app.stop().await;
 }
+
+/// Issue 24 point 2: TLS with a certificate made here (rcgen), the Flight SQL handshake with
+/// Basic credentials, and a missing or wrong token refused by every Flight method (Flight SQL
+/// and actions go through them; the dashboard's HTTP is `dashboard::*_401_*`).
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_basic_handshake_and_every_flight_method_refuses_a_bad_token() {
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use arrow_flight::{Action, Criteria, Empty, FlightData, FlightDescriptor, Ticket};
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let app = embedded_server(&[
+        "--token",
+        "s3cret",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let url = format!("https://localhost:{}", app.flight_addr.port());
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(certified.cert.pem()),
+        ))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    // The handshake takes Basic credentials (the password is the token) and hands back the
+    // bearer token the client then sends.
+    let mut sql = FlightSqlServiceClient::new(channel.clone());
+    let err = sql
+        .handshake("analyst", "guess")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid token"), "{err}");
+    let token = sql.handshake("analyst", "s3cret").await.unwrap();
+    assert_eq!(&token[..], b"s3cret");
+    let info = sql.execute("SELECT 1 AS one".into(), None).await.unwrap();
+    assert_eq!(fetch(&mut sql, info).await[0].num_rows(), 1);
+
+    // Every method of the Flight service, without a token and with a wrong one.
+    for auth in [
+        None,
+        Some("Bearer guess"),
+        Some("Basic YW5hbHlzdDpndWVzcw=="),
+    ] {
+        let mut raw = FlightServiceClient::new(channel.clone());
+        fn req<T>(m: T, auth: Option<&str>) -> tonic::Request<T> {
+            let mut r = tonic::Request::new(m);
+            if let Some(a) = auth {
+                r.metadata_mut().insert("authorization", a.parse().unwrap());
+            }
+            r
+        }
+        let desc = || FlightDescriptor::new_cmd(b"SELECT 1".to_vec());
+        let none = || futures::stream::iter(Vec::<FlightData>::new());
+        let statuses = [
+            (
+                "handshake",
+                raw.handshake(req(futures::stream::iter(vec![]), auth))
+                    .await
+                    .err(),
+            ),
+            (
+                "list_flights",
+                raw.list_flights(req(Criteria::default(), auth)).await.err(),
+            ),
+            (
+                "get_flight_info",
+                raw.get_flight_info(req(desc(), auth)).await.err(),
+            ),
+            (
+                "poll_flight_info",
+                raw.poll_flight_info(req(desc(), auth)).await.err(),
+            ),
+            ("get_schema", raw.get_schema(req(desc(), auth)).await.err()),
+            (
+                "do_get",
+                raw.do_get(req(Ticket::new("x"), auth)).await.err(),
+            ),
+            ("do_put", raw.do_put(req(none(), auth)).await.err()),
+            (
+                "do_exchange",
+                raw.do_exchange(req(none(), auth)).await.err(),
+            ),
+            (
+                "do_action",
+                raw.do_action(req(Action::new(pb::actions::LIST_QUERIES, ""), auth))
+                    .await
+                    .err(),
+            ),
+            (
+                "list_actions",
+                raw.list_actions(req(Empty {}, auth)).await.err(),
+            ),
+        ];
+        for (method, status) in statuses {
+            let code = status.map(|s| s.code());
+            assert_eq!(
+                code,
+                Some(tonic::Code::Unauthenticated),
+                "{method} with {auth:?}"
+            );
+        }
+    }
+
+    // The CLI over TLS: it needs the CA and the token.
+    let ca = cert.to_str().unwrap();
+    run_ok(pitwall().args([
+        "--server", &url, "--tls-ca", ca, "--token", "s3cret", "queries",
+    ]));
+    for args in [
+        vec!["--server", &url, "--token", "s3cret", "queries"],
+        vec!["--server", &url, "--tls-ca", ca, "queries"],
+    ] {
+        let out = run(pitwall().args(&args));
+        assert!(!out.status.success(), "{args:?} succeeded");
+    }
+    let plain = format!("http://127.0.0.1:{}", app.flight_addr.port());
+    let out = run(pitwall().args(["--server", &plain, "--token", "s3cret", "queries"]));
+    assert!(
+        !out.status.success(),
+        "plain HTTP/2 to a TLS endpoint succeeded"
+    );
+    app.stop().await;
+}
