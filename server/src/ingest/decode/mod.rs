@@ -275,4 +275,6 @@ impl Decoder {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

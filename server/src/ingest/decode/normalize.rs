@@ -190,8 +190,9 @@ pub fn normalize(
                 continue;
             }
             let s = session.value(i);
-            if !session_starts.contains_key(s) {
-                let start = date.value(i) - (st.value(i) * 1000.0).round() as i64;
+            if !session_starts.contains_key(s)
+                && let Some(start) = date.value(i).checked_sub(millis(st.value(i)))
+            {
                 session_starts.insert(s.to_string(), start);
             }
             known = Some(s);
@@ -215,30 +216,40 @@ pub fn normalize(
             } else if st.is_valid(i) {
                 let start = match start {
                     Some(s) => Some(s),
-                    None => msg(i).timestamp_ms.map(|k| {
-                        let anchored = k - (st.value(i) * 1000.0).round() as i64;
-                        session_starts.insert(s.to_string(), anchored);
-                        run = Some((s, Some(anchored)));
-                        anchored
-                    }),
+                    None => msg(i)
+                        .timestamp_ms
+                        .and_then(|k| k.checked_sub(millis(st.value(i))))
+                        .inspect(|&anchored| {
+                            session_starts.insert(s.to_string(), anchored);
+                            run = Some((s, Some(anchored)));
+                        }),
                 };
-                start.map(|start| start + (st.value(i) * 1000.0).round() as i64)
+                // Out of the range of timestamps: no time (rejected below).
+                start.and_then(|start| start.checked_add(millis(st.value(i))))
             } else {
                 msg(i).timestamp_ms
             };
             if t.is_none() {
-                reject(
-                    &mut valid,
-                    i,
-                    reason::MISSING_FIELD,
-                    "no Date, SessionTime or Kafka timestamp".into(),
-                );
+                let (why, text) = if st.is_valid(i) {
+                    (
+                        reason::BAD_TIME,
+                        "SessionTime puts the sample out of the time range",
+                    )
+                } else {
+                    (
+                        reason::MISSING_FIELD,
+                        "no Date, SessionTime or Kafka timestamp",
+                    )
+                };
+                reject(&mut valid, i, why, text.into());
             }
             ts.push(t.unwrap_or(0));
             session_time.push(if st.is_valid(i) {
                 Some(st.value(i))
             } else {
-                start.map(|start| (ts[i] - start) as f64 / 1000.0)
+                start
+                    .and_then(|start| ts[i].checked_sub(start))
+                    .map(|ms| ms as f64 / 1000.0)
             });
         }
 
@@ -304,4 +315,9 @@ pub fn normalize(
         row_message,
         bad,
     })
+}
+
+/// Seconds as whole milliseconds (saturating: NaN is 0, out of range is the nearest bound).
+fn millis(seconds: f64) -> i64 {
+    (seconds * 1000.0).round() as i64
 }

@@ -99,6 +99,12 @@ pub fn decode(
         let payload = messages[i].payload;
         if batched {
             match TelemetryBatch::decode(payload) {
+                // A batch of nothing would leave no trace of its message.
+                Ok(batch) if batch.samples.is_empty() => bad.push(BadMessage {
+                    index: i,
+                    reason: reason::EMPTY,
+                    error: "a TelemetryBatch with no samples".into(),
+                }),
                 Ok(batch) => batch.samples.iter().for_each(|s| b.push(s, i)),
                 Err(e) => bad.push(BadMessage {
                     index: i,
