@@ -32,6 +32,8 @@ fn rss_mb(field: &str) -> f64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // As the server does: large buffers go back to the OS when freed.
+    pitwall_server::tune_allocator();
     let race = bundled_session().expect("bundled session");
     let ts = race
         .column_by_name(col::TS)
@@ -136,12 +138,18 @@ async fn main() {
             step_times.push((start_ts + round * span - first, t.elapsed(), n));
             pos = end;
         }
-        let state: u64 = engine.list().iter().map(|q| q.state_rows).sum();
+        let queries = engine.list();
+        let state: u64 = queries.iter().map(|q| q.state_rows).sum();
+        let per_query: Vec<String> = queries
+            .iter()
+            .map(|q| format!("{} {}/{}", q.name, q.state_rows, q.open_windows))
+            .collect();
         println!(
-            "round {}: RSS {:.0} MB at its end, peak {:.0} MB so far; {state} state rows",
+            "round {}: RSS {:.0} MB at its end, peak {:.0} MB so far; {state} state rows (per query, rows/open windows: {})",
             round + 1,
             rss_mb("VmRSS:"),
-            rss_mb("VmHWM:")
+            rss_mb("VmHWM:"),
+            per_query.join(", ")
         );
     }
     let window = |from_min: f64, to_min: f64| {
