@@ -189,3 +189,116 @@ fn compact_gives_a_few_rows_buffers_of_their_own_size() {
         small.column(0).to_data().buffers()[0].as_ptr()
     );
 }
+
+/// Issue 24 point 12: the two late counts say different things. A row behind the watermark
+/// whose window is still open counts as "behind the watermark" (engine-wide) and is
+/// aggregated; only a row whose window had closed is dropped and counted per query.
+#[tokio::test]
+async fn behind_the_watermark_is_not_dropped_until_its_window_closed() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::{filter_record_batch, is_not_null};
+    use datafusion::arrow::datatypes::{Int32Type, Int64Type};
+
+    use crate::ingest::{MicroBatch, PartitionSlice};
+    let race = session_laps(2);
+    let ver = filter_record_batch(
+        &race,
+        &datafusion::arrow::compute::kernels::cmp::eq(
+            race.column_by_name("driver").unwrap(),
+            &datafusion::arrow::array::StringArray::new_scalar("VER"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ver = filter_record_batch(
+        &ver,
+        &is_not_null(ver.column_by_name("lap").unwrap()).unwrap(),
+    )
+    .unwrap();
+    let laps = ver
+        .column_by_name("lap")
+        .unwrap()
+        .as_primitive::<Int32Type>()
+        .clone();
+    let lap1 = laps.iter().filter(|l| *l == Some(1)).count();
+    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    let lap_stats = shipped()
+        .into_iter()
+        .find(|q| q.name == "lap_stats")
+        .unwrap();
+    engine.submit(lap_stats).await.unwrap();
+    let now = Instant::now();
+    let mut offset = 0;
+    let mut feed = |rows: RecordBatch| {
+        let ts = rows.column_by_name("ts").unwrap();
+        let max_ts = ts
+            .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>()
+            .values()
+            .iter()
+            .copied()
+            .max();
+        let n = rows.num_rows() as i64;
+        offset += n;
+        MicroBatch {
+            topic: "t".into(),
+            rows,
+            partitions: vec![PartitionSlice {
+                partition: 0,
+                first_offset: offset - n,
+                last_offset: offset - 1,
+                max_ts,
+            }],
+            assigned: None,
+            caught_up: vec![],
+            caught_up_confirmed: None,
+            dead_letters: vec![],
+            ready_at: now,
+        }
+    };
+    // Lap 1 but for its 10th sample, then that sample: behind the watermark, lap still open.
+    let held = ver.slice(10, 1);
+    let rest = datafusion::arrow::compute::concat_batches(
+        &ver.schema(),
+        &[ver.slice(0, 10), ver.slice(11, lap1 - 11)],
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for b in [feed(rest), feed(held.clone())] {
+        out.extend(engine.step(Some(&b), now).await);
+    }
+    let behind = engine.stats().late_rows.load(Ordering::Relaxed);
+    assert_eq!(behind, 1, "the held sample is behind the watermark");
+    // Lap 2 closes lap 1; the same sample again is then dropped, and counted per query.
+    let b = feed(ver.slice(lap1, ver.num_rows() - lap1));
+    out.extend(engine.step(Some(&b), now).await);
+    let b = feed(held);
+    out.extend(engine.step(Some(&b), now).await);
+    let info = engine.info("lap_stats").unwrap();
+    assert_eq!(info.late_rows_dropped, 1);
+    assert_eq!(engine.stats().late_rows.load(Ordering::Relaxed), 2);
+    let lap1_samples: Vec<i64> = out
+        .iter()
+        .filter(|(q, _)| q == "lap_stats")
+        .flat_map(|(_, b)| b.clone())
+        .flat_map(|b| {
+            let lap = b
+                .column_by_name("lap")
+                .unwrap()
+                .as_primitive::<Int32Type>()
+                .clone();
+            let n = b
+                .column_by_name("samples")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone();
+            (0..b.num_rows())
+                .filter(move |&i| lap.value(i) == 1)
+                .map(move |i| n.value(i))
+        })
+        .collect();
+    assert_eq!(
+        lap1_samples,
+        vec![lap1 as i64],
+        "the sample behind the watermark is in lap 1"
+    );
+}
