@@ -145,8 +145,7 @@ async fn main() {
             .map(|q| format!("{} {}/{}", q.name, q.state_rows, q.open_windows))
             .collect();
         // This example's own log of step times grows by ~3.5 MB a round: not the engine's.
-        let log_mb = (step_times.capacity() * std::mem::size_of::<(i64, Duration, usize)>())
-            as f64
+        let log_mb = (step_times.len() * std::mem::size_of::<(i64, Duration, usize)>()) as f64
             / (1 << 20) as f64;
         println!(
             "round {}: RSS {:.0} MB at its end ({:.0} MB without this example's step log), peak {:.0} MB so far; {state} state rows (per query, rows/open windows: {})",
