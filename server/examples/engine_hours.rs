@@ -7,7 +7,8 @@
 //! With `--loops N` it replays the race N times as the embedded source's loop does instead:
 //! each round a new session (renamed, times shifted, laps as recorded), and prints the
 //! resident memory and the state the queries hold at the end of each round, which must stay
-//! flat (the finished sessions' state is released).
+//! flat (the finished sessions' state is released). `--buffer-kb N` bounds each query's replay
+//! buffer (default 16 MB): memory those fill up to is not state.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +51,17 @@ async fn main() {
     let max_lap = lap.iter().flatten().max().unwrap_or(0);
     // Session length in hours (default 2.2: two rounds of the race); more rounds show whether
     // the time per micro-batch keeps growing with the history or settles.
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `--buffer-kb N`: each query's replay buffer bound (default 16 MB), to tell the memory the
+    // buffers fill up to from anything else that grows.
+    let buffer_bytes = match args.iter().position(|a| a == "--buffer-kb") {
+        Some(i) => {
+            let kb: usize = args[i + 1].parse().expect("--buffer-kb: a size in kB");
+            args.drain(i..i + 2);
+            Some(kb * 1024)
+        }
+        None => None,
+    };
     let loops: Option<i64> = match args.as_slice() {
         [flag, n] if flag == "--loops" => Some(n.parse().expect("--loops: a count, e.g. 10")),
         _ => None,
@@ -67,7 +78,12 @@ async fn main() {
         .as_string::<i32>()
         .value(0)
         .to_string();
-    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    let defaults = EngineConfig::default();
+    let mut engine = Engine::new(EngineConfig {
+        result_buffer_bytes: buffer_bytes.unwrap_or(defaults.result_buffer_bytes),
+        ..defaults
+    })
+    .unwrap();
     for q in pitwall_server::initial_queries(None).unwrap() {
         engine.submit(q).await.unwrap();
     }
@@ -144,11 +160,20 @@ async fn main() {
             .iter()
             .map(|q| format!("{} {}/{}", q.name, q.state_rows, q.open_windows))
             .collect();
+        // What the replay buffers hold (Arrow memory as they count it), beside the state.
+        let buffered_mb: f64 = engine
+            .registry()
+            .read()
+            .unwrap()
+            .values()
+            .flat_map(|r| r.snapshot())
+            .map(|b| b.get_array_memory_size() as f64 / (1 << 20) as f64)
+            .sum();
         // This example's own log of step times grows by ~3.5 MB a round: not the engine's.
         let log_mb = (step_times.len() * std::mem::size_of::<(i64, Duration, usize)>()) as f64
             / (1 << 20) as f64;
         println!(
-            "round {}: RSS {:.0} MB at its end ({:.0} MB without this example's step log), peak {:.0} MB so far; {state} state rows (per query, rows/open windows: {})",
+            "round {}: RSS {:.0} MB at its end ({:.0} MB without this example's step log), peak {:.0} MB so far; replay buffers {buffered_mb:.1} MB; {state} state rows (per query, rows/open windows: {})",
             round + 1,
             rss_mb("VmRSS:"),
             rss_mb("VmRSS:") - log_mb,
