@@ -300,3 +300,54 @@ fn the_binaries_carry_no_bundled_data_and_say_where_they_looked_without_it() {
         );
     }
 }
+
+/// Issue 24 point 4 (read, not run: CI has no Docker daemon): docker-compose.yml publishes
+/// every port on the host's loopback only (nothing there sets a token), the broker and the
+/// server have health checks, the server's is its readiness endpoint, and the looping demo
+/// keeps a bounded archive.
+#[test]
+fn compose_publishes_on_loopback_with_health_checks_and_a_retention() {
+    let compose = include_str!("../../../docker-compose.yml");
+    let mut published = Vec::new();
+    let mut in_ports = false;
+    for line in compose.lines() {
+        let t = line.trim();
+        if t == "ports:" {
+            in_ports = true;
+        } else if in_ports && t.starts_with("- ") {
+            published.push(t.trim_start_matches("- ").trim_matches('"').to_string());
+        } else if !t.starts_with('#') {
+            in_ports = false;
+        }
+    }
+    assert!(published.len() >= 3, "{published:?}");
+    for p in &published {
+        assert!(
+            p.starts_with("127.0.0.1:"),
+            "{p} is published on every interface"
+        );
+    }
+    // A service's lines: from `  NAME:` to the next line indented by exactly two spaces.
+    let service = |name: &str| -> String {
+        let header = format!("  {name}:");
+        compose
+            .lines()
+            .skip_while(|l| *l != header)
+            .skip(1)
+            .take_while(|l| !(l.starts_with("  ") && !l.starts_with("   ") && !l.trim().is_empty()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(service("kafka").contains("healthcheck:"));
+    let server = service("pitwall-server");
+    assert!(!server.is_empty());
+    assert!(
+        server.contains("healthcheck:") && server.contains("/readyz"),
+        "{server}"
+    );
+    assert!(server.contains("--retention-days"), "{server}");
+    assert!(
+        !server.contains("--token"),
+        "no token: loopback only (checked above)"
+    );
+}
