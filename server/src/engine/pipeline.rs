@@ -231,7 +231,7 @@ impl WindowFnState {
         let (mut new, mut waiting) = (false, false);
         for seq in seqs.by_ref() {
             new |= seq >= first_new;
-            waiting |= self.pending.contains(&seq);
+            waiting |= !self.pending.is_empty() && self.pending.contains(&seq);
         }
         let last = match self.last_active.get_mut(key) {
             Some(last) => last,

@@ -25,7 +25,8 @@ const JSON_SEEDS: &[&str] = &[
     r#"{"session":"s","driver":"HAM","lap":2,"ts":1688911389767,"speed":301.5,"rpm":11800,"gear":8,"throttle":100,"brake":true,"drs":1,"x":1.5,"y":-2,"z":0.25,"distance":1234.5}"#,
 ];
 
-const FIELDS: &[&str] = &[
+/// The producers' names the decoders read; the canonical schema's own are added in [`fields`].
+const FASTF1_FIELDS: &[&str] = &[
     "Session",
     "Driver",
     "LapNumber",
@@ -43,21 +44,16 @@ const FIELDS: &[&str] = &[
     "Y",
     "Z",
     "Distance",
-    "session",
-    "driver",
-    "lap",
-    "ts",
-    "speed",
-    "rpm",
-    "gear",
-    "throttle",
-    "brake",
-    "drs",
-    "x",
-    "y",
-    "z",
-    "distance",
 ];
+
+fn fields() -> Vec<String> {
+    let schema = pitwall_proto::schema::telemetry_schema();
+    FASTF1_FIELDS
+        .iter()
+        .map(|f| f.to_string())
+        .chain(schema.fields().iter().map(|f| f.name().clone()))
+        .collect()
+}
 
 fn sample_seed() -> TelemetrySample {
     TelemetrySample {
@@ -129,11 +125,12 @@ fn json_payload() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         (prop::sample::select(JSON_SEEDS), edits())
             .prop_map(|(s, e)| edited(s.as_bytes().to_vec(), e)),
-        prop::collection::vec((prop::sample::select(FIELDS), json_value()), 0..10).prop_map(|kv| {
-            let o: serde_json::Map<String, serde_json::Value> =
-                kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            serde_json::to_vec(&o).expect("json")
-        }),
+        prop::collection::vec((prop::sample::select(fields()), json_value()), 0..10).prop_map(
+            |kv| {
+                let o: serde_json::Map<String, serde_json::Value> = kv.into_iter().collect();
+                serde_json::to_vec(&o).expect("json")
+            }
+        ),
         prop::collection::vec(any::<u8>(), 0..256),
     ]
 }
