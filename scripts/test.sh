@@ -5,7 +5,11 @@
 #    real browser over WebDriver; apt, no browser download),
 #  - starts it on a free loopback port (memory storage) unless PITWALL_TEST_KAFKA names a
 #    broker to use instead (any real Kafka, e.g. the one of docker-compose.yml),
-#  - builds every binary (some tests run them), runs `cargo test --workspace`,
+#  - checks the lints (`cargo clippy --all-targets -D warnings`) and the dependency rule of
+#    ARCHITECTURE.md (scripts/check-deps.sh),
+#  - runs `cargo test --workspace`: one build of the dependency tree, which also builds both
+#    binaries (each package has integration tests, and cargo builds a package's binaries for
+#    them); the end-to-end tests run those,
 #  - stops the broker it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +42,6 @@ if [ -z "${PITWALL_TEST_KAFKA:-}" ]; then
 fi
 echo "test.sh: broker $PITWALL_TEST_KAFKA" >&2
 
-cargo build --workspace --bins --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/check-deps.sh
 cargo test --workspace --locked "$@"

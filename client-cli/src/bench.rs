@@ -31,6 +31,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use serde::Serialize;
 
 use crate::client::{Client, ServerAddress};
+use crate::process::{Usage, free_port, terminate, usage};
 use crate::session::Session;
 use crate::wire::{Encoded, WireFormat, encode};
 
@@ -152,49 +153,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as i64
-}
-
-/// CPU seconds (user + system), peak RSS and current RSS (bytes) of a process, from /proc.
-fn proc_usage(pid: u32) -> Result<(f64, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or(&stat);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok((ticks / hz, kb("VmHWM:") * 1024, kb("VmRSS:") * 1024))
-}
-
-struct ServerChild(Child);
-
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Rows of one car's laps (all its samples, in time order), cycled for load.
@@ -376,72 +334,136 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     } else {
         BenchFormat::ProtobufBatch
     });
-    let bin = match &args.server_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("pitwall-server"),
-    };
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it (cargo build --release) or pass --server-bin",
-            bin.display()
-        );
-    }
     let suffix = format!("{}-{}", std::process::id(), now_ms() % 1_000_000);
     let topic = format!("bench-{suffix}");
-    let session = format!("bench-{suffix}");
     let config = crate::replay::client_config(&args.brokers, &[])?;
     crate::replay::ensure_topic(&config, &topic, args.partitions).await?;
-    let data = std::env::temp_dir().join(format!("pitwall-bench-{suffix}"));
-    let port = free_port()?;
-    let http_port = free_port()?;
-    let idle_timeout_ms = 1000;
-    let mut cmd = Command::new(&bin);
-    cmd.args([
-        "--brokers",
-        &args.brokers,
-        "--topic",
+    let server = BenchServer::start(args, &topic, &suffix)?;
+    let mut control = server.connect().await?;
+    submit_latency_query(&mut control, target).await?;
+    let flags = Flags::default();
+    let mut subs = Vec::new();
+    for i in 0..args.subscribers.max(1) {
+        subs.push(latency_subscriber(&server.addr, i == 0, &flags).await?);
+    }
+    let windows = window_subscriber(&server.addr, &flags).await?;
+    let slow = if args.slow_subscriber {
+        let mut c = Client::connect(&server.addr).await?;
+        let s = c.subscribe(&ticket("bench_latency")).await?;
+        Some((c, s))
+    } else {
+        None
+    };
+    let m = measure(
+        args,
+        format,
         &topic,
-        "--group",
         &format!("bench-{suffix}"),
-    ])
-    .args([
-        "--flight-addr",
-        &format!("127.0.0.1:{port}"),
-        "--http-addr",
-        &format!("127.0.0.1:{http_port}"),
-        "--data-dir",
-        data.to_str().unwrap_or("pitwall-bench"),
-    ])
-    .args([
-        "--start",
-        "latest",
-        "--idle-timeout-ms",
-        &idle_timeout_ms.to_string(),
-    ])
-    .args(&args.server_args)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let server = ServerChild(
-        cmd.spawn()
-            .with_context(|| format!("starting {}", bin.display()))?,
-    );
-    let pid = server.0.id();
-    let addr = ServerAddress {
-        url: format!("http://127.0.0.1:{port}"),
-        token: None,
-        tls_ca: None,
-    };
-    let started = Instant::now();
-    let mut control = loop {
-        match Client::connect(&addr).await {
-            Ok(c) => break c,
-            Err(_) if started.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => return Err(e.context("the server did not come up")),
+        &server,
+        &mut control,
+        &flags,
+    )
+    .await?;
+    let slow_dropped = slow.as_ref().map(|_| m.subscribers_dropped > 0);
+    drop(server);
+    let mut latency = None;
+    for s in subs {
+        latency = latency.or(s.await?);
+    }
+    let (window_h, last_arrival) = windows.await?;
+    drop(slow);
+    Ok(report(
+        args,
+        format,
+        &m,
+        latency,
+        window_h,
+        last_arrival,
+        slow_dropped,
+    ))
+}
+
+/// The server under test: its process, addresses and data directory (removed when dropped,
+/// after the process is stopped).
+struct BenchServer {
+    child: Child,
+    addr: ServerAddress,
+    http_port: u16,
+    data: PathBuf,
+}
+
+/// Windows close this long after their last input (`--idle-timeout-ms`).
+const IDLE_TIMEOUT_MS: u64 = 1000;
+
+impl BenchServer {
+    fn start(args: &BenchArgs, topic: &str, suffix: &str) -> Result<Self> {
+        let bin = match &args.server_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?.with_file_name("pitwall-server"),
+        };
+        if !bin.exists() {
+            bail!(
+                "{} not found: build it (cargo build --release) or pass --server-bin",
+                bin.display()
+            );
         }
-    };
-    // Sample the pass-through stream to keep the client's own cost small at high rates.
+        let data = std::env::temp_dir().join(format!("pitwall-bench-{suffix}"));
+        let (port, http_port) = (free_port()?, free_port()?);
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--brokers", &args.brokers, "--topic", topic])
+            .args(["--group", &format!("bench-{suffix}")])
+            .args(["--flight-addr", &format!("127.0.0.1:{port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--data-dir", data.to_str().unwrap_or("pitwall-bench")])
+            .args(["--start", "latest"])
+            .args(["--idle-timeout-ms", &IDLE_TIMEOUT_MS.to_string()])
+            .args(&args.server_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self {
+            child,
+            addr: ServerAddress {
+                url: format!("http://127.0.0.1:{port}"),
+                token: None,
+                tls_ca: None,
+            },
+            http_port,
+            data,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A control connection, once the server answers (30 s at most).
+    async fn connect(&self) -> Result<Client> {
+        let started = Instant::now();
+        loop {
+            match Client::connect(&self.addr).await {
+                Ok(c) => return Ok(c),
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => return Err(e.context("the server did not come up")),
+            }
+        }
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// The pass-through query whose rows the latency is measured on; sampled so that the
+/// client's own cost stays small at high rates.
+async fn submit_latency_query(control: &mut Client, target: u64) -> Result<()> {
     let sample = target.div_ceil(20_000).max(1);
     let sql = if sample > 1 {
         format!("SELECT driver, ts FROM telemetry WHERE CAST(ts AS BIGINT) % {sample} = 0")
@@ -457,198 +479,246 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
             },
         )
         .await?;
-    let ticket = |q: &str| pb::SubscribeTicket {
-        query: q.into(),
+    Ok(())
+}
+
+fn ticket(query: &str) -> pb::SubscribeTicket {
+    pb::SubscribeTicket {
+        query: query.into(),
         from_buffer_start: false,
         driver: String::new(),
-    };
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stopped_at = Arc::new(AtomicU64::new(0));
-    // Latency subscriber(s).
-    let mut subs = Vec::new();
-    for i in 0..args.subscribers.max(1) {
-        let mut c = Client::connect(&addr).await?;
-        let mut stream = c.subscribe(&ticket("bench_latency")).await?.into_inner();
-        let measuring = measuring.clone();
-        subs.push(tokio::spawn(async move {
-            let _keep = c;
-            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("histogram");
-            let mut flight_h = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("histogram");
-            let mut n = 0u64;
-            while let Some(item) = stream.next().await {
-                let Ok(item) = item else { break };
-                let meta = item.app_metadata();
-                if let DecodedPayload::RecordBatch(b) = item.payload {
-                    if i > 0 || !measuring.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    let now = now_ms();
-                    if let Some(e) = serde_json::from_slice::<serde_json::Value>(&meta)
-                        .ok()
-                        .and_then(|m| m["emitted_at_ms"].as_i64())
-                    {
-                        let _ = flight_h.record((now - e).max(0) as u64);
-                    }
-                    let ts = b
-                        .column_by_name("ts")
-                        .expect("ts")
-                        .as_primitive::<TimestampMillisecondType>();
-                    for t in ts.values() {
-                        let _ = h.record((now - t).max(1) as u64);
-                    }
-                    n += b.num_rows() as u64;
-                }
-            }
-            (h, flight_h, n)
-        }));
     }
-    // Window emission subscriber.
-    let window_task = {
-        let mut c = Client::connect(&addr).await?;
-        let mut stream = c.subscribe(&ticket("speed_1s")).await?.into_inner();
-        let measuring = measuring.clone();
-        let stopped_at = stopped_at.clone();
-        tokio::spawn(async move {
-            let _keep = c;
-            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("histogram");
-            let mut last_arrival = 0i64;
-            let mut last_end = 0i64;
-            while let Some(item) = stream.next().await {
-                let Ok(item) = item else { break };
-                if let DecodedPayload::RecordBatch(b) = item.payload {
-                    let now = now_ms();
-                    let ends = b.column_by_name("window_end").expect("window_end");
-                    let ends = arrow::compute::cast(ends, &arrow::datatypes::DataType::Int64)
-                        .expect("cast");
-                    let ends = ends.as_primitive::<arrow::datatypes::Int64Type>();
-                    if measuring.load(Ordering::Relaxed) && stopped_at.load(Ordering::Relaxed) == 0
-                    {
-                        for e in ends.values() {
-                            // The watermark passes a window's end one lateness (1 s) after it.
-                            let _ = h.record((now - (e + 1_000)).max(1) as u64);
-                        }
-                    }
-                    if let Some(max_end) = ends.values().iter().max()
-                        && *max_end >= last_end
-                    {
-                        last_end = *max_end;
-                        last_arrival = now;
-                    }
-                    if stopped_at.load(Ordering::Relaxed) > 0 && !ends.is_empty() {
-                        last_arrival = now;
-                    }
+}
+
+/// What the subscribers are told of the run's phase.
+#[derive(Default, Clone)]
+struct Flags {
+    /// Set once warm-up is over.
+    measuring: Arc<AtomicBool>,
+    /// When input stopped (ms since the epoch; 0 while it runs).
+    stopped_at: Arc<AtomicU64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("histogram")
+}
+
+/// Latency (end to end, and the Flight delivery share) and rows received by one subscriber of
+/// the pass-through query, while measuring. Only the `measured` subscriber records; the others
+/// are load.
+type Latency = (Histogram<u64>, Histogram<u64>, u64);
+
+async fn latency_subscriber(
+    addr: &ServerAddress,
+    measured: bool,
+    flags: &Flags,
+) -> Result<tokio::task::JoinHandle<Option<Latency>>> {
+    let mut c = Client::connect(addr).await?;
+    let mut stream = c.subscribe(&ticket("bench_latency")).await?.into_inner();
+    let measuring = flags.measuring.clone();
+    Ok(tokio::spawn(async move {
+        let _keep = c;
+        let (mut h, mut flight_h, mut n) = (histogram(), histogram(), 0u64);
+        while let Some(item) = stream.next().await {
+            let Ok(item) = item else { break };
+            let meta = item.app_metadata();
+            let DecodedPayload::RecordBatch(b) = item.payload else {
+                continue;
+            };
+            if !measured || !measuring.load(Ordering::Relaxed) {
+                continue;
+            }
+            let now = now_ms();
+            if let Some(e) = serde_json::from_slice::<serde_json::Value>(&meta)
+                .ok()
+                .and_then(|m| m["emitted_at_ms"].as_i64())
+            {
+                let _ = flight_h.record((now - e).max(0) as u64);
+            }
+            let ts = b
+                .column_by_name("ts")
+                .expect("ts")
+                .as_primitive::<TimestampMillisecondType>();
+            for t in ts.values() {
+                let _ = h.record((now - t).max(1) as u64);
+            }
+            n += b.num_rows() as u64;
+        }
+        measured.then_some((h, flight_h, n))
+    }))
+}
+
+/// `speed_1s`'s rows: how long after the watermark passed a window's end its row arrived, and
+/// when the last windows arrived once input stopped.
+async fn window_subscriber(
+    addr: &ServerAddress,
+    flags: &Flags,
+) -> Result<tokio::task::JoinHandle<(Histogram<u64>, i64)>> {
+    let mut c = Client::connect(addr).await?;
+    let mut stream = c.subscribe(&ticket("speed_1s")).await?.into_inner();
+    let flags = flags.clone();
+    Ok(tokio::spawn(async move {
+        let _keep = c;
+        let mut h = histogram();
+        let (mut last_arrival, mut last_end) = (0i64, 0i64);
+        while let Some(item) = stream.next().await {
+            let Ok(item) = item else { break };
+            let DecodedPayload::RecordBatch(b) = item.payload else {
+                continue;
+            };
+            let now = now_ms();
+            let ends = b.column_by_name("window_end").expect("window_end");
+            let ends =
+                arrow::compute::cast(ends, &arrow::datatypes::DataType::Int64).expect("cast");
+            let ends = ends.as_primitive::<arrow::datatypes::Int64Type>();
+            let stopped = flags.stopped_at.load(Ordering::Relaxed) > 0;
+            if flags.measuring.load(Ordering::Relaxed) && !stopped {
+                for e in ends.values() {
+                    // The watermark passes a window's end one lateness (1 s) after it.
+                    let _ = h.record((now - (e + 1_000)).max(1) as u64);
                 }
             }
-            (h, last_arrival)
-        })
-    };
-    let slow = if args.slow_subscriber {
-        let mut c = Client::connect(&addr).await?;
-        let s = c.subscribe(&ticket("bench_latency")).await?;
-        Some((c, s))
-    } else {
-        None
-    };
+            if let Some(max_end) = ends.values().iter().max()
+                && *max_end >= last_end
+            {
+                last_end = *max_end;
+                last_arrival = now;
+            }
+            if stopped && !ends.is_empty() {
+                last_arrival = now;
+            }
+        }
+        (h, last_arrival)
+    }))
+}
+
+/// What the server reported and used over the measured interval.
+struct Measured {
+    elapsed: f64,
+    stats_start: pb::ServerStats,
+    stats_end: pb::ServerStats,
+    produced: u64,
+    produced_total: u64,
+    cpu_secs: f64,
+    end: Usage,
+    stop_ms: i64,
+    dashboard_bytes: u64,
+    /// Subscribers the server dropped, counted after input stopped.
+    subscribers_dropped: u64,
+}
+
+/// Produces for a 5 s warm-up and then `--duration` seconds with the dashboards open, stops
+/// input and waits for the last windows to close on idleness.
+async fn measure(
+    args: &BenchArgs,
+    format: BenchFormat,
+    topic: &str,
+    session: &str,
+    server: &BenchServer,
+    control: &mut Client,
+    flags: &Flags,
+) -> Result<Measured> {
     let dashboard_bytes = Arc::new(AtomicU64::new(0));
     let dashboards: Vec<_> = (0..args.dashboards)
-        .map(|_| tokio::spawn(dashboard_page(http_port, dashboard_bytes.clone())))
+        .map(|_| tokio::spawn(dashboard_page(server.http_port, dashboard_bytes.clone())))
         .collect();
-    // Produce: warm-up, then measure.
     let stop = Arc::new(AtomicBool::new(false));
     let produced = Arc::new(AtomicU64::new(0));
     let producer = {
         let (a, t, s, st, p) = (
             args.clone(),
-            topic.clone(),
-            session.clone(),
+            topic.to_string(),
+            session.to_string(),
             stop.clone(),
             produced.clone(),
         );
         std::thread::spawn(move || produce(&a, format, &t, &s, st, p))
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let stats0: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
-    let (cpu0, _, _) = proc_usage(pid)?;
+    let stats_start: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
+    let cpu0 = usage(server.pid())?.cpu_secs;
     let produced0 = produced.load(Ordering::Relaxed);
     let dashboard_bytes0 = dashboard_bytes.load(Ordering::Relaxed);
     let t0 = Instant::now();
-    measuring.store(true, Ordering::Relaxed);
+    flags.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let (cpu1, _, _) = proc_usage(pid)?;
+    let cpu1 = usage(server.pid())?.cpu_secs;
     let dashboard_bytes = dashboard_bytes.load(Ordering::Relaxed) - dashboard_bytes0;
     dashboards.iter().for_each(|d| d.abort());
-    let stats1: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
-    let produced1 = produced.load(Ordering::Relaxed);
+    let stats_end: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
+    let produced_total = produced.load(Ordering::Relaxed);
     // Stop input; the last windows must close on idleness.
     stop.store(true, Ordering::Relaxed);
     producer
         .join()
         .map_err(|_| anyhow!("producer thread panicked"))??;
     let stop_ms = now_ms();
-    stopped_at.store(stop_ms as u64, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(idle_timeout_ms + 3_000)).await;
-    let (_, rss, rss_now) = proc_usage(pid)?;
-    let stats2: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
-    let slow_dropped = slow.as_ref().map(|_| stats2.subscribers_dropped > 0);
-    drop(server);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000, 3).expect("histogram");
-    let mut flight_latency = latency.clone();
-    let mut received = 0;
-    for (i, s) in subs.into_iter().enumerate() {
-        let (h, f, n) = s.await?;
-        if i == 0 {
-            latency = h;
-            flight_latency = f;
-            received = n;
-        }
-    }
-    let (window_h, last_arrival) = window_task.await?;
-    drop(slow);
-    let _ = std::fs::remove_dir_all(&data);
-    let rows_in = (stats1.rows_ingested - stats0.rows_ingested) as f64 / elapsed;
-    let out0: u64 = stats0.queries.iter().map(|q| q.rows_emitted).sum();
-    let out1: u64 = stats1.queries.iter().map(|q| q.rows_emitted).sum();
-    Ok(BenchReport {
+    flags.stopped_at.store(stop_ms as u64, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(IDLE_TIMEOUT_MS + 3_000)).await;
+    let end = usage(server.pid())?;
+    // Subscribers dropped are counted at the very end, after the slow reader had every chance.
+    let last: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
+    Ok(Measured {
+        elapsed,
+        stats_start,
+        stats_end,
+        produced: produced_total - produced0,
+        produced_total,
+        cpu_secs: cpu1 - cpu0,
+        end,
+        stop_ms,
+        dashboard_bytes,
+        subscribers_dropped: last.subscribers_dropped,
+    })
+}
+
+fn report(
+    args: &BenchArgs,
+    format: BenchFormat,
+    m: &Measured,
+    latency: Option<Latency>,
+    window_h: Histogram<u64>,
+    last_arrival: i64,
+    slow_dropped: Option<bool>,
+) -> BenchReport {
+    let (latency, flight_latency, received) =
+        latency.unwrap_or_else(|| (histogram(), histogram(), 0));
+    let elapsed = m.elapsed;
+    let (s0, s1) = (&m.stats_start, &m.stats_end);
+    let out0: u64 = s0.queries.iter().map(|q| q.rows_emitted).sum();
+    let out1: u64 = s1.queries.iter().map(|q| q.rows_emitted).sum();
+    let emit = s1.queries.iter().find(|q| q.name == "bench_latency");
+    BenchReport {
         cars: args.cars,
         rate_per_car: args.rate,
-        target_rows_per_s: target,
+        target_rows_per_s: args.cars as u64 * args.rate,
         format: format!("{format:?}"),
         duration_s: elapsed,
-        rows_produced: produced1 - produced0,
-        rows_in_per_s: rows_in,
+        rows_produced: m.produced,
+        rows_in_per_s: (s1.rows_ingested - s0.rows_ingested) as f64 / elapsed,
         rows_out_per_s: (out1 - out0) as f64 / elapsed,
         sampled_rows_received: received,
         latency_ms: Percentiles::of(&latency),
         flight_delivery_ms: Percentiles::of(&flight_latency),
-        server_emit_ms: stats1
-            .queries
-            .iter()
-            .find(|q| q.name == "bench_latency")
-            .map_or(
-                ServerEmit {
-                    p50: 0.0,
-                    p99: 0.0,
-                    max: 0.0,
-                },
-                |q| ServerEmit {
-                    p50: q.emit_latency_p50_ms,
-                    p99: q.emit_latency_p99_ms,
-                    max: q.emit_latency_max_ms,
-                },
-            ),
+        server_emit_ms: ServerEmit {
+            p50: emit.map_or(0.0, |q| q.emit_latency_p50_ms),
+            p99: emit.map_or(0.0, |q| q.emit_latency_p99_ms),
+            max: emit.map_or(0.0, |q| q.emit_latency_max_ms),
+        },
         window_emit_after_watermark_ms: Percentiles::of(&window_h),
-        last_windows_close_ms: (last_arrival > stop_ms).then(|| (last_arrival - stop_ms) as f64),
-        idle_timeout_ms,
-        backlog_rows: produced1 as i64 - stats1.rows_ingested as i64,
-        server_cpu_percent: (cpu1 - cpu0) / elapsed * 100.0,
-        server_peak_rss_mb: rss as f64 / (1024.0 * 1024.0),
-        server_rss_end_mb: rss_now as f64 / (1024.0 * 1024.0),
+        last_windows_close_ms: (last_arrival > m.stop_ms)
+            .then(|| (last_arrival - m.stop_ms) as f64),
+        idle_timeout_ms: IDLE_TIMEOUT_MS,
+        backlog_rows: m.produced_total as i64 - s1.rows_ingested as i64,
+        server_cpu_percent: m.cpu_secs / elapsed * 100.0,
+        server_peak_rss_mb: m.end.peak_rss as f64 / (1024.0 * 1024.0),
+        server_rss_end_mb: m.end.rss as f64 / (1024.0 * 1024.0),
         subscribers: args.subscribers.max(1),
         slow_subscriber_dropped: slow_dropped,
         dashboards: args.dashboards,
-        dashboard_bytes,
-    })
+        dashboard_bytes: m.dashboard_bytes,
+    }
 }
 
 /// A dashboard page on the race view: the live stream of what it shows (laps, anomaly scores,

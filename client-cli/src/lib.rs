@@ -4,12 +4,22 @@
 //! ([`commands`], printed by [`output`]). It depends on the wire contract (`pitwall-proto`) and
 //! Arrow Flight only, never on server internals.
 
+// Every dependency the library declares is one it uses (the binaries and tests have their own
+// imports; this lint is per compilation unit, so it is checked on the library only, outside
+// its unit tests, which also see the dev-dependencies).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+// The binary's own: `main.rs` restores SIGPIPE's default with it.
+#[cfg(unix)]
+use libc as _;
+
 pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod convert;
 pub mod fleet;
 pub mod output;
+pub mod process;
 pub mod replay;
 pub mod session;
 pub mod wire;

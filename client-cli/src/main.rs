@@ -149,6 +149,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() {
     // Exit quietly when the reader of our output goes away (`pitwall watch ... | head`).
     #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL installs no
+    // handler of ours, it restores the default disposition.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

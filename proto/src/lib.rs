@@ -4,8 +4,14 @@
 //! messages of `telemetry.proto`), is decoded into one canonical Arrow schema ([`schema`]), and
 //! leaves as Arrow Flight streams whose control messages are those of `control.proto`.
 
+// Every dependency the library declares is one it uses (the binaries and tests have their own
+// imports; this lint is per compilation unit, so it is checked on the library only, outside
+// its unit tests, which also see the dev-dependencies).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod bundled;
 pub mod schema;
+pub mod timedelta;
 
 /// Generated from `telemetry.proto` and `control.proto` (package `pitwall.v1`).
 pub mod v1 {

@@ -37,8 +37,10 @@ impl Heap {
     }
 }
 
+// SAFETY: every method forwards to the system allocator unchanged; the counters only observe.
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on to the system allocator as is.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             let used = self.used.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
@@ -47,10 +49,12 @@ unsafe impl GlobalAlloc for Heap {
         p
     }
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: `p` came from `System` with this layout (every allocation here goes there).
         unsafe { System.dealloc(p, layout) };
         self.used.fetch_sub(layout.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc`: `p` and `layout` are the system allocator's own.
         let q = unsafe { System.realloc(p, layout, new_size) };
         if !q.is_null() {
             let used = self.used.fetch_add(new_size, Ordering::Relaxed) + new_size;
@@ -142,7 +146,7 @@ fn decode(c: &mut Criterion) {
             &b"protobuf"[..],
         ),
     ] {
-        let raw: Vec<RawMessage> = payloads
+        let raw: Vec<RawMessage<'_>> = payloads
             .iter()
             .enumerate()
             .map(|(i, p)| RawMessage {

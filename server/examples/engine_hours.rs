@@ -31,6 +31,10 @@ fn rss_mb(field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the example's whole run in order; to be split into named steps"
+)]
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     // As the server does: large buffers go back to the OS when freed.

@@ -243,98 +243,13 @@ impl Config {
             None => FileConfig::default(),
         };
         let (k, fk) = (args.kafka, file.kafka);
-        let (d, fd) = (args.decode, file.decode);
         let (e, fe) = (args.engine, file.engine);
         let (f, ff) = (args.flight, file.flight);
-
-        let decode_defaults = DecodeConfig::default();
-        let mut json_names: Vec<(String, String)> = pairs(&d.json_name, "--json-name")?;
-        json_names.extend(pairs(&fd.json_name, "json_name")?);
-        json_names.extend(file.json_names);
-        for (w, c) in decode_defaults.json_names.iter() {
-            if !json_names.iter().any(|(x, _)| x == w) {
-                json_names.push((w.clone(), c.clone()));
-            }
-        }
-        let session_start_ms = match d.session_start.or(fd.session_start) {
-            Some(s) => Some(
-                chrono::DateTime::parse_from_rfc3339(&s)
-                    .map_err(|e| Error::Config(format!("--session-start {s:?}: {e}")))?
-                    .timestamp_millis(),
-            ),
-            None => None,
-        };
-        let decode = DecodeConfig {
-            format: d.format.or(fd.format).unwrap_or(decode_defaults.format),
-            max_message_bytes: d
-                .max_message_bytes
-                .or(fd.max_message_bytes)
-                .unwrap_or(decode_defaults.max_message_bytes),
-            default_session: d
-                .default_session
-                .or(fd.default_session)
-                .unwrap_or(decode_defaults.default_session),
-            session_start_ms,
-            json_names,
-            required: d.require.or(fd.require).unwrap_or(decode_defaults.required),
-        };
-
-        let mut kafka_opts = pairs(&fk.kafka_opt, "kafka_opt")?;
-        kafka_opts.extend(pairs(&k.kafka_opt, "--kafka-opt")?);
-        let kafka = k.brokers.or(fk.brokers).map(|brokers| KafkaConfig {
-            brokers,
-            topic: k
-                .topic
-                .clone()
-                .or(fk.topic.clone())
-                .unwrap_or_else(|| "telemetry".into()),
-            group_id: k
-                .group
-                .clone()
-                .or(fk.group.clone())
-                .unwrap_or_else(|| "pitwall".into()),
-            start: k.start.or(fk.start).unwrap_or(StartAt::Earliest),
-            options: kafka_opts,
-            max_batch_rows: k.batch_rows.or(fk.batch_rows).unwrap_or(16 * 1024),
-            max_batch_wait: Duration::from_millis(k.batch_ms.or(fk.batch_ms).unwrap_or(50)),
-            linger: Duration::from_millis(k.linger_ms.or(fk.linger_ms).unwrap_or(1)),
-            dead_letter_topic: k.dead_letter_topic.clone().or(fk.dead_letter_topic.clone()),
-            instance_id: None,
-        });
+        let decode = decode_config(args.decode, file.decode, file.json_names)?;
+        let kafka = kafka_config(&k, &fk)?;
         let instance = k.instance_id.clone().or(fk.instance_id.clone());
-
-        let engine_defaults = EngineConfig::default();
         let batch_ms = k.batch_ms.or(fk.batch_ms).unwrap_or(50);
-        let engine = EngineConfig {
-            watermark: WatermarkConfig {
-                lateness_ms: e
-                    .lateness_ms
-                    .or(fe.lateness_ms)
-                    .unwrap_or(engine_defaults.watermark.lateness_ms),
-                idle_timeout: e
-                    .idle_timeout_ms
-                    .or(fe.idle_timeout_ms)
-                    .map(Duration::from_millis)
-                    .unwrap_or(engine_defaults.watermark.idle_timeout),
-                require_assignment: kafka.is_some(),
-            },
-            lap_gap_ms: e
-                .lap_gap_ms
-                .or(fe.lap_gap_ms)
-                .unwrap_or(engine_defaults.lap_gap_ms),
-            result_buffer_rows: e
-                .result_buffer_rows
-                .or(fe.result_buffer_rows)
-                .unwrap_or(engine_defaults.result_buffer_rows),
-            result_buffer_bytes: e
-                .result_buffer_mb
-                .or(fe.result_buffer_mb)
-                .map_or(engine_defaults.result_buffer_bytes, |mb| {
-                    mb.saturating_mul(1 << 20)
-                }),
-            result_channel_batches: engine_defaults.result_channel_batches,
-            tick: Duration::from_millis(batch_ms.clamp(5, 1000)),
-        };
+        let engine = engine_config(&e, &fe, batch_ms, kafka.is_some());
         let tls = match (f.tls_cert.or(ff.tls_cert), f.tls_key.or(ff.tls_key)) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -369,33 +284,7 @@ impl Config {
                 .clone()
                 .or(file.storage.data_dir.clone())
                 .unwrap_or_else(|| "pitwall-data".into()),
-            archive: {
-                let d = crate::archive::ArchiveConfig::default();
-                let (a, fa) = (&args.storage, &file.storage);
-                crate::archive::ArchiveConfig {
-                    checkpoint_interval: a
-                        .checkpoint_ms
-                        .or(fa.checkpoint_ms)
-                        .map(Duration::from_millis)
-                        .unwrap_or(d.checkpoint_interval),
-                    retention: retention(a.retention_days.or(fa.retention_days))?,
-                    compact_min_files: a
-                        .compact_min_files
-                        .or(fa.compact_min_files)
-                        .unwrap_or(d.compact_min_files),
-                    compact_idle: a
-                        .compact_idle_secs
-                        .or(fa.compact_idle_secs)
-                        .map(Duration::from_secs)
-                        .unwrap_or(d.compact_idle),
-                    housekeeping_interval: a
-                        .housekeeping_ms
-                        .or(fa.housekeeping_ms)
-                        .map(Duration::from_millis)
-                        .unwrap_or(d.housekeeping_interval),
-                    ..d
-                }
-            },
+            archive: archive_config(&args.storage, &file.storage)?,
         };
         if let Some(kafka) = &mut config.kafka {
             kafka.instance_id = instance_id(instance, &config.data_dir, &kafka.options)?;
@@ -457,6 +346,133 @@ impl Config {
         at_least("--housekeeping-ms", a.housekeeping_interval.as_millis(), 10)?;
         Ok(())
     }
+}
+
+/// Decoding: flags over the file over defaults; JSON names from `--json-name`, the file's
+/// `json_name` and `[json_names]`, then the FastF1 defaults not named by them.
+fn decode_config(
+    d: DecodeArgs,
+    fd: DecodeArgs,
+    file_names: BTreeMap<String, String>,
+) -> Result<DecodeConfig> {
+    let defaults = DecodeConfig::default();
+    let mut json_names: Vec<(String, String)> = pairs(&d.json_name, "--json-name")?;
+    json_names.extend(pairs(&fd.json_name, "json_name")?);
+    json_names.extend(file_names);
+    for (w, c) in defaults.json_names.iter() {
+        if !json_names.iter().any(|(x, _)| x == w) {
+            json_names.push((w.clone(), c.clone()));
+        }
+    }
+    let session_start_ms = match d.session_start.or(fd.session_start) {
+        Some(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(&s)
+                .map_err(|e| Error::Config(format!("--session-start {s:?}: {e}")))?
+                .timestamp_millis(),
+        ),
+        None => None,
+    };
+    Ok(DecodeConfig {
+        format: d.format.or(fd.format).unwrap_or(defaults.format),
+        max_message_bytes: d
+            .max_message_bytes
+            .or(fd.max_message_bytes)
+            .unwrap_or(defaults.max_message_bytes),
+        default_session: d
+            .default_session
+            .or(fd.default_session)
+            .unwrap_or(defaults.default_session),
+        session_start_ms,
+        json_names,
+        required: d.require.or(fd.require).unwrap_or(defaults.required),
+    })
+}
+
+/// The consumer, when brokers are set (none: the embedded replay). The static member id is
+/// resolved later, once the data directory is known.
+fn kafka_config(k: &KafkaArgs, fk: &KafkaArgs) -> Result<Option<KafkaConfig>> {
+    let mut options = pairs(&fk.kafka_opt, "kafka_opt")?;
+    options.extend(pairs(&k.kafka_opt, "--kafka-opt")?);
+    let Some(brokers) = k.brokers.clone().or(fk.brokers.clone()) else {
+        return Ok(None);
+    };
+    let or = |a: &Option<String>, b: &Option<String>, default: &str| {
+        a.clone().or(b.clone()).unwrap_or_else(|| default.into())
+    };
+    Ok(Some(KafkaConfig {
+        brokers,
+        topic: or(&k.topic, &fk.topic, "telemetry"),
+        group_id: or(&k.group, &fk.group, "pitwall"),
+        start: k.start.or(fk.start).unwrap_or(StartAt::Earliest),
+        options,
+        max_batch_rows: k.batch_rows.or(fk.batch_rows).unwrap_or(16 * 1024),
+        max_batch_wait: Duration::from_millis(k.batch_ms.or(fk.batch_ms).unwrap_or(50)),
+        linger: Duration::from_millis(k.linger_ms.or(fk.linger_ms).unwrap_or(1)),
+        dead_letter_topic: k.dead_letter_topic.clone().or(fk.dead_letter_topic.clone()),
+        instance_id: None,
+    }))
+}
+
+/// The engine: watermark, lap gap, result buffers; it ticks at the micro-batch wait.
+fn engine_config(e: &EngineArgs, fe: &EngineArgs, batch_ms: u64, kafka: bool) -> EngineConfig {
+    let defaults = EngineConfig::default();
+    EngineConfig {
+        watermark: WatermarkConfig {
+            lateness_ms: e
+                .lateness_ms
+                .or(fe.lateness_ms)
+                .unwrap_or(defaults.watermark.lateness_ms),
+            idle_timeout: e
+                .idle_timeout_ms
+                .or(fe.idle_timeout_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.watermark.idle_timeout),
+            require_assignment: kafka,
+        },
+        lap_gap_ms: e
+            .lap_gap_ms
+            .or(fe.lap_gap_ms)
+            .unwrap_or(defaults.lap_gap_ms),
+        result_buffer_rows: e
+            .result_buffer_rows
+            .or(fe.result_buffer_rows)
+            .unwrap_or(defaults.result_buffer_rows),
+        result_buffer_bytes: e
+            .result_buffer_mb
+            .or(fe.result_buffer_mb)
+            .map_or(defaults.result_buffer_bytes, |mb| {
+                mb.saturating_mul(1 << 20)
+            }),
+        result_channel_batches: defaults.result_channel_batches,
+        tick: Duration::from_millis(batch_ms.clamp(5, 1000)),
+    }
+}
+
+/// The archive: checkpoint interval, retention, compaction, housekeeping.
+fn archive_config(a: &StorageArgs, fa: &StorageArgs) -> Result<crate::archive::ArchiveConfig> {
+    let d = crate::archive::ArchiveConfig::default();
+    let ms = |a: Option<u64>, b: Option<u64>, default: Duration| {
+        a.or(b).map(Duration::from_millis).unwrap_or(default)
+    };
+    Ok(crate::archive::ArchiveConfig {
+        checkpoint_interval: ms(a.checkpoint_ms, fa.checkpoint_ms, d.checkpoint_interval),
+        retention: retention(a.retention_days.or(fa.retention_days))?,
+        compact_min_files: a
+            .compact_min_files
+            .or(fa.compact_min_files)
+            .unwrap_or(d.compact_min_files),
+        compact_idle: a
+            .compact_idle_secs
+            .or(fa.compact_idle_secs)
+            .map(Duration::from_secs)
+            .unwrap_or(d.compact_idle),
+        housekeeping_interval: ms(
+            a.housekeeping_ms,
+            fa.housekeeping_ms,
+            d.housekeeping_interval,
+        ),
+        ..d
+    })
 }
 
 /// `--retention-days`: a number of days above 0 (at most a century), or none.

@@ -58,3 +58,20 @@ impl Error {
         }
     }
 }
+
+/// The first non-blank line of a message, at most 300 characters: what a client, a log line
+/// or a dead letter gets of an error whose text may span lines (DataFusion plans, parser
+/// context).
+pub(crate) fn one_line(s: &str) -> String {
+    let line = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    if line.chars().count() > 300 {
+        let cut: String = line.chars().take(297).collect();
+        format!("{cut}...")
+    } else {
+        line.to_string()
+    }
+}

@@ -11,6 +11,11 @@
 //! (`web`). Raw rows, results and dead letters are written to Parquet with the engine's
 //! checkpoints ([`archive`]), which is what makes a restart lose and repeat nothing.
 
+// Every dependency the library declares is one it uses (the binaries and tests have their own
+// imports; this lint is per compilation unit, so it is checked on the library only, outside
+// its unit tests, which also see the dev-dependencies).
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod archive;
 pub mod config;
 pub mod engine;
@@ -162,54 +167,19 @@ impl App {
         let (batch_tx, batch_rx) = mpsc::channel(4);
         let stop_ingest = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
-        let mut ingest_thread = None;
         let consumed: BTreeMap<(String, i32), i64> = engine
             .consumed()
             .iter()
             .filter_map(|(k, v)| Some((parse_offset_key(k)?, *v)))
             .collect();
-        let committer = match &config.kafka {
-            Some(kafka) => {
-                let skip: BTreeMap<i32, i64> = consumed
-                    .iter()
-                    .filter(|((t, _), _)| *t == kafka.topic)
-                    .map(|((_, p), o)| (*p, *o))
-                    .collect();
-                tracing::debug!(?skip, "resuming past the checkpoint's offsets");
-                let decoder = Decoder::new(config.decode.clone())?;
-                let source = ingest::kafka::spawn(
-                    kafka.clone(),
-                    decoder,
-                    ingest_stats.clone(),
-                    batch_tx,
-                    stop_ingest.clone(),
-                    skip,
-                )?;
-                ingest_thread = Some(source.thread);
-                Some(source.committer)
-            }
-            None => {
-                let session = ingest::embedded::bundled_session()?;
-                let cfg = ingest::embedded::EmbeddedConfig {
-                    speed: config.embedded_speed,
-                    looping: config.embedded_loop,
-                    tick: config.engine.tick,
-                };
-                let start = consumed
-                    .get(&(ingest::embedded::TOPIC.to_string(), 0))
-                    .copied()
-                    .unwrap_or(0);
-                let stats = ingest_stats.clone();
-                tasks.push(tokio::spawn(async move {
-                    if let Err(e) =
-                        ingest::embedded::run(session, cfg, stats, batch_tx, start).await
-                    {
-                        tracing::error!(error = %e, "embedded replay stopped");
-                    }
-                }));
-                None
-            }
-        };
+        let (committer, ingest_thread) = start_ingest(
+            &config,
+            &ingest_stats,
+            &consumed,
+            batch_tx,
+            &stop_ingest,
+            &mut tasks,
+        )?;
         let archive = Archive::start(
             store.clone(),
             config.archive.clone(),
@@ -246,18 +216,7 @@ impl App {
         tasks.push(flight_task);
         let http_addr = match config.http_addr {
             Some(addr) => {
-                let web = Arc::new(web::WebState {
-                    flight: state,
-                    token: config.token.clone().map(Into::into),
-                    epoch: epoch(),
-                    streams: Default::default(),
-                    max_streams: config.max_dashboards,
-                    query_subscriptions: Default::default(),
-                    dropped: Default::default(),
-                    stream_buffer: 32,
-                    shutdown: shutdown_rx.clone(),
-                });
-                let (addr, task) = web::serve(addr, web, shutdown_rx.clone()).await?;
+                let (addr, task) = serve_dashboard(addr, &config, state, &shutdown_rx).await?;
                 tasks.push(task);
                 Some(addr)
             }
@@ -346,6 +305,90 @@ impl RunningApp {
     }
 }
 
+/// Starts the input: the Kafka consumer thread (resuming past the checkpoint's offsets), or
+/// the bundled race replayed in-process (a task added to `tasks`). Returns the Kafka offset
+/// committer and consumer thread, when there is a consumer.
+fn start_ingest(
+    config: &Config,
+    stats: &Arc<IngestStats>,
+    consumed: &BTreeMap<(String, i32), i64>,
+    batch_tx: mpsc::Sender<ingest::MicroBatch>,
+    stop: &Arc<AtomicBool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(
+    Option<ingest::kafka::Committer>,
+    Option<std::thread::JoinHandle<()>>,
+)> {
+    if let Some(kafka) = &config.kafka {
+        let skip: BTreeMap<i32, i64> = consumed
+            .iter()
+            .filter(|((t, _), _)| *t == kafka.topic)
+            .map(|((_, p), o)| (*p, *o))
+            .collect();
+        tracing::debug!(?skip, "resuming past the checkpoint's offsets");
+        let decoder = Decoder::new(config.decode.clone())?;
+        let source = ingest::kafka::spawn(
+            kafka.clone(),
+            decoder,
+            stats.clone(),
+            batch_tx,
+            stop.clone(),
+            skip,
+        )?;
+        return Ok((Some(source.committer), Some(source.thread)));
+    }
+    let session = ingest::embedded::bundled_session()?;
+    let cfg = ingest::embedded::EmbeddedConfig {
+        speed: config.embedded_speed,
+        looping: config.embedded_loop,
+        tick: config.engine.tick,
+    };
+    let start = consumed
+        .get(&(ingest::embedded::TOPIC.to_string(), 0))
+        .copied()
+        .unwrap_or(0);
+    let stats = stats.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = ingest::embedded::run(session, cfg, stats, batch_tx, start).await {
+            tracing::error!(error = %e, "embedded replay stopped");
+        }
+    }));
+    Ok((None, None))
+}
+
+/// The dashboard and `/metrics` on `addr`, over the same state as the Flight endpoint.
+async fn serve_dashboard(
+    addr: SocketAddr,
+    config: &Config,
+    flight: Arc<flight::FlightState>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let web = Arc::new(web::WebState {
+        flight,
+        token: config.token.clone().map(Into::into),
+        epoch: epoch(),
+        streams: Default::default(),
+        max_streams: config.max_dashboards,
+        query_subscriptions: Default::default(),
+        dropped: Default::default(),
+        stream_buffer: 32,
+        shutdown: shutdown.clone(),
+    });
+    web::serve(addr, web, shutdown.clone()).await
+}
+
+/// Logs go to stderr (stdout stays free for data), colored only on a terminal, filtered by
+/// `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
 /// Allocator settings for a long-running server. glibc raises its mmap threshold as large
 /// blocks are freed, after which Arrow's buffers (micro-batches, archive chunks) come from
 /// the heap and leave it fragmented: at 200K rows/s RSS settled near 370 MB for ~100 MB in
@@ -353,7 +396,8 @@ impl RunningApp {
 /// 225 MB, same CPU). No-op on other allocators.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a glibc tunable; called once at start, before threads.
+    // SAFETY: mallopt takes no pointers and only sets a glibc tunable; glibc serialises it
+    // with its own allocator lock, so calling it while other threads allocate is sound.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }

@@ -16,26 +16,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use pitwall_proto::schema::telemetry_schema;
-
-/// Parses a pandas timedelta as FastF1 writes it (`0 days 01:02:08.731000`) into seconds.
-pub fn parse_timedelta(s: &str) -> Option<f64> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let (days, rest) = match s.split_once(" days ").or_else(|| s.split_once(" day ")) {
-        Some((d, r)) => (d.trim().parse::<f64>().ok()?, r),
-        None => (0.0, s),
-    };
-    let mut parts = rest.split(':');
-    let h: f64 = parts.next()?.parse().ok()?;
-    let m: f64 = parts.next()?.parse().ok()?;
-    let sec: f64 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(days * 86_400.0 + h * 3_600.0 + m * 60.0 + sec)
-}
+use pitwall_proto::timedelta::parse_seconds;
 
 /// One lap of one car, in session seconds.
 #[derive(Debug, Clone, Copy)]
@@ -83,14 +64,14 @@ fn read_laps(path: &Path) -> Result<Laps> {
         let (Some(lap), Some(start)) = (row.lap_number, row.lap_start_time) else {
             continue;
         };
-        let start = parse_timedelta(&start).ok_or_else(|| {
+        let start = parse_seconds(&start).ok_or_else(|| {
             anyhow!(
                 "{}:{line}: LapStartTime {start:?} is not a timedelta",
                 path.display()
             )
         })?;
         let end = match row.time.as_deref().filter(|t| !t.is_empty()) {
-            Some(t) => parse_timedelta(t).ok_or_else(|| {
+            Some(t) => parse_seconds(t).ok_or_else(|| {
                 anyhow!("{}:{line}: Time {t:?} is not a timedelta", path.display())
             })?,
             None => f64::NAN, // filled from the next lap's start below
@@ -209,7 +190,7 @@ fn to_canonical(
     let mut lap = Vec::with_capacity(n);
     for i in 0..n {
         let s = session_time_raw.value(i);
-        let t = parse_timedelta(s).ok_or_else(|| {
+        let t = parse_seconds(s).ok_or_else(|| {
             anyhow!(
                 "{}:{}: SessionTime {s:?} is not a timedelta like '0 days 01:02:08.731000'",
                 path.display(),
@@ -269,19 +250,4 @@ fn csv_error(path: &Path, message: &str) -> anyhow::Error {
         }
     }
     anyhow!("{}: {message}", path.display())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timedelta_formats() {
-        assert_eq!(parse_timedelta("0 days 00:00:01.707000"), Some(1.707));
-        assert_eq!(parse_timedelta("0 days 01:02:08.731000"), Some(3728.731));
-        assert_eq!(parse_timedelta("1 days 00:00:00"), Some(86400.0));
-        assert_eq!(parse_timedelta("00:01:00"), Some(60.0));
-        assert_eq!(parse_timedelta("soon"), None);
-        assert_eq!(parse_timedelta(""), None);
-    }
 }

@@ -110,6 +110,10 @@ async fn slide(b: &Browser, value: i64) -> (i64, i64) {
     (v[0].as_i64().unwrap(), v[1].as_i64().unwrap())
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, its steps in the order a user takes them; to be split into named steps"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
     let browser = Browser::start().await;
@@ -557,6 +561,10 @@ async fn with_a_token_the_page_asks_for_it_and_the_api_refuses_without_it() {
     app.stop().await;
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, its steps in the order a user takes them; to be split into named steps"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_one_line_and_200_reconnecting_tabs_stay_bounded() {
     let app = embedded_server(&["--max-dashboards", "120", "--embedded-speed", "20"]).await;

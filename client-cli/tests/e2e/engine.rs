@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::support::*;
 
-pub async fn stats(client: &mut Client) -> pb::ServerStats {
+pub(crate) async fn stats(client: &mut Client) -> pb::ServerStats {
     client
         .action(pb::actions::STATS, &pb::GetStats {})
         .await
@@ -23,7 +23,7 @@ pub async fn stats(client: &mut Client) -> pb::ServerStats {
 }
 
 /// Polls the server's stats until `done` holds; fails after two minutes.
-pub async fn wait_for(
+pub(crate) async fn wait_for(
     client: &mut Client,
     what: &str,
     done: impl Fn(&pb::ServerStats) -> bool,
@@ -43,7 +43,7 @@ pub async fn wait_for(
 }
 
 /// Waits until `rows` rows were ingested and every window has closed.
-pub async fn wait_until_done(client: &mut Client, rows: u64) {
+pub(crate) async fn wait_until_done(client: &mut Client, rows: u64) {
     wait_for(client, "all rows ingested and emitted", |s| {
         s.rows_ingested == rows
             && s.queries
@@ -54,7 +54,7 @@ pub async fn wait_until_done(client: &mut Client, rows: u64) {
 }
 
 /// Compares every shipped query's live results with the same SQL run in batch over `rows`.
-pub async fn assert_streaming_equals_batch(client: &mut Client, rows: &RecordBatch) {
+pub(crate) async fn assert_streaming_equals_batch(client: &mut Client, rows: &RecordBatch) {
     let queries = pitwall_server::initial_queries(None).unwrap();
     for q in &queries {
         let streamed = sql(client, &format!("SELECT * FROM {}", q.name)).await;
@@ -113,6 +113,10 @@ impl Rng {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, its steps in the order a user takes them; to be split into named steps"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_counted_dead_lettered_and_changes_nothing_else() {
     let bootstrap = broker();

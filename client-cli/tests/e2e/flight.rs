@@ -348,6 +348,10 @@ fn strings(batches: &[RecordBatch], col: &str) -> Vec<String> {
         .collect()
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, its steps in the order a user takes them; to be split into named steps"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn flight_sql_clients_browse_query_and_prepare() {
     // No merges: the statement planned below keeps its view of the archive's files.

@@ -3,7 +3,6 @@
 //! in-process on port 0.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,7 +19,7 @@ use rdkafka::client::DefaultClientContext;
 
 /// A tansu broker owned by the tests. It stops when its stdin closes, so it never outlives
 /// the test process (even when that is killed).
-pub struct OwnBroker {
+pub(crate) struct OwnBroker {
     pub port: u16,
     pub dir: PathBuf,
     durable: bool,
@@ -28,7 +27,7 @@ pub struct OwnBroker {
 }
 
 impl OwnBroker {
-    pub fn start(durable: bool, dir: &Path) -> Result<Self> {
+    pub(crate) fn start(durable: bool, dir: &Path) -> Result<Self> {
         let mut b = Self {
             port: free_port(),
             dir: dir.to_path_buf(),
@@ -39,12 +38,12 @@ impl OwnBroker {
         Ok(b)
     }
 
-    pub fn bootstrap(&self) -> String {
+    pub(crate) fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// (Re)starts the broker on the same port and storage.
-    pub fn restart(&mut self) -> Result<()> {
+    pub(crate) fn restart(&mut self) -> Result<()> {
         let tansu = tansu_binary()?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let storage = if self.durable {
@@ -77,7 +76,7 @@ impl OwnBroker {
     }
 
     /// Kills the broker (like a crash: no clean shutdown).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some((mut child, mut stdin)) = self.child.take() {
             let _ = stdin.write_all(b"\n");
             drop(stdin);
@@ -92,7 +91,7 @@ impl Drop for OwnBroker {
     }
 }
 
-pub fn tansu_binary() -> Result<PathBuf> {
+pub(crate) fn tansu_binary() -> Result<PathBuf> {
     if let Ok(out) = Command::new("sh")
         .arg("-c")
         .arg("command -v tansu")
@@ -114,11 +113,8 @@ pub fn tansu_binary() -> Result<PathBuf> {
     )
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+pub(crate) fn free_port() -> u16 {
+    pitwall_cli::process::free_port().expect("free port")
 }
 
 fn wait_for_broker(bootstrap: &str, within: Duration) -> Result<()> {
@@ -143,7 +139,7 @@ fn wait_for_broker(bootstrap: &str, within: Duration) -> Result<()> {
 }
 
 /// The shared broker: `PITWALL_TEST_KAFKA`, else one tansu (memory storage) for the whole run.
-pub fn broker() -> String {
+pub(crate) fn broker() -> String {
     static SHARED: OnceLock<Mutex<Option<OwnBroker>>> = OnceLock::new();
     if let Ok(b) = std::env::var("PITWALL_TEST_KAFKA")
         && !b.is_empty()
@@ -160,7 +156,7 @@ pub fn broker() -> String {
 }
 
 /// A name no other test (or earlier run against the same broker) uses.
-pub fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -174,7 +170,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+pub(crate) async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
@@ -199,33 +195,34 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Resu
 /// The `pitwall` binary under test: the one cargo built with this test, or the one in
 /// `$PITWALL_TEST_BIN_DIR` (to test other builds, e.g. release binaries or a copy kept aside
 /// while the tree changes).
-pub fn pitwall_binary() -> PathBuf {
+pub(crate) fn pitwall_binary() -> PathBuf {
     match std::env::var_os("PITWALL_TEST_BIN_DIR") {
         Some(dir) => Path::new(&dir).join("pitwall"),
         None => PathBuf::from(env!("CARGO_BIN_EXE_pitwall")),
     }
 }
 
-pub fn pitwall() -> Command {
+pub(crate) fn pitwall() -> Command {
     Command::new(pitwall_binary())
 }
 
-/// The `pitwall-server` binary, built next to `pitwall` (scripts/test.sh builds every binary).
-pub fn pitwall_server_binary() -> PathBuf {
+/// The `pitwall-server` binary, built next to `pitwall`: `cargo test --workspace` builds it for
+/// the server's own integration tests.
+pub(crate) fn pitwall_server_binary() -> PathBuf {
     let p = pitwall_binary().with_file_name("pitwall-server");
     assert!(
         p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        "{} is missing: run `cargo test --workspace` (scripts/test.sh), or `cargo build -p pitwall-server` first",
         p.display()
     );
     p
 }
 
-pub fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run command")
 }
 
-pub fn run_ok(cmd: &mut Command) -> String {
+pub(crate) fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
     assert!(
         out.status.success(),
@@ -237,7 +234,7 @@ pub fn run_ok(cmd: &mut Command) -> String {
 }
 
 /// `pitwall replay` of the bundled session into `topic`, as fast as possible.
-pub fn replay(bootstrap: &str, topic: &str, extra: &[&str]) -> String {
+pub(crate) fn replay(bootstrap: &str, topic: &str, extra: &[&str]) -> String {
     let mut cmd = pitwall();
     cmd.args([
         "replay",
@@ -253,7 +250,12 @@ pub fn replay(bootstrap: &str, topic: &str, extra: &[&str]) -> String {
 }
 
 /// Server settings for tests: port 0, its own consumer group and data dir, quick idleness.
-pub fn server_args(bootstrap: &str, topic: &str, data_dir: &Path, extra: &[&str]) -> Vec<String> {
+pub(crate) fn server_args(
+    bootstrap: &str,
+    topic: &str,
+    data_dir: &Path,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "pitwall-server",
         "--brokers",
@@ -280,7 +282,7 @@ pub fn server_args(bootstrap: &str, topic: &str, data_dir: &Path, extra: &[&str]
     args
 }
 
-pub async fn start_server(args: Vec<String>) -> RunningApp {
+pub(crate) async fn start_server(args: Vec<String>) -> RunningApp {
     let config = Config::resolve(<ServerArgs as clap::Parser>::parse_from(args)).expect("config");
     App::build(config)
         .await
@@ -290,7 +292,7 @@ pub async fn start_server(args: Vec<String>) -> RunningApp {
         .expect("start")
 }
 
-pub async fn client(app: &RunningApp, token: Option<&str>) -> Client {
+pub(crate) async fn client(app: &RunningApp, token: Option<&str>) -> Client {
     let addr = ServerAddress {
         url: format!("http://{}", app.flight_addr),
         token: token.map(String::from),
@@ -300,7 +302,7 @@ pub async fn client(app: &RunningApp, token: Option<&str>) -> Client {
 }
 
 /// The bundled session cut to laps 1..=`last_lap` (with the lead-in), as the replay sends it.
-pub fn session_rows(last_lap: i32) -> RecordBatch {
+pub(crate) fn session_rows(last_lap: i32) -> RecordBatch {
     let s = pitwall_cli::session::Session::bundled()
         .unwrap()
         .cut_laps(1, last_lap, 30_000)
@@ -309,18 +311,24 @@ pub fn session_rows(last_lap: i32) -> RecordBatch {
 }
 
 /// Runs ad-hoc SQL and returns the batches.
-pub async fn sql(client: &mut Client, q: &str) -> Vec<RecordBatch> {
+pub(crate) async fn sql(client: &mut Client, q: &str) -> Vec<RecordBatch> {
     client.sql(q).await.unwrap_or_else(|e| panic!("{q}: {e:#}"))
 }
 
 /// `pitwall-server` as a separate process, so that it can be killed.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
     pub port: u16,
 }
 
 impl ServerProcess {
-    pub fn start(bootstrap: &str, topic: &str, group: &str, data: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(
+        bootstrap: &str,
+        topic: &str,
+        group: &str,
+        data: &Path,
+        extra: &[&str],
+    ) -> Self {
         Self::start_on(
             free_port(),
             free_port(),
@@ -333,7 +341,7 @@ impl ServerProcess {
     }
 
     /// Starts it on given ports (to start it again where clients look for it).
-    pub fn start_on(
+    pub(crate) fn start_on(
         port: u16,
         http_port: u16,
         bootstrap: &str,
@@ -372,7 +380,7 @@ impl ServerProcess {
         Self { child, port }
     }
 
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         let addr = ServerAddress {
             url: format!("http://127.0.0.1:{}", self.port),
             token: None,
@@ -393,25 +401,17 @@ impl ServerProcess {
         }
     }
 
-    pub fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
     /// SIGTERM: a clean stop writes a last checkpoint.
-    pub fn stop(mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let started = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "server did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub(crate) fn stop(mut self) {
+        assert!(
+            pitwall_cli::process::terminate(&mut self.child, Duration::from_secs(60)),
+            "server did not stop within 60 s of SIGTERM"
+        );
     }
 }
 
@@ -424,7 +424,7 @@ impl Drop for ServerProcess {
 
 /// A server on the embedded replay of the bundled race (no broker; 100x unless
 /// `--embedded-speed` is given), Flight and HTTP on free ports.
-pub async fn embedded_server(extra: &[&str]) -> pitwall_server::RunningApp {
+pub(crate) async fn embedded_server(extra: &[&str]) -> pitwall_server::RunningApp {
     let data = std::env::temp_dir().join(unique("embedded"));
     let mut args: Vec<String> = [
         "pitwall-server",

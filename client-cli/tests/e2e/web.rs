@@ -21,14 +21,14 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// Headless Chromium at a pit laptop's 1366x768, through its own chromedriver.
-pub struct Browser {
+pub(crate) struct Browser {
     pub page: WebDriver,
     driver: Child,
     _profile: tempfile::TempDir,
 }
 
 impl Browser {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         for bin in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(bin).exists(),
@@ -96,21 +96,21 @@ impl Browser {
     }
 
     /// Runs JS in the page and returns what it returns.
-    pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
+    pub(crate) async fn js(&self, script: &str, args: Vec<Value>) -> Value {
         self.page
             .execute(script, args)
             .await
             .unwrap_or_else(|e| panic!("{script}: {e}"))
     }
 
-    pub async fn count(&self, css: &str) -> usize {
+    pub(crate) async fn count(&self, css: &str) -> usize {
         self.page
             .find_all(Locator::Css(css))
             .await
             .map_or(0, |v| v.len())
     }
 
-    pub async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         self.js(
             "const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
             vec![json!(css)],
@@ -121,7 +121,7 @@ impl Browser {
         .to_string()
     }
 
-    pub async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.page
             .find(Locator::Css(css))
             .await
@@ -132,7 +132,7 @@ impl Browser {
     }
 
     /// Chooses an option of a `<select>`, as a user does (its `change` event).
-    pub async fn select(&self, css: &str, value: &str) {
+    pub(crate) async fn select(&self, css: &str, value: &str) {
         self.js(
             "const s = document.querySelector(arguments[0]); s.value = arguments[1];
              s.dispatchEvent(new Event('change'))",
@@ -142,7 +142,7 @@ impl Browser {
     }
 
     /// The connection indicator's state (`live`, `reconnecting`, ...).
-    pub async fn connection(&self) -> String {
+    pub(crate) async fn connection(&self) -> String {
         self.js(
             "return document.querySelector('#conn').dataset.state",
             vec![],
@@ -154,7 +154,7 @@ impl Browser {
     }
 
     /// Saves a screenshot under the test target directory and returns its path.
-    pub async fn screenshot(&self, name: &str) -> PathBuf {
+    pub(crate) async fn screenshot(&self, name: &str) -> PathBuf {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.png"));
@@ -163,7 +163,7 @@ impl Browser {
         path
     }
 
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.page.clone().close().await;
         let _ = self.driver.kill();
         let _ = self.driver.wait();
@@ -183,7 +183,7 @@ impl Drop for Browser {
 }
 
 /// Waits until `check` returns Some, or fails saying what it waited for.
-pub async fn wait_until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+pub(crate) async fn wait_until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -200,14 +200,14 @@ where
 
 /// A plain HTTP/1.1 client for the dashboard's endpoints.
 #[derive(Clone)]
-pub struct Http {
+pub(crate) struct Http {
     client: HttpClient<HttpConnector, Full<Bytes>>,
     base: String,
     token: Option<String>,
 }
 
 impl Http {
-    pub fn new(addr: std::net::SocketAddr, token: Option<&str>) -> Self {
+    pub(crate) fn new(addr: std::net::SocketAddr, token: Option<&str>) -> Self {
         Self {
             client: HttpClient::builder(TokioExecutor::new()).build_http(),
             base: format!("http://{addr}"),
@@ -215,7 +215,12 @@ impl Http {
         }
     }
 
-    pub async fn send(&self, method: &str, path: &str, body: &str) -> hyper::Response<Incoming> {
+    pub(crate) async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> hyper::Response<Incoming> {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -233,26 +238,26 @@ impl Http {
     }
 
     /// Status and whole body.
-    pub async fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let resp = self.send(method, path, body).await;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    pub async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         self.call("GET", path, "").await
     }
 }
 
 /// Events of a live stream, as (kind, JSON data), read from a response body until it ends.
-pub struct Events {
+pub(crate) struct Events {
     body: Incoming,
     buf: String,
 }
 
 impl Events {
-    pub fn new(resp: hyper::Response<Incoming>) -> Self {
+    pub(crate) fn new(resp: hyper::Response<Incoming>) -> Self {
         assert_eq!(resp.status().as_u16(), 200, "live stream refused");
         Self {
             body: resp.into_body(),
@@ -261,7 +266,7 @@ impl Events {
     }
 
     /// The next event (None when the stream ended).
-    pub async fn next(&mut self) -> Option<(String, Value)> {
+    pub(crate) async fn next(&mut self) -> Option<(String, Value)> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();

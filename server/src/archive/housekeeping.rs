@@ -545,7 +545,7 @@ mod tests {
             .collect()
             .await
             .unwrap_err();
-        assert!(crate::flight::adhoc::is_missing_file(&gone), "{gone}");
+        assert!(crate::archive::visible::is_missing_file(&gone), "{gone}");
         catalog.refresh(&early).await.unwrap();
         assert_eq!(count(&early).await, 6000);
     }

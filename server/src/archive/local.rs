@@ -270,7 +270,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, object_store::Error::NotFound { .. }), "{e}");
-        assert!(crate::flight::adhoc::is_missing_file(&e), "{e}");
+        assert!(crate::archive::visible::is_missing_file(&e), "{e}");
         let e = ours.get_range(&gone, 0..10).await.unwrap_err();
         assert!(matches!(e, object_store::Error::NotFound { .. }), "{e}");
     }

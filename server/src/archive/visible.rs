@@ -291,6 +291,25 @@ impl ObjectStore for ViewStore {
     }
 }
 
+/// Whether `e` comes from a file that was listed but is not there any more (a merge or
+/// retention removed it after the listing): a query seeing it plans again.
+pub(crate) fn is_missing_file(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if matches!(
+            err.downcast_ref::<object_store::Error>(),
+            Some(object_store::Error::NotFound { .. })
+        ) || err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use object_store::ObjectStoreExt;

@@ -91,7 +91,7 @@ pub fn short_error(e: &DataFusionError) -> String {
         }
         other => strip_prefix(&other.to_string()),
     };
-    one_line(&msg)
+    crate::error::one_line(&msg)
 }
 
 fn strip_prefix(s: &str) -> String {
@@ -110,19 +110,4 @@ fn strip_prefix(s: &str) -> String {
         }
     }
     s.to_string()
-}
-
-/// First line, at most 300 characters.
-pub fn one_line(s: &str) -> String {
-    let line = s
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    if line.chars().count() > 300 {
-        let cut: String = line.chars().take(297).collect();
-        format!("{cut}...")
-    } else {
-        line.to_string()
-    }
 }

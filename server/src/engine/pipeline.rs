@@ -346,25 +346,73 @@ async fn aggregate_step(
     late_rows: &mut u64,
     ctx: &Arc<TaskContext>,
 ) -> Result<Vec<RecordBatch>> {
-    // 0. Lap progress from the raw stream rows, before any filter.
-    if let WindowKey::Lap {
+    observe_input_laps(plan, state, stream_rows)?;
+    let kept = drop_late_rows(plan, state, rows, late_rows)?;
+    if !kept.is_empty() {
+        buffer_partials(plan, state, kept, ctx).await?;
+    }
+    // Close what the watermark passed.
+    let closed: Vec<RecordBatch> = match (watermark, &mut state.time, &mut state.laps) {
+        (None, _, _) => Vec::new(),
+        (Some(wm), Some(t), _) => t.close(wm).into_iter().flat_map(|(_, b)| b).collect(),
+        (Some(wm), None, Some(l)) => l.close(wm).into_iter().flat_map(|(_, _, b)| b).collect(),
+        (Some(_), None, None) => Vec::new(),
+    };
+    // Windows that stay open merge their partial states once they span many micro-batches:
+    // an open window costs a few rows, not one per micro-batch it has seen.
+    if let Some(reduce) = &plan.reduce {
+        for rows in state.crowded(REDUCE_AT_BATCHES) {
+            let merged = reduce.run(std::mem::take(rows), ctx.clone()).await?;
+            *rows = vec![concat_batches(&reduce.schema(), &merged)?];
+        }
+    }
+    if closed.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Finish the closed windows' aggregation.
+    plan.finish.run(closed, ctx.clone()).await
+}
+
+/// Lap windows that follow the raw stream's laps: their progress comes from the stream rows,
+/// before any filter of the query drops some.
+fn observe_input_laps(
+    plan: &AggregatePlan,
+    state: &mut AggregateState,
+    stream_rows: &[RecordBatch],
+) -> Result<()> {
+    let WindowKey::Lap {
         progress: LapProgress::Input { car, lap, ts },
         ..
     } = &plan.key
-    {
-        let laps = state.laps.as_mut().expect("lap state");
-        for b in stream_rows.iter().filter(|b| b.num_rows() > 0) {
-            let cars = row_keys(&car.iter().map(|&c| b.column(c).clone()).collect::<Vec<_>>())?;
-            let lap_values = int_values(b.column(*lap))?;
-            let ts_values = ms_values(b.column(*ts))?;
-            for i in 0..b.num_rows() {
-                if let (Some(l), Some(t)) = (lap_values[i], ts_values[i]) {
-                    laps.observe(&cars[i], l, t);
-                }
+    else {
+        return Ok(());
+    };
+    let laps = state.laps.as_mut().expect("lap state");
+    for b in stream_rows.iter().filter(|b| b.num_rows() > 0) {
+        let cars = row_keys(&car.iter().map(|&c| b.column(c).clone()).collect::<Vec<_>>())?;
+        let lap_values = int_values(b.column(*lap))?;
+        let ts_values = ms_values(b.column(*ts))?;
+        for i in 0..b.num_rows() {
+            if let (Some(l), Some(t)) = (lap_values[i], ts_values[i]) {
+                laps.observe(&cars[i], l, t);
             }
         }
     }
-    // 1. Drop rows of windows already closed (late) and rows with no window.
+    Ok(())
+}
+
+/// The rows of windows still open: rows of windows already closed are late (counted), rows in
+/// no window (no lap) are dropped.
+fn drop_late_rows(
+    plan: &AggregatePlan,
+    state: &mut AggregateState,
+    rows: Vec<RecordBatch>,
+    late_rows: &mut u64,
+) -> Result<Vec<RecordBatch>> {
+    let mut late = |is_late: bool| {
+        *late_rows += u64::from(is_late);
+        Some(!is_late)
+    };
     let mut kept = Vec::with_capacity(rows.len());
     for batch in rows {
         let keep: BooleanArray = match &plan.key {
@@ -374,11 +422,7 @@ async fn aggregate_step(
                 starts
                     .iter()
                     .map(|s| match s {
-                        Some(s) if time.is_late(*s) => {
-                            *late_rows += 1;
-                            Some(false)
-                        }
-                        Some(_) => Some(true),
+                        Some(s) => late(time.is_late(*s)),
                         None => Some(false),
                     })
                     .collect()
@@ -403,11 +447,7 @@ async fn aggregate_step(
                 }
                 (0..batch.num_rows())
                     .map(|i| match lap_values[i] {
-                        Some(l) if laps.is_late(&cars[i], l) => {
-                            *late_rows += 1;
-                            Some(false)
-                        }
-                        Some(_) => Some(true),
+                        Some(l) => late(laps.is_late(&cars[i], l)),
                         None => Some(false), // samples with no lap are not in lap windows
                     })
                     .collect()
@@ -422,63 +462,51 @@ async fn aggregate_step(
             kept.push(batch);
         }
     }
-    // 2. Partial aggregation of the new rows, buffered per window.
-    if !kept.is_empty() {
-        for partial in plan.partial.run(kept, ctx.clone()).await? {
-            if partial.num_rows() == 0 {
-                continue;
-            }
-            match &plan.key {
-                WindowKey::Time { start_col, .. } => {
-                    let starts = ms_values(partial.column(*start_col))?;
-                    let time = state.time.as_mut().expect("time state");
-                    for (start, rows) in group_rows(&partial, &starts)? {
-                        if let Some(start) = start {
-                            time.insert(start, rows);
-                        }
+    Ok(kept)
+}
+
+/// Partial aggregation of the new rows, buffered per window.
+async fn buffer_partials(
+    plan: &AggregatePlan,
+    state: &mut AggregateState,
+    kept: Vec<RecordBatch>,
+    ctx: &Arc<TaskContext>,
+) -> Result<()> {
+    for partial in plan.partial.run(kept, ctx.clone()).await? {
+        if partial.num_rows() == 0 {
+            continue;
+        }
+        match &plan.key {
+            WindowKey::Time { start_col, .. } => {
+                let starts = ms_values(partial.column(*start_col))?;
+                let time = state.time.as_mut().expect("time state");
+                for (start, rows) in group_rows(&partial, &starts)? {
+                    if let Some(start) = start {
+                        time.insert(start, rows);
                     }
                 }
-                WindowKey::Lap {
-                    car_cols, lap_col, ..
-                } => {
-                    let cars = row_keys(
-                        &car_cols
-                            .iter()
-                            .map(|&c| partial.column(c).clone())
-                            .collect::<Vec<_>>(),
-                    )?;
-                    let lap_values = int_values(partial.column(*lap_col))?;
-                    let keys: Vec<(Vec<u8>, Option<i64>)> =
-                        cars.into_iter().zip(lap_values).collect();
-                    let laps = state.laps.as_mut().expect("lap state");
-                    for ((car, lap), rows) in group_rows(&partial, &keys)? {
-                        if let Some(lap) = lap {
-                            laps.insert(&car, lap, rows);
-                        }
+            }
+            WindowKey::Lap {
+                car_cols, lap_col, ..
+            } => {
+                let cars = row_keys(
+                    &car_cols
+                        .iter()
+                        .map(|&c| partial.column(c).clone())
+                        .collect::<Vec<_>>(),
+                )?;
+                let lap_values = int_values(partial.column(*lap_col))?;
+                let keys: Vec<(Vec<u8>, Option<i64>)> = cars.into_iter().zip(lap_values).collect();
+                let laps = state.laps.as_mut().expect("lap state");
+                for ((car, lap), rows) in group_rows(&partial, &keys)? {
+                    if let Some(lap) = lap {
+                        laps.insert(&car, lap, rows);
                     }
                 }
             }
         }
     }
-    // 3. Close what the watermark passed; finish their aggregation.
-    let closed: Vec<RecordBatch> = match (watermark, &mut state.time, &mut state.laps) {
-        (None, _, _) => Vec::new(),
-        (Some(wm), Some(t), _) => t.close(wm).into_iter().flat_map(|(_, b)| b).collect(),
-        (Some(wm), None, Some(l)) => l.close(wm).into_iter().flat_map(|(_, _, b)| b).collect(),
-        (Some(_), None, None) => Vec::new(),
-    };
-    // 4. Windows that stay open merge their partial states once they span many micro-batches:
-    //    an open window costs a few rows, not one per micro-batch it has seen.
-    if let Some(reduce) = &plan.reduce {
-        for rows in state.crowded(REDUCE_AT_BATCHES) {
-            let merged = reduce.run(std::mem::take(rows), ctx.clone()).await?;
-            *rows = vec![concat_batches(&reduce.schema(), &merged)?];
-        }
-    }
-    if closed.is_empty() {
-        return Ok(Vec::new());
-    }
-    plan.finish.run(closed, ctx.clone()).await
+    Ok(())
 }
 
 /// An open window merges its partial states when it holds this many batches.
@@ -493,61 +521,18 @@ async fn window_step(
     late_rows: &mut u64,
     ctx: &Arc<TaskContext>,
 ) -> Result<Vec<RecordBatch>> {
-    // 1. Raw input waits for the watermark so that each partition sees its rows in order.
-    let released: Vec<RecordBatch> = match &plan.gate_ts {
+    let released = match &plan.gate_ts {
         None => rows,
-        Some(gate) => {
-            for batch in rows {
-                let ts = ms_values(&eval(gate, &batch)?)?;
-                let keep: BooleanArray = ts
-                    .iter()
-                    .map(|t| match (t, state.released_through) {
-                        (Some(t), Some(r)) if *t <= r => {
-                            *late_rows += 1;
-                            Some(false)
-                        }
-                        (None, _) => Some(false),
-                        _ => Some(true),
-                    })
-                    .collect();
-                let batch = filter_record_batch(&batch, &keep)?;
-                if batch.num_rows() > 0 {
-                    state.held.push(batch);
-                }
-            }
-            let Some(wm) = watermark else {
-                return Ok(Vec::new());
-            };
-            let mut released = Vec::new();
-            let mut still = Vec::new();
-            for batch in std::mem::take(&mut state.held) {
-                let ts = ms_values(&eval(gate, &batch)?)?;
-                let due: BooleanArray = ts
-                    .iter()
-                    .map(|t| Some(t.is_some_and(|t| t <= wm)))
-                    .collect();
-                let not_due = datafusion::arrow::compute::not(&due)?;
-                let (a, b) = (
-                    filter_record_batch(&batch, &due)?,
-                    filter_record_batch(&batch, &not_due)?,
-                );
-                if a.num_rows() > 0 {
-                    released.push(a);
-                }
-                if b.num_rows() > 0 {
-                    still.push(b);
-                }
-            }
-            state.held = still;
-            state.released_through = Some(state.released_through.map_or(wm, |r| r.max(wm)));
-            released
-        }
+        Some(gate) => match release_in_order(gate, state, rows, watermark, late_rows)? {
+            Some(released) => released,
+            None => return Ok(Vec::new()),
+        },
     };
     let flush = idle && !state.pending.is_empty();
     if released.is_empty() && !flush {
         return Ok(Vec::new());
     }
-    // 2. Number the new rows, then run the window operator over context + new rows.
+    // Number the new rows, then run the window operator over context + new rows.
     let first_new = state.next_seq;
     let window_input: SchemaRef = plan.window.input_schema();
     let mut input = Vec::new();
@@ -564,13 +549,102 @@ async fn window_step(
     }
     let out = plan.window.run(input, ctx.clone()).await?;
     let out = concat_batches(&plan.window.schema(), &out)?;
-    // 3. Partition runs (the operator sorts by partition, then order): emit rows with enough
-    //    following context, keep the last rows of each partition as the next context.
+    let (emit, retain) = emit_and_retain(plan, state, &out, first_new, watermark, flush)?;
+    let context_cols: Vec<usize> = (0..=plan.seq_index).collect();
+    if !retain.is_empty() {
+        let r = take_record_batch(&out.project(&context_cols)?, &UInt32Array::from(retain))?;
+        state.retained = Some(RecordBatch::try_new(window_input, r.columns().to_vec())?);
+    }
+    if emit.is_empty() {
+        return Ok(Vec::new());
+    }
+    let emitted = take_record_batch(&out, &UInt32Array::from(emit))?;
+    let cols: Vec<ArrayRef> = emitted
+        .columns()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != plan.seq_index)
+        .map(|(_, c)| c.clone())
+        .collect();
+    let emitted = RecordBatch::try_new(plan.upper_input_schema.clone(), cols)?;
+    match &plan.upper {
+        Some(upper) => upper.run(vec![emitted], ctx.clone()).await,
+        None => Ok(vec![emitted]),
+    }
+}
+
+/// Raw input waits for the watermark so that each partition sees its rows in order: rows at or
+/// below what was released already are late (counted); the held rows the watermark passed are
+/// released. None without a watermark yet.
+fn release_in_order(
+    gate: &Arc<dyn PhysicalExpr>,
+    state: &mut WindowFnState,
+    rows: Vec<RecordBatch>,
+    watermark: Option<i64>,
+    late_rows: &mut u64,
+) -> Result<Option<Vec<RecordBatch>>> {
+    for batch in rows {
+        let ts = ms_values(&eval(gate, &batch)?)?;
+        let keep: BooleanArray = ts
+            .iter()
+            .map(|t| match (t, state.released_through) {
+                (Some(t), Some(r)) if *t <= r => {
+                    *late_rows += 1;
+                    Some(false)
+                }
+                (None, _) => Some(false),
+                _ => Some(true),
+            })
+            .collect();
+        let batch = filter_record_batch(&batch, &keep)?;
+        if batch.num_rows() > 0 {
+            state.held.push(batch);
+        }
+    }
+    let Some(wm) = watermark else {
+        return Ok(None);
+    };
+    let mut released = Vec::new();
+    let mut still = Vec::new();
+    for batch in std::mem::take(&mut state.held) {
+        let ts = ms_values(&eval(gate, &batch)?)?;
+        let due: BooleanArray = ts
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| t <= wm)))
+            .collect();
+        let not_due = datafusion::arrow::compute::not(&due)?;
+        let (a, b) = (
+            filter_record_batch(&batch, &due)?,
+            filter_record_batch(&batch, &not_due)?,
+        );
+        if a.num_rows() > 0 {
+            released.push(a);
+        }
+        if b.num_rows() > 0 {
+            still.push(b);
+        }
+    }
+    state.held = still;
+    state.released_through = Some(state.released_through.map_or(wm, |r| r.max(wm)));
+    Ok(Some(released))
+}
+
+/// Over the window operator's output (sorted by partition, then order): the rows to emit
+/// (those with enough following context, or all pending ones on `flush`) and the rows to keep
+/// as the next step's context (the last rows of each partition not finished).
+fn emit_and_retain(
+    plan: &WindowFnPlan,
+    state: &mut WindowFnState,
+    out: &RecordBatch,
+    first_new: u64,
+    watermark: Option<i64>,
+    flush: bool,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let parts = row_keys(
         &plan
             .partition_by
             .iter()
-            .map(|e| eval(e, &out))
+            .map(|e| eval(e, out))
             .collect::<Result<Vec<_>>>()?,
     )?;
     let seqs = out
@@ -611,27 +685,7 @@ async fn window_step(
         }
         start = end;
     }
-    let context_cols: Vec<usize> = (0..=plan.seq_index).collect();
-    if !retain.is_empty() {
-        let r = take_record_batch(&out.project(&context_cols)?, &UInt32Array::from(retain))?;
-        state.retained = Some(RecordBatch::try_new(window_input, r.columns().to_vec())?);
-    }
-    if emit.is_empty() {
-        return Ok(Vec::new());
-    }
-    let emitted = take_record_batch(&out, &UInt32Array::from(emit))?;
-    let cols: Vec<ArrayRef> = emitted
-        .columns()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != plan.seq_index)
-        .map(|(_, c)| c.clone())
-        .collect();
-    let emitted = RecordBatch::try_new(plan.upper_input_schema.clone(), cols)?;
-    match &plan.upper {
-        Some(upper) => upper.run(vec![emitted], ctx.clone()).await,
-        None => Ok(vec![emitted]),
-    }
+    Ok((emit, retain))
 }
 
 mod checkpoint {

@@ -66,7 +66,7 @@ impl UserDefinedLogicalNodeCore for SpliceNode {
     fn expressions(&self) -> Vec<Expr> {
         vec![]
     }
-    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Splice: {} columns", self.schema.fields().len())
     }
     fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, _inputs: Vec<LogicalPlan>) -> Result<Self> {
@@ -102,7 +102,7 @@ impl SpliceExec {
 }
 
 impl DisplayAs for SpliceExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SpliceExec")
     }
 }

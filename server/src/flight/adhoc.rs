@@ -147,7 +147,7 @@ pub async fn execute(
             })?;
         match collected {
             Ok(batches) => return Ok((schema, batches)),
-            Err(e) if attempt < ATTEMPTS && is_missing_file(&e) => {
+            Err(e) if attempt < ATTEMPTS && crate::archive::visible::is_missing_file(&e) => {
                 tracing::debug!(attempt, error = %e, "an archive file went during the query; running it again");
                 // The view the query started with may show neither the deleted inputs nor
                 // the merged file that replaced them.
@@ -170,24 +170,6 @@ pub async fn execute(
             }
         }
     }
-}
-
-/// Whether `e` comes from a file that was listed but is not there any more.
-pub(crate) fn is_missing_file(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if matches!(
-            err.downcast_ref::<object_store::Error>(),
-            Some(object_store::Error::NotFound { .. })
-        ) || err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }
 
 #[cfg(test)]
@@ -232,12 +214,12 @@ mod tests {
         let err = datafusion::physical_plan::collect(plan, ctx.task_ctx())
             .await
             .unwrap_err();
-        assert!(super::is_missing_file(&err), "{err}");
+        assert!(crate::archive::visible::is_missing_file(&err), "{err}");
         let other = ctx.sql("SELECT v / 0 FROM (VALUES (1)) AS x(v)").await;
         let other = match other {
             Ok(df) => df.collect().await.unwrap_err(),
             Err(e) => e,
         };
-        assert!(!super::is_missing_file(&other), "{other}");
+        assert!(!crate::archive::visible::is_missing_file(&other), "{other}");
     }
 }

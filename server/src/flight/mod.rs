@@ -48,7 +48,7 @@ pub struct FlightState {
 
 /// Maps a server error to a gRPC status with a one-line message.
 pub fn status(e: Error) -> Status {
-    let msg = crate::engine::guard::one_line(&e.to_string());
+    let msg = crate::error::one_line(&e.to_string());
     match e {
         Error::Refused(_) => Status::invalid_argument(msg),
         Error::NotFound(_) => Status::not_found(msg),

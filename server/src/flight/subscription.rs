@@ -126,86 +126,69 @@ pub fn subscribe(
             ticket.query
         )));
     }
-    let (replay, mut rx) = results.subscribe(ticket.from_buffer_start);
-    let (tx, mut out) = mpsc::channel::<Result<FlightData, Status>>(state.subscriber_buffer.max(2));
+    let (replay, rx) = results.subscribe(ticket.from_buffer_start);
+    let (tx, out) = mpsc::channel::<Result<FlightData, Status>>(state.subscriber_buffer.max(2));
     let (kill, killed) = oneshot::channel::<Status>();
-    let capacity = state.subscriber_buffer;
-    let state_for_task = state.clone();
-    let query = ticket.query.clone();
-    tokio::spawn(async move {
-        let mut schema: Option<SchemaRef>;
-        let mut kill = Some(kill);
-        let mut drop_with = |status: Status| {
-            state_for_task
-                .subscribers_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(query = %query, reason = %status.message(), "subscriber dropped");
-            if let Some(k) = kill.take() {
-                let _ = k.send(status);
-            }
-        };
-        // Returns false when the subscription is over.
-        let mut forward = |item: &ResultBatch, schema: &mut Option<SchemaRef>| -> bool {
-            let mut msgs = Vec::new();
-            if schema.as_ref() != Some(item.batch.schema_ref()) {
-                match schema_message(item.batch.schema_ref()) {
-                    Ok(m) => msgs.push(m),
-                    Err(e) => {
-                        let _ = tx.try_send(Err(e));
-                        return false;
-                    }
-                }
-                *schema = Some(item.batch.schema());
-            }
-            match messages(item, driver.as_deref()) {
-                Ok(m) => msgs.extend(m),
-                Err(e) => {
-                    let _ = tx.try_send(Err(e));
-                    return false;
-                }
-            }
-            for m in msgs {
-                match tx.try_send(Ok(m)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        drop_with(Status::resource_exhausted(format!(
-                            "subscriber too slow: {capacity} messages were waiting to be read; dropped (resubscribe to continue)"
-                        )));
-                        return false;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                }
-            }
-            true
-        };
+    let forwarder = Forwarder {
+        tx,
+        kill: Some(kill),
+        state: state.clone(),
+        query: ticket.query.clone(),
+        driver,
+        schema: None,
+    };
+    tokio::spawn(forwarder.run(results.schema(), replay, rx));
+    Ok(output(out, killed))
+}
+
+/// The task between one subscriber and its query's result stream: it queues the subscriber's
+/// messages (the schema first, then the replayed and live batches) and drops the subscriber
+/// when its queue is full.
+struct Forwarder {
+    tx: mpsc::Sender<Result<FlightData, Status>>,
+    /// Ends the subscriber's stream with a status.
+    kill: Option<oneshot::Sender<Status>>,
+    state: Arc<FlightState>,
+    query: String,
+    driver: Option<String>,
+    /// The schema the subscriber has been sent last.
+    schema: Option<SchemaRef>,
+}
+
+impl Forwarder {
+    async fn run(
+        mut self,
+        initial: SchemaRef,
+        replay: Vec<Arc<ResultBatch>>,
+        mut rx: broadcast::Receiver<Arc<ResultBatch>>,
+    ) {
         // The schema goes first, so a client knows the columns before any row.
-        let initial = results.schema();
         match schema_message(&initial) {
             Ok(m) => {
-                let _ = tx.try_send(Ok(m));
-                schema = Some(initial);
+                let _ = self.tx.try_send(Ok(m));
+                self.schema = Some(initial);
             }
             Err(e) => {
-                let _ = tx.try_send(Err(e));
+                let _ = self.tx.try_send(Err(e));
                 return;
             }
         }
         for item in replay {
-            if !forward(&item, &mut schema) {
+            if !self.forward(&item) {
                 return;
             }
         }
         loop {
             tokio::select! {
-                _ = tx.closed() => return,
+                _ = self.tx.closed() => return,
                 r = rx.recv() => match r {
                     Ok(item) => {
-                        if !forward(&item, &mut schema) {
+                        if !self.forward(&item) {
                             return;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        drop_with(Status::resource_exhausted(format!(
+                        self.drop_with(Status::resource_exhausted(format!(
                             "subscriber too slow: fell {n} result batches behind; dropped (resubscribe to continue)"
                         )));
                         return;
@@ -214,8 +197,62 @@ pub fn subscribe(
                 },
             }
         }
-    });
-    // Yield what the forwarder queued; if it dropped the subscriber, end with its reason.
+    }
+
+    /// Queues one result batch (its schema first when it changed); false when the
+    /// subscription is over.
+    fn forward(&mut self, item: &ResultBatch) -> bool {
+        let mut msgs = Vec::new();
+        if self.schema.as_ref() != Some(item.batch.schema_ref()) {
+            match schema_message(item.batch.schema_ref()) {
+                Ok(m) => msgs.push(m),
+                Err(e) => {
+                    let _ = self.tx.try_send(Err(e));
+                    return false;
+                }
+            }
+            self.schema = Some(item.batch.schema());
+        }
+        match messages(item, self.driver.as_deref()) {
+            Ok(m) => msgs.extend(m),
+            Err(e) => {
+                let _ = self.tx.try_send(Err(e));
+                return false;
+            }
+        }
+        for m in msgs {
+            match self.tx.try_send(Ok(m)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let capacity = self.state.subscriber_buffer;
+                    self.drop_with(Status::resource_exhausted(format!(
+                        "subscriber too slow: {capacity} messages were waiting to be read; dropped (resubscribe to continue)"
+                    )));
+                    return false;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    fn drop_with(&mut self, status: Status) {
+        self.state
+            .subscribers_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(query = %self.query, reason = %status.message(), "subscriber dropped");
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(status);
+        }
+    }
+}
+
+/// The subscriber's stream: what the forwarder queued; if it dropped the subscriber, it ends
+/// with the reason.
+fn output(
+    mut out: mpsc::Receiver<Result<FlightData, Status>>,
+    killed: oneshot::Receiver<Status>,
+) -> FlightDataStream {
     let mut killed = Some(killed);
     let mut done = false;
     let stream = futures::stream::poll_fn(move |cx| {
@@ -237,5 +274,5 @@ pub fn subscribe(
         }
         r
     });
-    Ok(Box::pin(stream))
+    Box::pin(stream)
 }

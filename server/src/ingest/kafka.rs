@@ -397,7 +397,7 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
 /// Starts the consumer thread.
 pub fn spawn(
     config: KafkaConfig,
-    mut decoder: Decoder,
+    decoder: Decoder,
     stats: Arc<IngestStats>,
     tx: mpsc::Sender<MicroBatch>,
     stop: Arc<AtomicBool>,
@@ -426,7 +426,7 @@ pub fn spawn(
             probe_config.set(k, v);
         }
     }
-    let mut prober = Prober::spawn(
+    let prober = Prober::spawn(
         consumer.clone(),
         probe_config.create_with_context(Quiet::default())?,
         config.topic.clone(),
@@ -448,123 +448,28 @@ pub fn spawn(
         group = %config.group_id,
         "consuming"
     );
+    let ingest = IngestLoop {
+        guard: ResumeGuard::new(&config.topic, &skip_below),
+        watch: AssignmentWatch::new(&config.options),
+        processed: skip_below,
+        config,
+        consumer,
+        prober,
+        decoder,
+        dlq,
+        stats,
+        tx,
+        stop,
+        at_end: BTreeMap::new(),
+        last_assigned: None,
+        last_probe: Instant::now(),
+        last_message: BTreeMap::new(),
+        new_assignment: true,
+    };
     let thread = std::thread::Builder::new()
         .name("pitwall-ingest".into())
         .spawn(move || {
-            // Partitions at the end of their log -> when the broker last said so.
-            let mut at_end: BTreeMap<i32, Instant> = BTreeMap::new();
-            let mut last_assigned: Option<Vec<i32>> = None;
-            let mut guard = ResumeGuard::new(&config.topic, &skip_below);
-            // Partition -> next offset not processed yet. A rebalance (a broker restart, a
-            // session timeout, another instance joining) resumes at the committed offset,
-            // which lags what was processed: what comes again below this is skipped, not
-            // counted, archived or windowed twice.
-            let mut processed: BTreeMap<i32, i64> = skip_below.clone();
-            let mut last_probe = Instant::now();
-            // Partition -> when its latest message was polled (a probe that started before
-            // it cannot say the partition is at its end).
-            let mut last_message: BTreeMap<i32, Instant> = BTreeMap::new();
-            let mut new_assignment = true;
-            let mut watch = AssignmentWatch::new(&config.options);
-            while !stop.load(Ordering::Relaxed) {
-                // While a probe is out, come back soon to hand its answer to the engine.
-                let max_idle_wait = prober.busy.then_some(Duration::from_millis(2));
-                let (messages, ends_changed) = poll_batch(
-                    &consumer,
-                    &config,
-                    &stop,
-                    &mut at_end,
-                    &mut guard,
-                    max_idle_wait,
-                );
-                if !messages.is_empty() {
-                    let now = Instant::now();
-                    for m in &messages {
-                        last_message.insert(m.partition(), now);
-                    }
-                }
-                let assigned = assignment(&consumer, &config.topic);
-                watch.observe(&consumer, &config, assigned.as_deref(), &stats);
-                let assignment_changed = assigned != last_assigned;
-                if assignment_changed {
-                    new_assignment = true;
-                    let before = last_assigned.as_deref().unwrap_or(&[]);
-                    for p in assigned.as_deref().unwrap_or(&[]) {
-                        if let (false, Some(next)) = (before.contains(p), processed.get(p)) {
-                            guard.arm(*p, *next);
-                        }
-                    }
-                }
-                let probe_due = (messages.is_empty() || !at_end.is_empty())
-                    && last_probe.elapsed() >= PROBE_INTERVAL;
-                if !messages.is_empty() || ends_changed || assignment_changed {
-                    if assignment_changed || ends_changed {
-                        tracing::debug!(?assigned, at_end = ?at_end, "partition progress");
-                    }
-                    last_assigned = assigned.clone();
-                    let sent = send_batch(
-                        &config,
-                        &messages,
-                        &mut decoder,
-                        dlq.as_ref(),
-                        &stats,
-                        &mut processed,
-                        (assigned.clone(), &at_end),
-                        &tx,
-                    );
-                    drop(messages);
-                    if !sent {
-                        break;
-                    }
-                }
-                // While any partition is (or may be) at its end, keep asking the broker whether
-                // it really is, and tell the engine each answer: idleness lasts only as long as
-                // it is confirmed, and a quiet partition that received rows meanwhile must hold
-                // the watermark again before the others' rows move it past them. An unreachable
-                // broker means we do not know, and the watermark waits. The round trips run on
-                // the prober's thread: polling goes on meanwhile.
-                if probe_due && !prober.busy {
-                    last_probe = Instant::now();
-                    prober.ask(
-                        assigned.clone().unwrap_or_default(),
-                        std::mem::take(&mut new_assignment),
-                    );
-                }
-                if let Some((asked_at, probed)) = prober.answer() {
-                    for p in &probed {
-                        guard.probed_at_end(&consumer, *p);
-                    }
-                    // A partition that delivered rows since the question is not at its end,
-                    // nor one sought back; one whose end-of-log event came since is.
-                    let mut next: BTreeMap<i32, Instant> = probed
-                        .into_iter()
-                        .filter(|p| last_message.get(p).is_none_or(|t| *t < asked_at))
-                        .filter(|p| !guard.settling(*p))
-                        .map(|p| (p, asked_at))
-                        .collect();
-                    for (p, t) in &at_end {
-                        if *t > asked_at {
-                            next.insert(*p, *t);
-                        }
-                    }
-                    let changed = next.keys().ne(at_end.keys());
-                    at_end = next;
-                    if (changed || !at_end.is_empty())
-                        && !send_batch(
-                            &config,
-                            &[],
-                            &mut decoder,
-                            dlq.as_ref(),
-                            &stats,
-                            &mut processed,
-                            (assigned.clone(), &at_end),
-                            &tx,
-                        )
-                    {
-                        break;
-                    }
-                }
-            }
+            ingest.run();
             // The last checkpoint's offsets are the committer's to finish (it gives up after a
             // few seconds rather than hold the stop).
             let _ = committer.join();
@@ -574,6 +479,183 @@ pub fn spawn(
         committer: Committer { tx: commit_tx },
         thread,
     })
+}
+
+/// The consumer thread: polls micro-batches, follows the assignment and which partitions are
+/// at the end of their log, and hands each batch, decoded, to the engine.
+struct IngestLoop {
+    config: KafkaConfig,
+    consumer: Arc<BaseConsumer>,
+    prober: Prober,
+    decoder: Decoder,
+    dlq: Option<(BaseProducer, String)>,
+    stats: Arc<IngestStats>,
+    tx: mpsc::Sender<MicroBatch>,
+    stop: Arc<AtomicBool>,
+    /// Partitions at the end of their log -> when the broker last said so.
+    at_end: BTreeMap<i32, Instant>,
+    last_assigned: Option<Vec<i32>>,
+    guard: ResumeGuard,
+    /// Partition -> next offset not processed yet. A rebalance (a broker restart, a session
+    /// timeout, another instance joining) resumes at the committed offset, which lags what was
+    /// processed: what comes again below this is skipped, not counted, archived or windowed
+    /// twice.
+    processed: BTreeMap<i32, i64>,
+    last_probe: Instant,
+    /// Partition -> when its latest message was polled (a probe that started before it cannot
+    /// say the partition is at its end).
+    last_message: BTreeMap<i32, Instant>,
+    /// The assignment changed since the last probe was asked.
+    new_assignment: bool,
+    watch: AssignmentWatch,
+}
+
+impl IngestLoop {
+    fn run(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            if !self.step() {
+                break;
+            }
+        }
+    }
+
+    /// One round: poll a micro-batch, follow the assignment, send what changed, ask or read
+    /// the end-of-log probe. False when ingest must stop (the engine is gone, or a batch could
+    /// not be decoded).
+    fn step(&mut self) -> bool {
+        // While a probe is out, come back soon to hand its answer to the engine.
+        let max_idle_wait = self.prober.busy.then_some(Duration::from_millis(2));
+        let consumer = self.consumer.clone();
+        let (messages, ends_changed) = poll_batch(
+            &consumer,
+            &self.config,
+            &self.stop,
+            &mut self.at_end,
+            &mut self.guard,
+            max_idle_wait,
+        );
+        let now = Instant::now();
+        for m in &messages {
+            self.last_message.insert(m.partition(), now);
+        }
+        let assigned = assignment(&consumer, &self.config.topic);
+        self.watch
+            .observe(&consumer, &self.config, assigned.as_deref(), &self.stats);
+        let assignment_changed = self.follow_assignment(&assigned);
+        let probe_due = (messages.is_empty() || !self.at_end.is_empty())
+            && self.last_probe.elapsed() >= PROBE_INTERVAL;
+        if !messages.is_empty() || ends_changed || assignment_changed {
+            if assignment_changed || ends_changed {
+                tracing::debug!(?assigned, at_end = ?self.at_end, "partition progress");
+            }
+            self.last_assigned = assigned.clone();
+            if !self.send_batch(&messages, assigned.clone()) {
+                return false;
+            }
+        }
+        drop(messages);
+        // While any partition is (or may be) at its end, keep asking the broker whether it
+        // really is, and tell the engine each answer: idleness lasts only as long as it is
+        // confirmed, and a quiet partition that received rows meanwhile must hold the
+        // watermark again before the others' rows move it past them. An unreachable broker
+        // means we do not know, and the watermark waits. The round trips run on the prober's
+        // thread: polling goes on meanwhile.
+        if probe_due && !self.prober.busy {
+            self.last_probe = Instant::now();
+            self.prober.ask(
+                assigned.clone().unwrap_or_default(),
+                std::mem::take(&mut self.new_assignment),
+            );
+        }
+        match self.prober.answer() {
+            Some((asked_at, probed)) => self.take_probe_answer(asked_at, probed, assigned),
+            None => true,
+        }
+    }
+
+    /// Arms the resume guard for partitions newly assigned; whether the assignment changed.
+    fn follow_assignment(&mut self, assigned: &Option<Vec<i32>>) -> bool {
+        if *assigned == self.last_assigned {
+            return false;
+        }
+        self.new_assignment = true;
+        let before = self.last_assigned.as_deref().unwrap_or(&[]);
+        for p in assigned.as_deref().unwrap_or(&[]) {
+            if let (false, Some(next)) = (before.contains(p), self.processed.get(p)) {
+                self.guard.arm(*p, *next);
+            }
+        }
+        true
+    }
+
+    /// The probe's answer: the partitions at their end as of `asked_at`. A partition that
+    /// delivered rows since the question is not at its end, nor one sought back; one whose
+    /// end-of-log event came since is. The engine hears of it when anything is (still) at its
+    /// end.
+    fn take_probe_answer(
+        &mut self,
+        asked_at: Instant,
+        probed: BTreeSet<i32>,
+        assigned: Option<Vec<i32>>,
+    ) -> bool {
+        for p in &probed {
+            self.guard.probed_at_end(&self.consumer, *p);
+        }
+        let mut next: BTreeMap<i32, Instant> = probed
+            .into_iter()
+            .filter(|p| self.last_message.get(p).is_none_or(|t| *t < asked_at))
+            .filter(|p| !self.guard.settling(*p))
+            .map(|p| (p, asked_at))
+            .collect();
+        for (p, t) in &self.at_end {
+            if *t > asked_at {
+                next.insert(*p, *t);
+            }
+        }
+        let changed = next.keys().ne(self.at_end.keys());
+        self.at_end = next;
+        if changed || !self.at_end.is_empty() {
+            return self.send_batch(&[], assigned);
+        }
+        true
+    }
+
+    /// Decodes `messages` into a micro-batch with the consumer's progress and hands it to the
+    /// engine; false when the engine is gone or the batch could not be decoded.
+    fn send_batch(&mut self, messages: &[BorrowedMessage<'_>], assigned: Option<Vec<i32>>) -> bool {
+        let decoded = decode_batch(
+            &self.config,
+            messages,
+            &mut self.decoder,
+            self.dlq.as_ref(),
+            &self.stats,
+            &self.processed,
+        );
+        let mut batch = match decoded {
+            Ok(b) => b,
+            Err(e) => {
+                // Not one message could be decoded into the batch (see `Decoder::decode`): the
+                // offsets stay where they are, and ingest stops rather than skip input. A
+                // restart reads it again from the last checkpoint.
+                tracing::error!(error = %e, "micro-batch could not be decoded; ingest stops here");
+                let mut status = self.stats.group();
+                status.stopped = Some(format!(
+                    "ingest stopped: a micro-batch could not be decoded: {e}"
+                ));
+                self.stats.set_group(status);
+                return false;
+            }
+        };
+        for s in &batch.partitions {
+            let next = self.processed.entry(s.partition).or_insert(0);
+            *next = (*next).max(s.last_offset + 1);
+        }
+        tracing::trace!(partitions = ?batch.partitions, rows = batch.rows.num_rows(), "micro-batch");
+        batch.assigned = assigned;
+        batch.caught_up = self.at_end.keys().copied().collect();
+        batch.caught_up_confirmed = self.at_end.values().min().copied();
+        self.tx.blocking_send(batch).is_ok()
+    }
 }
 
 /// Notices a consumer that owns no partition for longer than a rebalance can take (the
@@ -852,45 +934,6 @@ fn poll_batch<'c>(
         }
     }
     (messages, changed)
-}
-
-/// Decodes `messages` into a micro-batch with the consumer's progress and hands it to the
-/// engine; false when the engine is gone.
-#[allow(clippy::too_many_arguments)]
-fn send_batch(
-    config: &KafkaConfig,
-    messages: &[BorrowedMessage<'_>],
-    decoder: &mut Decoder,
-    dlq: Option<&(BaseProducer, String)>,
-    stats: &IngestStats,
-    processed: &mut BTreeMap<i32, i64>,
-    (assigned, at_end): (Option<Vec<i32>>, &BTreeMap<i32, Instant>),
-    tx: &mpsc::Sender<MicroBatch>,
-) -> bool {
-    let mut batch = match decode_batch(config, messages, decoder, dlq, stats, processed) {
-        Ok(b) => b,
-        Err(e) => {
-            // Not one message could be decoded into the batch (see `Decoder::decode`): the
-            // offsets stay where they are, and ingest stops rather than skip input. A restart
-            // reads it again from the last checkpoint.
-            tracing::error!(error = %e, "micro-batch could not be decoded; ingest stops here");
-            let mut status = stats.group();
-            status.stopped = Some(format!(
-                "ingest stopped: a micro-batch could not be decoded: {e}"
-            ));
-            stats.set_group(status);
-            return false;
-        }
-    };
-    for s in &batch.partitions {
-        let next = processed.entry(s.partition).or_insert(0);
-        *next = (*next).max(s.last_offset + 1);
-    }
-    tracing::trace!(partitions = ?batch.partitions, rows = batch.rows.num_rows(), "micro-batch");
-    batch.assigned = assigned;
-    batch.caught_up = at_end.keys().copied().collect();
-    batch.caught_up_confirmed = at_end.values().min().copied();
-    tx.blocking_send(batch).is_ok()
 }
 
 /// For each (partition, offset) in delivery order, whether it is delivered for the first time:

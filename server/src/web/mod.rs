@@ -96,7 +96,7 @@ impl From<tonic::Status> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let line = crate::engine::guard::one_line(&self.1);
+        let line = crate::error::one_line(&self.1);
         (
             self.0,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -231,7 +231,7 @@ impl WireSchema {
                     bad.push(BadMessage {
                         index: i,
                         reason,
-                        error: super::normalize::one_line(&error),
+                        error: crate::error::one_line(&error),
                     });
                     // The decoder may hold part of the bad message: finish the good ones before
                     // it as a chunk of their own and start afresh.
@@ -270,7 +270,7 @@ impl WireSchema {
             Err(e) if idx.len() == 1 => bad.push(BadMessage {
                 index: idx[0],
                 reason: reason::WRONG_TYPE,
-                error: super::normalize::one_line(&e.to_string()),
+                error: crate::error::one_line(&e.to_string()),
             }),
             Err(_) => {
                 let (a, b) = idx.split_at(idx.len() / 2);

@@ -136,7 +136,7 @@ fn bad_messages_are_isolated_and_named() {
         br#"{"Driver":"VER","Speed":1,"RPM":1} {"Driver":"VER","Speed":1,"RPM":1}"#,
         good,
     ];
-    let mut messages: Vec<RawMessage> = payloads
+    let mut messages: Vec<RawMessage<'_>> = payloads
         .iter()
         .enumerate()
         .map(|(i, p)| msg(p, None, i as i64))
@@ -176,7 +176,7 @@ fn aliases_fill_only_what_the_first_name_left_empty() {
         // a name spelt with escapes is still that name
         br#"{"Driver":"RUS","Lap\u0049dx":8,"Speed":1,"RPM":1}"#,
     ];
-    let messages: Vec<RawMessage> = payloads
+    let messages: Vec<RawMessage<'_>> = payloads
         .iter()
         .enumerate()
         .map(|(i, p)| msg(p, None, i as i64))
