@@ -201,15 +201,9 @@ fn tick_rows(
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// Publishes until `stop`; returns rows produced.
-fn produce(
-    args: &BenchArgs,
-    format: BenchFormat,
-    topic: &str,
-    session: &str,
-    stop: Arc<AtomicBool>,
-    produced: Arc<AtomicU64>,
-) -> Result<()> {
+/// `cars` virtual cars from the bundled race's drivers (repeated, each copy starting at another
+/// point of the race), and their names (`VER`, then `VER-2`, ...).
+fn bench_cars(cars: usize) -> Result<(Vec<CarSource>, Vec<String>)> {
     let base = Session::bundled()?;
     let drivers = base.drivers();
     let driver_col = base
@@ -218,24 +212,65 @@ fn produce(
         .expect("driver")
         .as_string::<i32>()
         .clone();
-    let mut cars: Vec<CarSource> = Vec::with_capacity(args.cars);
-    let mut names = Vec::with_capacity(args.cars);
-    for c in 0..args.cars {
+    let mut sources = Vec::with_capacity(cars);
+    let mut names = Vec::with_capacity(cars);
+    for c in 0..cars {
         let d = &drivers[c % drivers.len()];
         let keep: arrow::array::BooleanArray = driver_col
             .iter()
             .map(|v| Some(v == Some(d.as_str())))
             .collect();
         let rows = arrow::compute::filter_record_batch(&base.rows, &keep)?;
-        // Start each copy at a different point of the race.
         let next = (c / drivers.len()) * 997 % rows.num_rows();
-        cars.push(CarSource { rows, next });
+        sources.push(CarSource { rows, next });
         names.push(if c < drivers.len() {
             d.clone()
         } else {
             format!("{d}-{}", c / drivers.len() + 1)
         });
     }
+    Ok((sources, names))
+}
+
+/// Publishes one message, waiting while librdkafka's queue is full.
+fn send(
+    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    headers: &OwnedHeaders,
+    key: &str,
+    payload: &[u8],
+) -> Result<()> {
+    let mut rec = BaseRecord::to(topic)
+        .key(key)
+        .payload(payload)
+        .headers(headers.clone());
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(anyhow!("cannot publish: {e}")),
+        }
+    }
+}
+
+/// Publishes until `stop`, counting rows in `produced`.
+fn produce(
+    args: &BenchArgs,
+    format: BenchFormat,
+    topic: &str,
+    session: &str,
+    stop: Arc<AtomicBool>,
+    produced: Arc<AtomicU64>,
+) -> Result<()> {
+    let (mut cars, names) = bench_cars(args.cars)?;
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
         crate::replay::client_config(&args.brokers, &[])?
             .set("linger.ms", "2")
@@ -252,6 +287,7 @@ fn produce(
         key: pitwall_proto::FORMAT_HEADER,
         value: Some(header),
     });
+    let send = |key: &str, payload: &[u8]| send(&producer, topic, &headers, key, payload);
     let start = Instant::now();
     let start_ms = now_ms();
     let per_car = args.rate as f64;
@@ -268,27 +304,6 @@ fn produce(
         if total > 0 {
             let now = now_ms();
             let rows = tick_rows(&mut cars, &names, &counts, session, start_ms, now)?;
-            let send = |key: &str, payload: &[u8]| -> Result<()> {
-                let mut rec = BaseRecord::to(topic)
-                    .key(key)
-                    .payload(payload)
-                    .headers(headers.clone());
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => return Ok(()),
-                        Err((
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            r,
-                        )) => {
-                            rec = r;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err((e, _)) => return Err(anyhow!("cannot publish: {e}")),
-                    }
-                }
-            };
             match format {
                 BenchFormat::Json => {
                     encode(&rows, WireFormat::Json, &mut encoded)?;
