@@ -11,15 +11,14 @@
 # user sees it (`pitwall sql` wall time). Best of 20 each, DuckDB likewise; all of it twice: on
 # the archive as the replay wrote it, and after the quiet session's directories were merged.
 #
-# Needs: a release build (cargo build --release --workspace --bins && cargo build --release
-# -p pitwall-server --example archive_query), python3 with
+# Needs: a release build (cargo build --release --bins --examples), python3 with
 # duckdb, a broker (started with scripts/broker.sh when PITWALL_TEST_KAFKA is not set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 race="${1:-../shared/data/2023-british-gp-race}"
 bin=target/release
 [ -x "$bin/pitwall-server" ] && [ -x "$bin/examples/archive_query" ] \
-  || { echo "build first: cargo build --release --workspace --bins && cargo build --release -p pitwall-server --example archive_query" >&2; exit 1; }
+  || { echo "build first: cargo build --release --bins --examples" >&2; exit 1; }
 python3 -c 'import duckdb' 2>/dev/null || { echo "python3 -m pip install duckdb" >&2; exit 1; }
 brokers="${PITWALL_TEST_KAFKA:-$(scripts/broker.sh start | tail -n 1)}"
 work="$(mktemp -d -t pitwall-archive-bench.XXXXXX)"

@@ -100,11 +100,11 @@ thrpt() {
 
 micro() {
   log "cargo bench (decode, archive write, engine step)"
-  cargo bench --locked -p pitwall-server --bench pitwall -- --warm-up-time 1 --measurement-time 3 \
+  cargo bench --locked --bench pitwall -- --warm-up-time 1 --measurement-time 3 \
     2>/dev/null > "$work/criterion.txt"
   local json pb arch
   json="$(thrpt decode/json_16k_rows)"; pb="$(thrpt decode/protobuf_16k_rows)"; arch="$(thrpt archive/telemetry_files)"
-  row '`cargo bench -p pitwall-server --bench pitwall`: decode' '>= 1.5M rows/s per core' \
+  row '`cargo bench --bench pitwall`: decode' '>= 1.5M rows/s per core' \
     "JSON ${json}M rows/s, Protobuf ${pb}M" "$(met "$json >= 1.5 and $pb >= 1.5")"
   row 'same: Parquet archive write (sort, split, zstd)' '>= 1M rows/s' "${arch}M rows/s" "$(met "$arch >= 1.0")"
   row 'same: engine step, all default queries, 10,000 rows' '(none)' "$(thrpt engine_step/default_queries_10000)M rows/s" '-'
@@ -135,11 +135,11 @@ fuzz() {
   local secs="${PITWALL_FUZZ_SECS:-600}" out
   for f in json protobuf; do
     log "fuzz $f for $secs s"
-    PITWALL_FUZZ_SECS="$secs" cargo test --locked -p pitwall-server --lib -- \
+    PITWALL_FUZZ_SECS="$secs" cargo test --locked --workspace --lib -- \
       "ingest::decode::fuzz::fuzz_${f}_decoder" --nocapture > "$work/fuzz-$f.txt" 2>&1 || true
   done
   out="$(for f in json protobuf; do grep -hoE '[0-9,]+ batches' "$work/fuzz-$f.txt" | tail -1; done | paste -sd/ -)"
-  row "\`PITWALL_FUZZ_SECS=$secs cargo test -p pitwall-server --lib -- fuzz_json_decoder\` / \`fuzz_protobuf_decoder\`" 'no crash, hang or unbounded allocation' \
+  row "\`PITWALL_FUZZ_SECS=$secs cargo test --workspace --lib -- fuzz_json_decoder\` / \`fuzz_protobuf_decoder\`" 'no crash, hang or unbounded allocation' \
     "JSON / Protobuf: ${out:-no count printed}" "$(met "$(grep -c 'test result: ok. 1 passed' "$work"/fuzz-*.txt | awk -F: '{s+=$2} END {print (s == 2) ? "True" : "False"}')")"
 }
 

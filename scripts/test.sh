@@ -5,8 +5,9 @@
 #    real browser over WebDriver; apt, no browser download),
 #  - starts it on a free loopback port (memory storage) unless PITWALL_TEST_KAFKA names a
 #    broker to use instead (any real Kafka, e.g. the one of docker-compose.yml),
-#  - checks the lints (`cargo clippy --all-targets -D warnings`) and the dependency rule of
-#    ARCHITECTURE.md (scripts/check-deps.sh),
+#  - checks the lints (`cargo clippy --all-targets -D warnings`), the dependency rule of
+#    ARCHITECTURE.md (scripts/check-deps.sh) and that dev-dependencies change no feature of
+#    the shipped dependency tree (scripts/check-features.sh),
 #  - runs `cargo test --workspace`: one build of the dependency tree, which also builds both
 #    binaries (each package has integration tests, and cargo builds a package's binaries for
 #    them); the end-to-end tests run those,
@@ -44,4 +45,5 @@ echo "test.sh: broker $PITWALL_TEST_KAFKA" >&2
 
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-deps.sh
+scripts/check-features.sh
 cargo test --workspace --locked "$@"

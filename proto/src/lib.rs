@@ -9,6 +9,10 @@
 // its unit tests, which also see the dev-dependencies).
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+// Declared for feature alignment only (see Cargo.toml), not used.
+use stable_deref_trait as _;
+use zerofrom as _;
+
 pub mod bundled;
 pub mod schema;
 pub mod timedelta;

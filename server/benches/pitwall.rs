@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the hot path: JSON and Protobuf decode, one engine step with the
 //! default queries, and the Parquet archive writer (its time, and the heap it takes above its
-//! input). Run with `cargo bench -p pitwall-server`.
+//! input). Run with `cargo bench --bench pitwall`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;

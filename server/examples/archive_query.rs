@@ -1,7 +1,7 @@
 //! Per-lap statistics over an archived session, in-process: the same catalog, caches and
 //! DataFusion settings as an ad hoc query from `pitwall sql` gets, timed stage by stage
 //! without the CLI and Flight around it (`scripts/archive-bench.sh` runs it next to DuckDB):
-//! `cargo run --release -p pitwall-server --example archive_query -- DATA_DIR SESSION [RUNS] [SQL]`
+//! `cargo run --release --example archive_query -- DATA_DIR SESSION [RUNS] [SQL]`
 //! (SQL instead of the per-lap statistics, `{session}` standing for SESSION).
 //! DATAFUSION_* environment variables (e.g. DATAFUSION_EXECUTION_TARGET_PARTITIONS=1) change
 //! the session's settings, to try them; PITWALL_DATAFUSION_RULES=1 plans with DataFusion's

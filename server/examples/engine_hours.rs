@@ -2,7 +2,7 @@
 //! continued lap after lap) through the default queries in 50 ms micro-batches, as fast as it
 //! can, and compares the time per micro-batch in minute 1 and in hour 2.
 //!
-//! `cargo run --release -p pitwall-server --example engine_hours [HOURS]` (default 2.2)
+//! `cargo run --release --example engine_hours [HOURS]` (default 2.2)
 //!
 //! With `--loops N` it replays the race N times as the embedded source's loop does instead:
 //! each round a new session (renamed, times shifted, laps as recorded), and prints the

@@ -1,5 +1,5 @@
 //! Produce -> consume latency of the broker alone (no Pitwall), to tell the broker's share of
-//! the end-to-end latency `pitwall bench` reports: `cargo run --release -p pitwall-server
+//! the end-to-end latency `pitwall bench` reports: `cargo run --release
 //! --example kafka_latency -- 127.0.0.1:19092 [fetch.wait.max.ms]`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,28 +1,54 @@
-//! Server configuration: command-line flags (also readable from `PITWALL_*` environment
-//! variables), over an optional TOML file (`--config pitwall.toml`), over defaults.
+//! Server configuration: command-line flags (some also `PITWALL_*` environment variables), over
+//! an optional TOML file (`--config pitwall.toml`), over defaults.
+//!
+//! Every setting is declared once, as a field of [`ServerArgs`]: its flag, its variable, its
+//! default and its TOML key (the field's name, in the section of its group). The layers are
+//! merged by figment: the defaults clap filled in, then the file, then what was given on the
+//! command line or in the environment. Adding a setting is adding a field; [`Config`] is what
+//! the server runs with, checked for range.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser};
-use serde::Deserialize;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Provider};
+use serde::{Deserialize, Serialize};
 
+use crate::archive::ArchiveConfig;
 use crate::engine::{EngineConfig, WatermarkConfig};
 use crate::error::{Error, Result};
 use crate::ingest::decode::{DecodeConfig, PayloadFormat};
 use crate::ingest::kafka::{KafkaConfig, StartAt};
 
-#[derive(Debug, Clone, Parser)]
+fn decode_defaults() -> DecodeConfig {
+    DecodeConfig::default()
+}
+fn engine_defaults() -> EngineConfig {
+    EngineConfig::default()
+}
+fn watermark_defaults() -> WatermarkConfig {
+    WatermarkConfig::default()
+}
+fn archive_defaults() -> ArchiveConfig {
+    ArchiveConfig::default()
+}
+
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
 #[command(
     name = "pitwall-server",
     version,
     about = "Pitwall: continuous SQL over live telemetry, served over Arrow Flight"
 )]
+#[serde(deny_unknown_fields)]
 pub struct ServerArgs {
     /// TOML configuration file; flags override it.
     #[arg(long, env = "PITWALL_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -34,168 +60,230 @@ pub struct ServerArgs {
     pub flight: FlightArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
+    /// Extra JSON names, wire name = column (the file's `[json_names]` table only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub json_names: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+/// `[kafka]`: the consumer (or, without brokers, the embedded replay).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers. Without it the server replays the bundled session in-process.
     #[arg(long, env = "PITWALL_BROKERS")]
     pub brokers: Option<String>,
     /// Topic to consume.
-    #[arg(long, env = "PITWALL_TOPIC")]
-    pub topic: Option<String>,
+    #[arg(long, env = "PITWALL_TOPIC", default_value = "telemetry")]
+    pub topic: String,
     /// Consumer group.
-    #[arg(long, env = "PITWALL_GROUP")]
-    pub group: Option<String>,
+    #[arg(long, env = "PITWALL_GROUP", default_value = "pitwall")]
+    pub group: String,
     /// This instance's static member id in the group (`group.instance.id`): a restarted
     /// server takes its old place at once instead of waiting out the session timeout.
     /// Default: `pitwall-HOST-HASH` (HASH of the data directory); `off` = dynamic membership.
     #[arg(long, env = "PITWALL_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Where a new consumer group starts.
-    #[arg(long, value_enum)]
-    pub start: Option<StartAt>,
-    /// Any librdkafka consumer setting, key=value (repeatable).
+    #[arg(long, value_enum, default_value_t = StartAt::Earliest)]
+    pub start: StartAt,
+    /// Any librdkafka consumer setting, key=value (repeatable; added to the file's).
     #[arg(long = "kafka-opt", value_name = "KEY=VALUE")]
-    #[serde(default)]
     pub kafka_opt: Vec<String>,
     /// Most rows in one micro-batch.
-    #[arg(long)]
-    pub batch_rows: Option<usize>,
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub batch_rows: usize,
     /// Longest wait for a micro-batch to fill, in ms.
-    #[arg(long)]
-    pub batch_ms: Option<u64>,
+    #[arg(long, default_value_t = 50)]
+    pub batch_ms: u64,
     /// How long a micro-batch stays open after its first message, in ms.
-    #[arg(long)]
-    pub linger_ms: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    pub linger_ms: u64,
     /// Also republish dead letters to this topic.
     #[arg(long)]
     pub dead_letter_topic: Option<String>,
     /// Pace of the embedded replay (no --brokers), as a multiple of real time.
-    #[arg(long)]
-    pub embedded_speed: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    pub embedded_speed: f64,
     /// Play the embedded session once instead of looping.
     #[arg(long)]
-    #[serde(default)]
     pub embedded_once: bool,
 }
 
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+/// `[decode]`: how payloads become rows.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeArgs {
     /// Payload encoding.
-    #[arg(long, value_enum)]
-    pub format: Option<PayloadFormat>,
+    #[arg(long, value_enum, default_value_t = decode_defaults().format)]
+    pub format: PayloadFormat,
     /// Larger payloads are dead-lettered.
-    #[arg(long)]
-    pub max_message_bytes: Option<usize>,
+    #[arg(long, default_value_t = decode_defaults().max_message_bytes)]
+    pub max_message_bytes: usize,
     /// Session of messages that name none.
-    #[arg(long)]
-    pub default_session: Option<String>,
+    #[arg(long, default_value_t = decode_defaults().default_session)]
+    pub default_session: String,
     /// Session start (RFC 3339) for messages with SessionTime but no Date, when it cannot be
     /// learnt from the stream.
     #[arg(long)]
     pub session_start: Option<String>,
-    /// Extra JSON names, WIRE=column (repeatable; they win over the FastF1 defaults).
+    /// Extra JSON names, WIRE=column (repeatable, added to the file's; they win over the
+    /// FastF1 defaults).
     #[arg(long = "json-name", value_name = "WIRE=COLUMN")]
-    #[serde(default)]
     pub json_name: Vec<String>,
-    /// Columns a message must carry (default: speed, rpm).
-    #[arg(long = "require", value_name = "COLUMN")]
-    pub require: Option<Vec<String>>,
+    /// Columns a message must carry.
+    #[arg(long = "require", value_name = "COLUMN", default_values_t = decode_defaults().required)]
+    pub require: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+/// `[engine]`: the continuous queries, event time and result buffers.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineArgs {
-    /// Directory of continuous queries (*.sql, name = file stem).
+    /// Directory of continuous queries (*.sql, name = file stem). Default: `./queries` when it
+    /// exists, else the built-in queries.
     #[arg(long, env = "PITWALL_QUERIES_DIR")]
     pub queries_dir: Option<PathBuf>,
     /// Allowed lateness of event time, in ms.
-    #[arg(long)]
-    pub lateness_ms: Option<i64>,
+    #[arg(long, default_value_t = watermark_defaults().lateness_ms)]
+    pub lateness_ms: i64,
     /// A partition idle this long (ms) stops holding the watermark back; all idle, the
     /// watermark advances with processing time.
-    #[arg(long)]
-    pub idle_timeout_ms: Option<u64>,
+    #[arg(long, default_value_t = watermark_defaults().idle_timeout.as_millis() as u64)]
+    pub idle_timeout_ms: u64,
     /// A car's open lap closes after this much event time (ms) without samples.
-    #[arg(long)]
-    pub lap_gap_ms: Option<i64>,
+    #[arg(long, default_value_t = engine_defaults().lap_gap_ms)]
+    pub lap_gap_ms: i64,
     /// Result rows each query keeps for late subscribers.
-    #[arg(long)]
-    pub result_buffer_rows: Option<usize>,
+    #[arg(long, default_value_t = engine_defaults().result_buffer_rows)]
+    pub result_buffer_rows: usize,
     /// Megabytes (Arrow memory) of results each query keeps for late subscribers.
-    #[arg(long)]
-    pub result_buffer_mb: Option<usize>,
+    #[arg(long, default_value_t = engine_defaults().result_buffer_bytes >> 20)]
+    pub result_buffer_mb: usize,
 }
 
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+/// `[flight]`: the Arrow Flight endpoint and the dashboard.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlightArgs {
     /// Address of the Arrow Flight / Flight SQL endpoint (port 0 = any free port).
-    #[arg(long, env = "PITWALL_FLIGHT_ADDR")]
-    pub flight_addr: Option<SocketAddr>,
+    #[arg(long, env = "PITWALL_FLIGHT_ADDR", default_value = "127.0.0.1:50051")]
+    pub flight_addr: SocketAddr,
     /// Bearer token required on every call.
     #[arg(long, env = "PITWALL_TOKEN")]
     pub token: Option<String>,
     /// TLS certificate (PEM); with --tls-key, the endpoint speaks TLS.
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM), with --tls-cert.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
     /// Batches a subscriber may have buffered before it is dropped.
-    #[arg(long)]
-    pub subscriber_buffer: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub subscriber_buffer: usize,
     /// Address of the dashboard and `/metrics` (HTTP; port 0 = any free port), or `off`.
-    #[arg(long, env = "PITWALL_HTTP_ADDR")]
-    pub http_addr: Option<String>,
+    #[arg(long, env = "PITWALL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
     /// Most dashboard streams open at once; more are refused with 503.
-    #[arg(long)]
-    pub max_dashboards: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub max_dashboards: usize,
 }
 
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+/// `[storage]`: the archive, checkpoints and housekeeping.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageArgs {
     /// Where the archive and dead letters live: a local path or s3://bucket/prefix.
-    #[arg(long, env = "PITWALL_DATA_DIR")]
-    pub data_dir: Option<String>,
+    #[arg(long, env = "PITWALL_DATA_DIR", default_value = "pitwall-data")]
+    pub data_dir: String,
     /// How often the engine checkpoints and the archive writes its files, in ms.
-    #[arg(long)]
-    pub checkpoint_ms: Option<u64>,
+    #[arg(long, default_value_t = archive_defaults().checkpoint_interval.as_millis() as u64)]
+    pub checkpoint_ms: u64,
     /// Delete archived files older than this many days.
     #[arg(long)]
     pub retention_days: Option<f64>,
     /// Merge a directory's small files once it has this many.
-    #[arg(long)]
-    pub compact_min_files: Option<usize>,
+    #[arg(long, default_value_t = archive_defaults().compact_min_files)]
+    pub compact_min_files: usize,
     /// Merge a directory's small files (two or more) once none changed for this many seconds:
     /// a finished session ends as one file per directory.
-    #[arg(long)]
-    pub compact_idle_secs: Option<u64>,
+    #[arg(long, default_value_t = archive_defaults().compact_idle.as_secs())]
+    pub compact_idle_secs: u64,
     /// How often compaction and retention run, in ms.
-    #[arg(long)]
-    pub housekeeping_ms: Option<u64>,
+    #[arg(long, default_value_t = archive_defaults().housekeeping_interval.as_millis() as u64)]
+    pub housekeeping_ms: u64,
 }
 
-/// The TOML file: the same settings, grouped.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default)]
-    kafka: KafkaArgs,
-    #[serde(default)]
-    decode: DecodeArgs,
-    #[serde(default)]
-    engine: EngineArgs,
-    #[serde(default)]
-    flight: FlightArgs,
-    #[serde(default)]
-    storage: StorageArgs,
-    /// JSON wire name -> column.
-    #[serde(default)]
-    json_names: BTreeMap<String, String>,
+/// Lists that a flag adds to instead of replacing: the file's entries, then the flags'.
+const APPENDING: &[&str] = &["kafka_opt", "json_name"];
+
+impl ServerArgs {
+    /// The settings of this command line (exits with clap's message on a bad flag, `--help`
+    /// or `--version`, like any command).
+    pub fn load() -> Result<Self> {
+        Self::merge(&Self::command().get_matches())
+    }
+
+    /// The settings of `argv` (its first item is the program name).
+    pub fn load_from<I, T>(argv: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command()
+            .try_get_matches_from(argv)
+            .map_err(|e| Error::Config(crate::error::one_line(&e.to_string())))?;
+        Self::merge(&matches)
+    }
+
+    /// Defaults, then the TOML file, then the flags and variables given.
+    fn merge(matches: &ArgMatches) -> Result<Self> {
+        let all = Self::from_arg_matches(matches)
+            .map_err(|e| Error::Config(crate::error::one_line(&e.to_string())))?;
+        let Some(path) = all.config.clone() else {
+            return Ok(all);
+        };
+        let shown = path.display().to_string();
+        let bad =
+            |e: figment::Error| Error::Config(crate::error::one_line(&format!("{shown}: {e}")));
+        let file = Figment::from(Toml::file_exact(&path));
+        let base = Serialized::defaults(&all).data().map_err(bad)?;
+        let base = base.into_values().next().unwrap_or_default();
+        let mut given = Dict::new();
+        for (section, values) in &base {
+            let Some(values) = values.as_dict().filter(|_| section != "json_names") else {
+                continue;
+            };
+            let mut picked = Dict::new();
+            for (key, value) in values {
+                let source = matches.value_source(key);
+                if !matches!(
+                    source,
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                ) {
+                    continue;
+                }
+                let mut value = value.clone();
+                if APPENDING.contains(&key.as_str()) {
+                    let from_file: Vec<Value> = file
+                        .extract_inner(&format!("{section}.{key}"))
+                        .unwrap_or_default();
+                    if let Value::Array(tag, flags) = value {
+                        value = Value::Array(tag, from_file.into_iter().chain(flags).collect());
+                    }
+                }
+                picked.insert(key.clone(), value);
+            }
+            given.insert(section.clone(), Value::from(picked));
+        }
+        let mut merged: Self = Figment::from(Serialized::defaults(&all))
+            .merge(file)
+            .merge(Serialized::defaults(given))
+            .extract()
+            .map_err(bad)?;
+        merged.config = Some(path);
+        Ok(merged)
+    }
 }
 
 /// The resolved configuration.
@@ -216,7 +304,7 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub subscriber_buffer: usize,
     pub data_dir: String,
-    pub archive: crate::archive::ArchiveConfig,
+    pub archive: ArchiveConfig,
 }
 
 fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
@@ -231,26 +319,13 @@ fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
 }
 
 impl Config {
-    /// Flags over the file named by `--config` (if any) over defaults.
+    /// What the server runs with, from its settings.
     pub fn resolve(args: ServerArgs) -> Result<Self> {
-        let file: FileConfig = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?
-            }
-            None => FileConfig::default(),
-        };
-        let (k, fk) = (args.kafka, file.kafka);
-        let (e, fe) = (args.engine, file.engine);
-        let (f, ff) = (args.flight, file.flight);
-        let decode = decode_config(args.decode, file.decode, file.json_names)?;
-        let kafka = kafka_config(&k, &fk)?;
-        let instance = k.instance_id.clone().or(fk.instance_id.clone());
-        let batch_ms = k.batch_ms.or(fk.batch_ms).unwrap_or(50);
-        let engine = engine_config(&e, &fe, batch_ms, kafka.is_some());
-        let tls = match (f.tls_cert.or(ff.tls_cert), f.tls_key.or(ff.tls_key)) {
+        let decode = decode_config(&args.decode, &args.json_names)?;
+        let kafka = kafka_config(&args.kafka)?;
+        let engine = engine_config(&args.engine, args.kafka.batch_ms, kafka.is_some());
+        let f = args.flight;
+        let tls = match (f.tls_cert, f.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             _ => {
@@ -261,33 +336,23 @@ impl Config {
         };
         let mut config = Config {
             kafka,
-            embedded_speed: k.embedded_speed.or(fk.embedded_speed).unwrap_or(1.0),
-            embedded_loop: !(k.embedded_once || fk.embedded_once),
+            embedded_speed: args.kafka.embedded_speed,
+            embedded_loop: !args.kafka.embedded_once,
             decode,
             engine,
-            queries_dir: e
-                .queries_dir
-                .or(fe.queries_dir)
-                .or_else(default_queries_dir),
-            flight_addr: f
-                .flight_addr
-                .or(ff.flight_addr)
-                .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
-            http_addr: http_addr(f.http_addr.or(ff.http_addr))?,
-            max_dashboards: f.max_dashboards.or(ff.max_dashboards).unwrap_or(256),
-            token: f.token.or(ff.token),
+            queries_dir: args.engine.queries_dir.or_else(default_queries_dir),
+            flight_addr: f.flight_addr,
+            http_addr: http_addr(&f.http_addr)?,
+            max_dashboards: f.max_dashboards,
+            token: f.token,
             tls,
-            subscriber_buffer: f.subscriber_buffer.or(ff.subscriber_buffer).unwrap_or(64),
-            data_dir: args
-                .storage
-                .data_dir
-                .clone()
-                .or(file.storage.data_dir.clone())
-                .unwrap_or_else(|| "pitwall-data".into()),
-            archive: archive_config(&args.storage, &file.storage)?,
+            subscriber_buffer: f.subscriber_buffer,
+            archive: archive_config(&args.storage)?,
+            data_dir: args.storage.data_dir,
         };
         if let Some(kafka) = &mut config.kafka {
-            kafka.instance_id = instance_id(instance, &config.data_dir, &kafka.options)?;
+            let id = instance_id(args.kafka.instance_id, &config.data_dir, &kafka.options)?;
+            kafka.instance_id = id;
         }
         config.check_ranges()?;
         Ok(config)
@@ -348,130 +413,81 @@ impl Config {
     }
 }
 
-/// Decoding: flags over the file over defaults; JSON names from `--json-name`, the file's
-/// `json_name` and `[json_names]`, then the FastF1 defaults not named by them.
-fn decode_config(
-    d: DecodeArgs,
-    fd: DecodeArgs,
-    file_names: BTreeMap<String, String>,
-) -> Result<DecodeConfig> {
+/// Decoding; JSON names from `json_name` (the file's, then the flags') and `[json_names]`,
+/// then the FastF1 defaults not named by them.
+fn decode_config(d: &DecodeArgs, file_names: &BTreeMap<String, String>) -> Result<DecodeConfig> {
     let defaults = DecodeConfig::default();
     let mut json_names: Vec<(String, String)> = pairs(&d.json_name, "--json-name")?;
-    json_names.extend(pairs(&fd.json_name, "json_name")?);
-    json_names.extend(file_names);
+    json_names.extend(file_names.iter().map(|(w, c)| (w.clone(), c.clone())));
     for (w, c) in defaults.json_names.iter() {
         if !json_names.iter().any(|(x, _)| x == w) {
             json_names.push((w.clone(), c.clone()));
         }
     }
-    let session_start_ms = match d.session_start.or(fd.session_start) {
+    let session_start_ms = match &d.session_start {
         Some(s) => Some(
-            chrono::DateTime::parse_from_rfc3339(&s)
+            chrono::DateTime::parse_from_rfc3339(s)
                 .map_err(|e| Error::Config(format!("--session-start {s:?}: {e}")))?
                 .timestamp_millis(),
         ),
         None => None,
     };
     Ok(DecodeConfig {
-        format: d.format.or(fd.format).unwrap_or(defaults.format),
-        max_message_bytes: d
-            .max_message_bytes
-            .or(fd.max_message_bytes)
-            .unwrap_or(defaults.max_message_bytes),
-        default_session: d
-            .default_session
-            .or(fd.default_session)
-            .unwrap_or(defaults.default_session),
+        format: d.format,
+        max_message_bytes: d.max_message_bytes,
+        default_session: d.default_session.clone(),
         session_start_ms,
         json_names,
-        required: d.require.or(fd.require).unwrap_or(defaults.required),
+        required: d.require.clone(),
     })
 }
 
 /// The consumer, when brokers are set (none: the embedded replay). The static member id is
 /// resolved later, once the data directory is known.
-fn kafka_config(k: &KafkaArgs, fk: &KafkaArgs) -> Result<Option<KafkaConfig>> {
-    let mut options = pairs(&fk.kafka_opt, "kafka_opt")?;
-    options.extend(pairs(&k.kafka_opt, "--kafka-opt")?);
-    let Some(brokers) = k.brokers.clone().or(fk.brokers.clone()) else {
+fn kafka_config(k: &KafkaArgs) -> Result<Option<KafkaConfig>> {
+    let options = pairs(&k.kafka_opt, "--kafka-opt")?;
+    let Some(brokers) = k.brokers.clone() else {
         return Ok(None);
-    };
-    let or = |a: &Option<String>, b: &Option<String>, default: &str| {
-        a.clone().or(b.clone()).unwrap_or_else(|| default.into())
     };
     Ok(Some(KafkaConfig {
         brokers,
-        topic: or(&k.topic, &fk.topic, "telemetry"),
-        group_id: or(&k.group, &fk.group, "pitwall"),
-        start: k.start.or(fk.start).unwrap_or(StartAt::Earliest),
+        topic: k.topic.clone(),
+        group_id: k.group.clone(),
+        start: k.start,
         options,
-        max_batch_rows: k.batch_rows.or(fk.batch_rows).unwrap_or(16 * 1024),
-        max_batch_wait: Duration::from_millis(k.batch_ms.or(fk.batch_ms).unwrap_or(50)),
-        linger: Duration::from_millis(k.linger_ms.or(fk.linger_ms).unwrap_or(1)),
-        dead_letter_topic: k.dead_letter_topic.clone().or(fk.dead_letter_topic.clone()),
+        max_batch_rows: k.batch_rows,
+        max_batch_wait: Duration::from_millis(k.batch_ms),
+        linger: Duration::from_millis(k.linger_ms),
+        dead_letter_topic: k.dead_letter_topic.clone(),
         instance_id: None,
     }))
 }
 
 /// The engine: watermark, lap gap, result buffers; it ticks at the micro-batch wait.
-fn engine_config(e: &EngineArgs, fe: &EngineArgs, batch_ms: u64, kafka: bool) -> EngineConfig {
-    let defaults = EngineConfig::default();
+fn engine_config(e: &EngineArgs, batch_ms: u64, kafka: bool) -> EngineConfig {
     EngineConfig {
         watermark: WatermarkConfig {
-            lateness_ms: e
-                .lateness_ms
-                .or(fe.lateness_ms)
-                .unwrap_or(defaults.watermark.lateness_ms),
-            idle_timeout: e
-                .idle_timeout_ms
-                .or(fe.idle_timeout_ms)
-                .map(Duration::from_millis)
-                .unwrap_or(defaults.watermark.idle_timeout),
+            lateness_ms: e.lateness_ms,
+            idle_timeout: Duration::from_millis(e.idle_timeout_ms),
             require_assignment: kafka,
         },
-        lap_gap_ms: e
-            .lap_gap_ms
-            .or(fe.lap_gap_ms)
-            .unwrap_or(defaults.lap_gap_ms),
-        result_buffer_rows: e
-            .result_buffer_rows
-            .or(fe.result_buffer_rows)
-            .unwrap_or(defaults.result_buffer_rows),
-        result_buffer_bytes: e
-            .result_buffer_mb
-            .or(fe.result_buffer_mb)
-            .map_or(defaults.result_buffer_bytes, |mb| {
-                mb.saturating_mul(1 << 20)
-            }),
-        result_channel_batches: defaults.result_channel_batches,
+        lap_gap_ms: e.lap_gap_ms,
+        result_buffer_rows: e.result_buffer_rows,
+        result_buffer_bytes: e.result_buffer_mb.saturating_mul(1 << 20),
         tick: Duration::from_millis(batch_ms.clamp(5, 1000)),
+        ..EngineConfig::default()
     }
 }
 
 /// The archive: checkpoint interval, retention, compaction, housekeeping.
-fn archive_config(a: &StorageArgs, fa: &StorageArgs) -> Result<crate::archive::ArchiveConfig> {
-    let d = crate::archive::ArchiveConfig::default();
-    let ms = |a: Option<u64>, b: Option<u64>, default: Duration| {
-        a.or(b).map(Duration::from_millis).unwrap_or(default)
-    };
-    Ok(crate::archive::ArchiveConfig {
-        checkpoint_interval: ms(a.checkpoint_ms, fa.checkpoint_ms, d.checkpoint_interval),
-        retention: retention(a.retention_days.or(fa.retention_days))?,
-        compact_min_files: a
-            .compact_min_files
-            .or(fa.compact_min_files)
-            .unwrap_or(d.compact_min_files),
-        compact_idle: a
-            .compact_idle_secs
-            .or(fa.compact_idle_secs)
-            .map(Duration::from_secs)
-            .unwrap_or(d.compact_idle),
-        housekeeping_interval: ms(
-            a.housekeeping_ms,
-            fa.housekeeping_ms,
-            d.housekeeping_interval,
-        ),
-        ..d
+fn archive_config(a: &StorageArgs) -> Result<ArchiveConfig> {
+    Ok(ArchiveConfig {
+        checkpoint_interval: Duration::from_millis(a.checkpoint_ms),
+        retention: retention(a.retention_days)?,
+        compact_min_files: a.compact_min_files,
+        compact_idle: Duration::from_secs(a.compact_idle_secs),
+        housekeeping_interval: Duration::from_millis(a.housekeeping_ms),
+        ..ArchiveConfig::default()
     })
 }
 
@@ -497,12 +513,11 @@ fn out_of_range(name: &str, value: impl std::fmt::Display, expected: &str) -> Er
     ))
 }
 
-/// `--http-addr`: an address, `off`, or (unset) `127.0.0.1:8080`.
-fn http_addr(value: Option<String>) -> Result<Option<SocketAddr>> {
-    match value.as_deref().map(str::trim) {
-        None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 8080)))),
-        Some("off") => Ok(None),
-        Some(a) => a.parse().map(Some).map_err(|e| {
+/// `--http-addr`: an address or `off`.
+fn http_addr(value: &str) -> Result<Option<SocketAddr>> {
+    match value.trim() {
+        "off" => Ok(None),
+        a => a.parse().map(Some).map_err(|e| {
             Error::Config(format!(
                 "--http-addr {a:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:8080, or off)"
             ))
@@ -560,8 +575,6 @@ fn default_queries_dir() -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
     #[test]
@@ -597,7 +610,7 @@ mod tests {
             let arg = format!("{flag}={value}");
             let mut argv = vec!["pitwall-server", arg.as_str()];
             argv.extend_from_slice(extra);
-            let err = match ServerArgs::try_parse_from(&argv) {
+            let err = match ServerArgs::load_from(&argv) {
                 Err(e) => panic!("{flag} {value}: clap refused it: {e}"),
                 Ok(args) => std::panic::catch_unwind(|| Config::resolve(args))
                     .unwrap_or_else(|_| panic!("{flag} {value}: panicked"))
@@ -613,11 +626,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
         std::fs::write(&path, "[storage]\nretention_days = -2.0\n").unwrap();
-        let err = Config::resolve(ServerArgs::parse_from([
-            "pitwall-server",
-            "--config",
-            path.to_str().unwrap(),
-        ]))
+        let err = Config::resolve(
+            ServerArgs::load_from(["pitwall-server", "--config", path.to_str().unwrap()]).unwrap(),
+        )
         .expect_err("negative retention in TOML");
         assert!(err.to_string().contains("--retention-days -2"), "{err}");
     }
@@ -625,13 +636,10 @@ mod tests {
     #[test]
     fn the_example_file_is_valid_and_flags_override_it() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../pitwall.example.toml");
-        let c = Config::resolve(ServerArgs::parse_from([
-            "pitwall-server",
-            "--config",
-            path,
-            "--lateness-ms",
-            "250",
-        ]))
+        let c = Config::resolve(
+            ServerArgs::load_from(["pitwall-server", "--config", path, "--lateness-ms", "250"])
+                .unwrap(),
+        )
         .unwrap();
         let kafka = c.kafka.expect("brokers set in the file");
         assert_eq!(kafka.topic, "telemetry");
@@ -651,7 +659,7 @@ mod tests {
         let id = |extra: &[&str]| {
             let mut argv = vec!["pitwall-server", "--brokers", "b:9092"];
             argv.extend_from_slice(extra);
-            Config::resolve(ServerArgs::parse_from(argv))
+            Config::resolve(ServerArgs::load_from(argv).unwrap())
                 .unwrap()
                 .kafka
                 .unwrap()
@@ -673,7 +681,7 @@ mod tests {
 
     #[test]
     fn no_brokers_means_the_embedded_replay() {
-        let c = Config::resolve(ServerArgs::parse_from(["pitwall-server"])).unwrap();
+        let c = Config::resolve(ServerArgs::load_from(["pitwall-server"]).unwrap()).unwrap();
         assert!(c.kafka.is_none());
         assert!(!c.engine.watermark.require_assignment);
         assert_eq!(c.flight_addr.to_string(), "127.0.0.1:50051");
@@ -681,19 +689,174 @@ mod tests {
 
     #[test]
     fn bad_settings_say_which() {
-        let err = Config::resolve(ServerArgs::parse_from([
-            "pitwall-server",
-            "--kafka-opt",
-            "nonsense",
-        ]))
+        let err = Config::resolve(
+            ServerArgs::load_from(["pitwall-server", "--kafka-opt", "nonsense"]).unwrap(),
+        )
         .unwrap_err();
         assert!(err.to_string().contains("nonsense"), "{err}");
-        let err = Config::resolve(ServerArgs::parse_from([
-            "pitwall-server",
-            "--tls-cert",
-            "c.pem",
-        ]))
+        let err = Config::resolve(
+            ServerArgs::load_from(["pitwall-server", "--tls-cert", "c.pem"]).unwrap(),
+        )
         .unwrap_err();
         assert!(err.to_string().contains("--tls-key"), "{err}");
+    }
+
+    /// Every flag, its variable and its TOML key, as they are today: each key sets exactly
+    /// what its flag sets (and something other than the default).
+    #[test]
+    fn every_flag_variable_and_toml_key_is_pinned() {
+        const KAFKA: &[&str] = &["--brokers", "x:1"];
+        #[rustfmt::skip]
+        let cases: &[(&[&str], &[&str], &str)] = &[
+            (&["--brokers", "b:1"], &[], "[kafka]\nbrokers = 'b:1'"),
+            (&["--topic", "t7"], KAFKA, "[kafka]\ntopic = 't7'"),
+            (&["--group", "g7"], KAFKA, "[kafka]\ngroup = 'g7'"),
+            (&["--instance-id", "rig-7"], KAFKA, "[kafka]\ninstance_id = 'rig-7'"),
+            (&["--start", "latest"], KAFKA, "[kafka]\nstart = 'latest'"),
+            (&["--kafka-opt", "a=b"], KAFKA, "[kafka]\nkafka_opt = ['a=b']"),
+            (&["--batch-rows", "7"], KAFKA, "[kafka]\nbatch_rows = 7"),
+            (&["--batch-ms", "7"], KAFKA, "[kafka]\nbatch_ms = 7"),
+            (&["--linger-ms", "7"], KAFKA, "[kafka]\nlinger_ms = 7"),
+            (&["--dead-letter-topic", "dl"], KAFKA, "[kafka]\ndead_letter_topic = 'dl'"),
+            (&["--embedded-speed", "3.5"], &[], "[kafka]\nembedded_speed = 3.5"),
+            (&["--embedded-once"], &[], "[kafka]\nembedded_once = true"),
+            (&["--format", "protobuf-batch"], &[], "[decode]\nformat = 'protobuf-batch'"),
+            (&["--max-message-bytes", "7"], &[], "[decode]\nmax_message_bytes = 7"),
+            (&["--default-session", "s7"], &[], "[decode]\ndefault_session = 's7'"),
+            (&["--session-start", "2023-07-09T13:01:01Z"], &[], "[decode]\nsession_start = '2023-07-09T13:01:01Z'"),
+            (&["--json-name", "kmh=speed"], &[], "[decode]\njson_name = ['kmh=speed']"),
+            (&["--require", "brake"], &[], "[decode]\nrequire = ['brake']"),
+            (&["--queries-dir", "/q7"], &[], "[engine]\nqueries_dir = '/q7'"),
+            (&["--lateness-ms", "7"], &[], "[engine]\nlateness_ms = 7"),
+            (&["--idle-timeout-ms", "7"], &[], "[engine]\nidle_timeout_ms = 7"),
+            (&["--lap-gap-ms", "7"], &[], "[engine]\nlap_gap_ms = 7"),
+            (&["--result-buffer-rows", "7"], &[], "[engine]\nresult_buffer_rows = 7"),
+            (&["--result-buffer-mb", "7"], &[], "[engine]\nresult_buffer_mb = 7"),
+            (&["--flight-addr", "127.0.0.1:7"], &[], "[flight]\nflight_addr = '127.0.0.1:7'"),
+            (&["--token", "t7"], &[], "[flight]\ntoken = 't7'"),
+            (&["--tls-cert", "c.pem", "--tls-key", "k.pem"], &[], "[flight]\ntls_cert = 'c.pem'\ntls_key = 'k.pem'"),
+            (&["--subscriber-buffer", "7"], &[], "[flight]\nsubscriber_buffer = 7"),
+            (&["--http-addr", "off"], &[], "[flight]\nhttp_addr = 'off'"),
+            (&["--max-dashboards", "7"], &[], "[flight]\nmax_dashboards = 7"),
+            (&["--data-dir", "/d7"], &[], "[storage]\ndata_dir = '/d7'"),
+            (&["--checkpoint-ms", "70"], &[], "[storage]\ncheckpoint_ms = 70"),
+            (&["--retention-days", "7"], &[], "[storage]\nretention_days = 7.0"),
+            (&["--compact-min-files", "7"], &[], "[storage]\ncompact_min_files = 7"),
+            (&["--compact-idle-secs", "7"], &[], "[storage]\ncompact_idle_secs = 7"),
+            (&["--housekeeping-ms", "70"], &[], "[storage]\nhousekeeping_ms = 70"),
+        ];
+        let variables: &[(&str, &str)] = &[
+            ("--config", "PITWALL_CONFIG"),
+            ("--brokers", "PITWALL_BROKERS"),
+            ("--topic", "PITWALL_TOPIC"),
+            ("--group", "PITWALL_GROUP"),
+            ("--instance-id", "PITWALL_INSTANCE_ID"),
+            ("--queries-dir", "PITWALL_QUERIES_DIR"),
+            ("--flight-addr", "PITWALL_FLIGHT_ADDR"),
+            ("--token", "PITWALL_TOKEN"),
+            ("--http-addr", "PITWALL_HTTP_ADDR"),
+            ("--data-dir", "PITWALL_DATA_DIR"),
+        ];
+        let command = ServerArgs::command();
+        let mut declared: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        let mut pinned: Vec<String> = cases
+            .iter()
+            .flat_map(|(flags, _, _)| flags.iter().filter(|f| f.starts_with("--")))
+            .map(|f| f.to_string())
+            .chain(["--config".to_string()])
+            .collect();
+        declared.sort();
+        pinned.sort();
+        assert_eq!(declared, pinned, "a flag was added, renamed or removed");
+        let mut with_env: Vec<(String, String)> = command
+            .get_arguments()
+            .filter_map(|a| {
+                let env = a.get_env()?.to_string_lossy().into_owned();
+                Some((format!("--{}", a.get_long()?), env))
+            })
+            .collect();
+        with_env.sort();
+        let mut expected: Vec<(String, String)> = variables
+            .iter()
+            .map(|(f, e)| (f.to_string(), e.to_string()))
+            .collect();
+        expected.sort();
+        assert_eq!(with_env, expected, "a PITWALL_* variable changed");
+
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |argv: Vec<&str>| {
+            let args = ServerArgs::load_from(std::iter::once("pitwall-server").chain(argv));
+            format!("{:?}", args.and_then(Config::resolve).expect("valid"))
+        };
+        for (i, (flags, extra, toml)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.toml"));
+            std::fs::write(&path, toml).unwrap();
+            let by_flag = resolve(flags.iter().chain(extra.iter()).copied().collect());
+            let path = path.to_str().unwrap();
+            let by_file = resolve(
+                ["--config", path]
+                    .iter()
+                    .chain(extra.iter())
+                    .copied()
+                    .collect(),
+            );
+            let default = resolve(extra.to_vec());
+            assert_eq!(by_flag, by_file, "{toml:?} sets what {flags:?} sets");
+            assert_ne!(by_flag, default, "{flags:?} changes something");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_repeatable_options_add_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nbrokers = 'b:1'\ntopic = 'from-file'\nkafka_opt = ['a=1']\n\
+             [decode]\nrequire = ['speed', 'rpm', 'brake']\n",
+        )
+        .unwrap();
+        let c = ServerArgs::load_from([
+            "pitwall-server",
+            "--config",
+            path.to_str().unwrap(),
+            "--topic",
+            "from-flag",
+            "--kafka-opt",
+            "b=2",
+            "--require",
+            "gear",
+        ])
+        .and_then(Config::resolve)
+        .unwrap();
+        let kafka = c.kafka.unwrap();
+        assert_eq!(kafka.topic, "from-flag");
+        assert_eq!(kafka.brokers, "b:1", "the file's, no flag");
+        let options: Vec<String> = kafka
+            .options
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            options,
+            ["a=1", "b=2"],
+            "the file's options, then the flag's"
+        );
+        assert_eq!(
+            c.decode.required,
+            ["gear"],
+            "a list flag replaces the file's list"
+        );
+        let err = ServerArgs::load_from(["pitwall-server", "--config", "/nonexistent.toml"])
+            .expect_err("missing file");
+        assert!(err.to_string().contains("/nonexistent.toml"), "{err}");
+        std::fs::write(&path, "[kafka]\ntopicc = 'typo'\n").unwrap();
+        let err = ServerArgs::load_from(["pitwall-server", "--config", path.to_str().unwrap()])
+            .expect_err("unknown key");
+        let line = err.to_string();
+        assert!(line.contains("topicc") && !line.contains('\n'), "{line}");
     }
 }

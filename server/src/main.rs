@@ -1,4 +1,3 @@
-use clap::Parser;
 use pitwall_server::{App, Config, ServerArgs};
 
 #[tokio::main]
@@ -6,7 +5,7 @@ async fn main() {
     pitwall_server::tune_allocator();
     pitwall_server::init_logging();
     // A setting out of range is a usage error, as clap's own: one line, exit code 2.
-    let config = match Config::resolve(ServerArgs::parse()) {
+    let config = match ServerArgs::load().and_then(Config::resolve) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -623,10 +623,9 @@ async fn resumed_anywhere_ingest_takes_each_offset_once() {
     let end = session_rows(10).num_rows() as i64;
     let dir = tempfile::tempdir().unwrap();
     let config =
-        pitwall_server::Config::resolve(<pitwall_server::ServerArgs as clap::Parser>::parse_from(
-            server_args(&bootstrap, &topic, dir.path(), &[]),
-        ))
-        .unwrap();
+        pitwall_server::ServerArgs::load_from(server_args(&bootstrap, &topic, dir.path(), &[]))
+            .and_then(pitwall_server::Config::resolve)
+            .unwrap();
     for start in (1..=10).map(|k| end - k * 800).chain([end - 1, end]) {
         let mut kafka_config = config.kafka.clone().unwrap();
         kafka_config.group_id = unique("group");

@@ -212,7 +212,7 @@ pub(crate) fn pitwall_server_binary() -> PathBuf {
     let p = pitwall_binary().with_file_name("pitwall-server");
     assert!(
         p.exists(),
-        "{} is missing: run `cargo test --workspace` (scripts/test.sh), or `cargo build -p pitwall-server` first",
+        "{} is missing: run `cargo test --workspace` (scripts/test.sh), or `cargo build --workspace` first",
         p.display()
     );
     p
@@ -283,7 +283,9 @@ pub(crate) fn server_args(
 }
 
 pub(crate) async fn start_server(args: Vec<String>) -> RunningApp {
-    let config = Config::resolve(<ServerArgs as clap::Parser>::parse_from(args)).expect("config");
+    let config = ServerArgs::load_from(args)
+        .and_then(Config::resolve)
+        .expect("config");
     App::build(config)
         .await
         .expect("build")

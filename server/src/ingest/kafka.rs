@@ -300,7 +300,9 @@ impl ResumeGuard {
 const MAX_POLL_INTERVAL_MS: u64 = 60_000;
 
 /// Where a new consumer group starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum StartAt {
     /// From the oldest message still in the topic (nothing already there is skipped).

@@ -15,12 +15,12 @@ use std::collections::HashMap;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, filter};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use pitwall_proto::schema::JSON_WIRE_NAMES;
 
 /// How payloads are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PayloadFormat {
     /// By the `pitwall-format` header, else `{` means JSON and anything else Protobuf.
