@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 tree() { cargo tree --workspace --locked -e "$1" -f '{p} {f}' --prefix none | sed 's/ (\*)$//' | sort -u; }
 nodev=$(tree normal,build)
 dev=$(tree normal,build,dev)
-# Crates in both trees whose features differ.
-diff=$(comm -13 <(echo "$nodev") <(echo "$dev") | while read -r name version features; do
+# Crates from crates.io in both trees whose features differ (the workspace's own crates, which
+# print their path, are left out: the server's `testing` feature recompiles only the server).
+diff=$(comm -13 <(echo "$nodev") <(echo "$dev") | grep -v ' (/' | while read -r name version features; do
   if echo "$nodev" | grep -q "^$name $version "; then
     echo "$name $version: with dev-dependencies [$features], without [$(echo "$nodev" | grep "^$name $version " | cut -d' ' -f3-)]"
   fi

@@ -17,9 +17,9 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod archive;
-pub mod config;
+pub(crate) mod config;
 pub mod engine;
-pub mod error;
+pub(crate) mod error;
 pub mod flight;
 pub mod ingest;
 pub(crate) mod web;
@@ -78,7 +78,6 @@ pub struct RunningApp {
     /// The dashboard's address (None when `--http-addr off`).
     pub http_addr: Option<SocketAddr>,
     pub engine: EngineHandle,
-    pub ingest_stats: Arc<IngestStats>,
     pub archive_stats: Arc<archive::ArchiveStats>,
     shutdown: watch::Sender<bool>,
     stop_ingest: Arc<AtomicBool>,
@@ -128,6 +127,12 @@ impl App {
             if let Err(e) = engine.set_status(name, true) {
                 tracing::warn!(query = %name, error = %e, "not paused again");
             }
+        }
+        if recovered.deleted_orphans > 0 {
+            tracing::info!(
+                files = recovered.deleted_orphans,
+                "deleted data files no commit counts (left by a crash)"
+            );
         }
         if let Some((state, batches)) = &recovered.state {
             let report = engine.restore(state, batches)?;
@@ -226,7 +231,6 @@ impl App {
             flight_addr,
             http_addr,
             engine: handle,
-            ingest_stats,
             archive_stats,
             shutdown,
             stop_ingest,

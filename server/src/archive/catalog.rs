@@ -25,7 +25,7 @@ use super::visible::{Listings, View};
 use super::writer::telemetry_file_schema;
 use crate::error::{Error, Result};
 
-pub const SCHEMA: &str = "archive";
+pub(crate) const SCHEMA: &str = "archive";
 
 pub struct ArchiveCatalog {
     pub store: Store,

@@ -293,7 +293,6 @@ mod tests {
             next_seq: 1,
             open: Segment::default(),
             pending: None,
-            buffered_rows: Arc::default(),
             last_housekeeping: Instant::now(),
             last_record: None,
             superseded: Vec::new(),

@@ -28,16 +28,16 @@ use object_store::{
 /// The most a request reads in place; larger ones go to the blocking pool, where a slow disk
 /// holds up no other task (a cold 1 MB read from an SSD takes a millisecond or two). An
 /// archive file's column chunks are tens to hundreds of KB.
-pub const INLINE_MAX: u64 = 1 << 20;
+pub(crate) const INLINE_MAX: u64 = 1 << 20;
 
 /// `LocalFileSystem` with small ranged reads done in place (see the module docs).
 #[derive(Debug, Default)]
-pub struct LocalReads {
+pub(crate) struct LocalReads {
     inner: LocalFileSystem,
 }
 
 impl LocalReads {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 

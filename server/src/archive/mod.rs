@@ -6,12 +6,12 @@
 //! thread) writes everything received before that checkpoint as files named after the
 //! checkpoint's sequence number, then the snapshot, then a commit record
 //! `_pitwall/commits/commit-SEQ.json`: the commit record is the moment the checkpoint counts.
-//! Only then are the Kafka offsets committed. On restart ([`recover`]) files of checkpoints
+//! Only then are the Kafka offsets committed. On restart (`recover`) files of checkpoints
 //! that never committed are deleted, the last snapshot is restored into the engine, and ingest
 //! skips whatever it reads again below the checkpoint's offsets: nothing is lost, nothing is
 //! archived twice, and windows that were open go on as if nothing happened. Queries read the
-//! archive as of its newest commit record ([`visible`]), so they count each committed row once
-//! while checkpoints are written and small files merged ([`housekeeping`]).
+//! archive as of its newest commit record (`visible`), so they count each committed row once
+//! while checkpoints are written and small files merged (`housekeeping`).
 //!
 //! When storage fails (disk full, directory not writable) the writer keeps the data, reports
 //! the error in the stats, commits no offsets, and retries; past a memory bound it stops
@@ -25,12 +25,12 @@
 //! can tell, nothing it references is touched and the next commit replaces its files; so
 //! recovery always finds the newest record whole, whichever way the write went.
 
-pub mod catalog;
-pub mod housekeeping;
+pub(crate) mod catalog;
+pub(crate) mod housekeeping;
 #[cfg(unix)]
-pub mod local;
-pub mod store;
-pub mod visible;
+pub(crate) mod local;
+pub(crate) mod store;
+pub(crate) mod visible;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -125,7 +125,7 @@ impl ArchiveStats {
 
 /// A commit record: what one checkpoint made durable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommitRecord {
+pub(crate) struct CommitRecord {
     pub seq: u64,
     pub created: String,
     pub state: String,
@@ -139,7 +139,7 @@ pub struct CommitRecord {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommittedFile {
+pub(crate) struct CommittedFile {
     pub path: String,
     pub rows: usize,
     pub bytes: usize,
@@ -167,7 +167,7 @@ fn seq_of(path: &str, prefix: &str) -> Option<u64> {
 }
 
 /// What a restart finds in the archive.
-pub struct Recovered {
+pub(crate) struct Recovered {
     pub next_seq: u64,
     /// The last commit record, which housekeeping carries forward.
     pub last: Option<CommitRecord>,
@@ -176,7 +176,7 @@ pub struct Recovered {
 }
 
 /// Makes the archive consistent after a crash and loads the last checkpoint.
-pub async fn recover(store: &Store) -> Result<Recovered> {
+pub(crate) async fn recover(store: &Store) -> Result<Recovered> {
     let commits = store.list(COMMITS).await?;
     let last = commits
         .iter()
@@ -269,11 +269,10 @@ impl Segment {
 }
 
 /// The archive writer thread's handle.
-pub struct Archive {
+pub(crate) struct Archive {
     tx: SyncSender<Message>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub stats: Arc<ArchiveStats>,
-    buffered_rows: Arc<AtomicU64>,
 }
 
 struct WriterState {
@@ -285,7 +284,6 @@ struct WriterState {
     open: Segment,
     /// Closed segments waiting to be written, merged, with the latest checkpoint.
     pending: Option<(Segment, Message)>,
-    buffered_rows: Arc<AtomicU64>,
     last_housekeeping: Instant,
     /// The latest commit (compaction carries its checkpoint forward).
     last_record: Option<CommitRecord>,
@@ -340,7 +338,7 @@ pub(super) async fn put_commit_record(
 }
 
 impl Archive {
-    pub fn start(
+    pub(crate) fn start(
         store: Store,
         config: ArchiveConfig,
         next_seq: u64,
@@ -349,7 +347,6 @@ impl Archive {
     ) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(256);
         let stats = Arc::new(ArchiveStats::default());
-        let buffered_rows = Arc::new(AtomicU64::new(0));
         let mut w = WriterState {
             store,
             config,
@@ -358,7 +355,6 @@ impl Archive {
             next_seq,
             open: Segment::default(),
             pending: None,
-            buffered_rows: buffered_rows.clone(),
             last_housekeeping: Instant::now(),
             last_record,
             superseded: Vec::new(),
@@ -378,12 +374,11 @@ impl Archive {
             tx,
             thread: Some(thread),
             stats,
-            buffered_rows,
         })
     }
 
     /// A sink for the engine: sends each step here and checkpoints on schedule.
-    pub fn sink(&self, config: &ArchiveConfig) -> ArchiveSink {
+    pub(crate) fn sink(&self, config: &ArchiveConfig) -> ArchiveSink {
         ArchiveSink {
             tx: self.tx.clone(),
             interval: config.checkpoint_interval,
@@ -395,15 +390,11 @@ impl Archive {
     }
 
     /// Waits for the writer to finish what it has (after the engine's final checkpoint).
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         let _ = self.tx.send(Message::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-
-    pub fn buffered_rows(&self) -> u64 {
-        self.buffered_rows.load(Ordering::Relaxed)
     }
 }
 
@@ -458,10 +449,6 @@ impl WriterState {
                 Some(Message::Stop) => stopping = true,
                 None => {}
             }
-            self.buffered_rows.store(
-                (self.open.rows + self.pending.as_ref().map_or(0, |(s, _)| s.rows)) as u64,
-                Ordering::Relaxed,
-            );
             if self.pending.is_some() {
                 match self.flush().await {
                     Ok(()) => self.stats.set_error(None),
@@ -714,7 +701,7 @@ impl WriterState {
 }
 
 /// The engine side: forwards each step to the writer and takes checkpoints.
-pub struct ArchiveSink {
+pub(crate) struct ArchiveSink {
     tx: SyncSender<Message>,
     interval: Duration,
     max_rows: usize,

@@ -142,7 +142,7 @@ impl Listings {
 /// An object store that lists only what a [`View`] shows of the archive under `root`; every
 /// other path, and every other operation, is the inner store's.
 #[derive(Debug)]
-pub struct ViewStore {
+pub(crate) struct ViewStore {
     inner: Arc<dyn ObjectStore>,
     /// The archive root in the inner store's paths.
     root: Path,
@@ -151,7 +151,7 @@ pub struct ViewStore {
 }
 
 impl ViewStore {
-    pub fn new(
+    pub(crate) fn new(
         inner: Arc<dyn ObjectStore>,
         root: Path,
         view: View,

@@ -26,7 +26,7 @@ pub struct EncodedFile {
 }
 
 /// Escapes a Hive partition value (anything but letters, digits, `.`, `_`, `-`).
-pub fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     /// Bytes kept as they are in a partition value: ASCII letters, digits, `.`, `_`, `-`.
     const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
     if value.is_empty() {
@@ -36,12 +36,12 @@ pub fn escape(value: &str) -> String {
 }
 
 /// Sequence number of an archive file name `part-{seq}-...`.
-pub fn file_seq(path: &str) -> Option<u64> {
+pub(crate) fn file_seq(path: &str) -> Option<u64> {
     let name = path.rsplit('/').next()?;
     name.strip_prefix("part-")?.split('-').next()?.parse().ok()
 }
 
-pub fn part_name(seq: u64, k: usize) -> String {
+pub(crate) fn part_name(seq: u64, k: usize) -> String {
     format!("part-{seq:010}-{k:05}.parquet")
 }
 
@@ -62,7 +62,7 @@ fn props(sorted_by: Option<usize>) -> WriterProperties {
     b.build()
 }
 
-pub fn to_parquet(batch: &RecordBatch, sorted_by: Option<usize>) -> Result<Bytes> {
+pub(crate) fn to_parquet(batch: &RecordBatch, sorted_by: Option<usize>) -> Result<Bytes> {
     // No capacity guess from the batch: a slice reports the memory of the whole batch it
     // shares buffers with (one driver's rows of a checkpoint would reserve a quarter of the
     // checkpoint, per driver), and compressed Parquet is far smaller than Arrow anyway.
@@ -244,7 +244,7 @@ pub fn telemetry_files(
 }
 
 /// One query's results to one file per session (when it has a `session` column).
-pub fn result_files(
+pub(crate) fn result_files(
     query: &str,
     batches: &[RecordBatch],
     seq: u64,
@@ -292,7 +292,7 @@ pub fn result_files(
 }
 
 /// The schema of archived telemetry files (the canonical schema minus the partition columns).
-pub fn telemetry_file_schema() -> SchemaRef {
+pub(crate) fn telemetry_file_schema() -> SchemaRef {
     let s = pitwall_proto::schema::telemetry_schema();
     Arc::new(Schema::new(
         s.fields()

@@ -50,7 +50,7 @@ const SEQ: &str = "__pitwall_seq";
 
 /// A physical plan compiled once and executed for each batch of rows put in its slot.
 #[derive(Debug, Clone)]
-pub struct Template {
+pub(crate) struct Template {
     plan: Arc<dyn ExecutionPlan>,
     slot: Slot,
     input_schema: SchemaRef,
@@ -74,16 +74,16 @@ impl Template {
     }
 
     /// Schema of the rows this stage emits.
-    pub fn schema(&self) -> SchemaRef {
+    pub(crate) fn schema(&self) -> SchemaRef {
         self.plan.schema()
     }
 
     /// Schema of the rows this stage takes.
-    pub fn input_schema(&self) -> SchemaRef {
+    pub(crate) fn input_schema(&self) -> SchemaRef {
         self.input_schema.clone()
     }
 
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         input: Vec<RecordBatch>,
         ctx: Arc<TaskContext>,
@@ -101,7 +101,7 @@ impl Template {
 /// for `batch_size` rows (8192): a 20-row micro-batch result would keep ~64 KB per column
 /// alive for as long as it is held (replay buffers, window state), which at 60 Hz grew the
 /// server by megabytes a second. Copying the few rows is cheaper than holding the slack.
-pub fn compact(batch: RecordBatch) -> Result<RecordBatch> {
+pub(crate) fn compact(batch: RecordBatch) -> Result<RecordBatch> {
     let used: usize = batch
         .columns()
         .iter()
@@ -116,7 +116,7 @@ pub fn compact(batch: RecordBatch) -> Result<RecordBatch> {
 
 /// How an aggregate stage finds each row's window.
 #[derive(Debug, Clone)]
-pub enum WindowKey {
+pub(crate) enum WindowKey {
     /// `start` evaluates the window start on stage input rows; the partial aggregate's
     /// output holds it in column `start_col`.
     Time {
@@ -136,7 +136,7 @@ pub enum WindowKey {
 
 /// Where an aggregate stage learns that a car has started a later lap.
 #[derive(Debug, Clone)]
-pub enum LapProgress {
+pub(crate) enum LapProgress {
     /// From the raw rows of the stream the query reads (columns by index: car key, lap,
     /// ts), before any filter: a lap ends when the car's next lap starts, whatever the
     /// query keeps of it.
@@ -150,7 +150,7 @@ pub enum LapProgress {
 }
 
 #[derive(Debug, Clone)]
-pub struct AggregatePlan {
+pub(crate) struct AggregatePlan {
     /// Partial aggregation of new rows.
     pub partial: Template,
     /// Final aggregation of a closed window's partial states, and what sits above it.
@@ -163,7 +163,7 @@ pub struct AggregatePlan {
 }
 
 #[derive(Debug, Clone)]
-pub struct WindowFnPlan {
+pub(crate) struct WindowFnPlan {
     /// The window operator over input rows plus the `SEQ` column.
     pub window: Template,
     /// Row-local operators above it, if any.
@@ -181,14 +181,14 @@ pub struct WindowFnPlan {
 }
 
 #[derive(Debug, Clone)]
-pub enum StagePlan {
+pub(crate) enum StagePlan {
     Aggregate(AggregatePlan),
     WindowFn(WindowFnPlan),
 }
 
 /// A query ready to run: what it reads, its stages bottom-up, and what it emits.
 #[derive(Debug, Clone)]
-pub struct CompiledQuery {
+pub(crate) struct CompiledQuery {
     /// `telemetry` or the name of the query it reads.
     pub input: String,
     /// Columns of the input the query uses (None = all).
@@ -201,31 +201,31 @@ pub struct CompiledQuery {
 }
 
 /// Compiles continuous queries against the stream `telemetry` and the other queries' outputs.
-pub struct Compiler {
+pub(crate) struct Compiler {
     ctx: SessionContext,
     lap_gap_ms: i64,
 }
 
 impl Compiler {
-    pub fn new(stream_schema: SchemaRef, lap_gap_ms: i64) -> Result<Self> {
+    pub(crate) fn new(stream_schema: SchemaRef, lap_gap_ms: i64) -> Result<Self> {
         let ctx = SessionContext::new_with_state(session_state());
         ctx.register_table("telemetry", Arc::new(EmptyTable::new(stream_schema)))?;
         Ok(Self { ctx, lap_gap_ms })
     }
 
-    pub fn state(&self) -> SessionState {
+    pub(crate) fn state(&self) -> SessionState {
         self.ctx.state()
     }
 
     /// Makes a query's output readable by name from other queries.
-    pub fn register_output(&self, name: &str, schema: SchemaRef) -> Result<()> {
+    pub(crate) fn register_output(&self, name: &str, schema: SchemaRef) -> Result<()> {
         self.ctx.deregister_table(name)?;
         let table: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(schema));
         self.ctx.register_table(name, table)?;
         Ok(())
     }
 
-    pub fn deregister_output(&self, name: &str) -> Result<()> {
+    pub(crate) fn deregister_output(&self, name: &str) -> Result<()> {
         self.ctx.deregister_table(name)?;
         Ok(())
     }
@@ -234,7 +234,7 @@ impl Compiler {
         self.ctx.table_exist(name).unwrap_or(false)
     }
 
-    pub async fn compile(&self, def: &QueryDef) -> Result<CompiledQuery> {
+    pub(crate) async fn compile(&self, def: &QueryDef) -> Result<CompiledQuery> {
         let state = self.ctx.state();
         let refuse = |m: String| Error::Refused(m);
         let stmt = guard::parse_read_only(&state, &def.sql).map_err(refuse)?;
@@ -614,7 +614,7 @@ fn replace_at(plan: &LogicalPlan, depth: usize, replacement: LogicalPlan) -> Res
 
 /// Rewrites `expr`, evaluated on `plan`'s output, in terms of the columns of the stream at the
 /// bottom of the plan (unqualified). Unnested list columns come back as `unnest(inner)`.
-pub fn lineage(expr: &Expr, plan: &LogicalPlan) -> Option<Expr> {
+pub(crate) fn lineage(expr: &Expr, plan: &LogicalPlan) -> Option<Expr> {
     let mut failed = false;
     let out = expr
         .clone()

@@ -79,7 +79,7 @@ impl QueryDef {
     }
 }
 
-pub fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -99,7 +99,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Parses a parameter value written as a SQL literal: `11500`, `2.5`, `'VER'`, `true`.
-pub fn parse_literal(text: &str) -> std::result::Result<ScalarValue, String> {
+pub(crate) fn parse_literal(text: &str) -> std::result::Result<ScalarValue, String> {
     let t = text.trim();
     if let Some(s) = t.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
         return Ok(ScalarValue::Utf8(Some(s.replace("''", "'"))));
@@ -124,7 +124,7 @@ pub fn parse_literal(text: &str) -> std::result::Result<ScalarValue, String> {
 }
 
 /// A parameter value as SQL literal text.
-pub fn literal_text(v: &ScalarValue) -> String {
+pub(crate) fn literal_text(v: &ScalarValue) -> String {
     match v {
         ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
             format!("'{}'", s.replace('\'', "''"))

@@ -24,19 +24,19 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-pub const HOP: &str = "hop";
+pub(crate) const HOP: &str = "hop";
 
-pub fn register(ctx: &SessionContext) {
+pub(crate) fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(Hop::new()));
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub struct Hop {
+pub(crate) struct Hop {
     signature: Signature,
 }
 
 impl Hop {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             signature: Signature::any(3, Volatility::Immutable),
         }

@@ -9,7 +9,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 
 /// Parses one statement and accepts it only if it is a query (SELECT / WITH / VALUES).
-pub fn parse_read_only(state: &SessionState, sql: &str) -> Result<DFStatement, String> {
+pub(crate) fn parse_read_only(state: &SessionState, sql: &str) -> Result<DFStatement, String> {
     let stmt = state
         .sql_to_statement(sql, &Dialect::Generic)
         .map_err(|e| short_error(&e))?;
@@ -57,7 +57,7 @@ fn statement_kind(s: &Statement) -> String {
 }
 
 /// One line a user can act on, from any DataFusion error.
-pub fn short_error(e: &DataFusionError) -> String {
+pub(crate) fn short_error(e: &DataFusionError) -> String {
     let root = e.find_root();
     let msg = match root {
         DataFusionError::SQL(err, _) => format!("invalid SQL: {}", strip_prefix(&err.to_string())),

@@ -2,22 +2,23 @@
 //!
 //! Each micro-batch first moves the watermark, then flows through the queries in dependency
 //! order: a query reads the stream `telemetry` or the rows another query emitted in the same
-//! step. What a query emits is published on its [`ResultStream`]. The engine runs as one task
+//! step. What a query emits is published on its `ResultStream`. The engine runs as one task
 //! that owns all query state; control requests (submit, replace, parameters, ...) reach it
 //! through an [`EngineHandle`], between micro-batches.
 
-pub mod compile;
-pub mod definition;
-pub mod functions;
-pub mod guard;
+pub(crate) mod compile;
+pub(crate) mod definition;
+pub(crate) mod functions;
+pub(crate) mod guard;
+#[cfg(any(test, feature = "testing"))]
 pub mod oracle;
-pub mod pipeline;
-pub mod results;
-pub mod snapshot;
-pub mod splice;
-pub mod traces;
-pub mod watermark;
-pub mod windows;
+pub(crate) mod pipeline;
+pub(crate) mod results;
+pub(crate) mod snapshot;
+pub(crate) mod splice;
+pub(crate) mod traces;
+pub(crate) mod watermark;
+pub(crate) mod windows;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -30,12 +31,13 @@ use datafusion::execution::TaskContext;
 use pitwall_proto::schema::{col, telemetry_schema};
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::compile::Compiler;
+pub(crate) use self::compile::Compiler;
 pub use self::definition::QueryDef;
 use self::definition::{literal_text, parse_literal};
 use self::pipeline::Pipeline;
-pub use self::results::{ResultBatch, ResultStream};
-pub use self::watermark::{WatermarkConfig, Watermarks};
+pub(crate) use self::results::{ResultBatch, ResultStream};
+pub use self::watermark::WatermarkConfig;
+pub(crate) use self::watermark::Watermarks;
 use crate::error::{Error, Result};
 use crate::ingest::MicroBatch;
 
@@ -106,7 +108,7 @@ pub struct LatencySummary {
 
 /// Engine-wide counters, shared with the stats endpoint.
 #[derive(Debug, Default)]
-pub struct EngineStats {
+pub(crate) struct EngineStats {
     pub watermark_ms: AtomicI64,
     pub max_event_ms: AtomicI64,
     pub late_rows: AtomicU64,
@@ -166,10 +168,10 @@ impl RunningQuery {
 }
 
 /// Result streams by query name, readable without going through the engine task.
-pub type ResultRegistry = Arc<RwLock<HashMap<String, Arc<ResultStream>>>>;
+pub(crate) type ResultRegistry = Arc<RwLock<HashMap<String, Arc<ResultStream>>>>;
 
 /// What one engine step emitted, per query (the archive takes these).
-pub type StepOutput = Vec<(String, Vec<RecordBatch>)>;
+pub(crate) type StepOutput = Vec<(String, Vec<RecordBatch>)>;
 
 pub struct Engine {
     config: EngineConfig,
@@ -216,16 +218,12 @@ impl Engine {
         })
     }
 
-    /// Records the query files the server started from (see [`snapshot::resume`]).
+    /// Records the query files the server started from (see `snapshot::resume`).
     pub fn set_query_files(&mut self, files: &[QueryDef]) {
         self.query_files = files
             .iter()
             .map(|f| (f.name.clone(), f.sql.clone()))
             .collect();
-    }
-
-    pub fn stats(&self) -> Arc<EngineStats> {
-        self.stats.clone()
     }
 
     pub fn registry(&self) -> ResultRegistry {
@@ -568,7 +566,7 @@ impl Engine {
 
 /// What a restore found in a checkpoint.
 #[derive(Debug, Default, Clone)]
-pub struct RestoreReport {
+pub(crate) struct RestoreReport {
     pub restored: Vec<String>,
     /// Queries whose SQL or parameters changed since the checkpoint: they start afresh.
     pub changed: Vec<String>,
@@ -626,7 +624,7 @@ impl Engine {
 
     /// Resumes from a checkpoint: window state of queries whose SQL is unchanged, the
     /// watermark, and the offsets already processed.
-    pub fn restore(
+    pub(crate) fn restore(
         &mut self,
         state: &snapshot::EngineState,
         batches: &snapshot::Batches,
@@ -656,7 +654,7 @@ impl Engine {
 }
 
 /// A request to the engine task.
-pub enum Command {
+pub(crate) enum Command {
     List(oneshot::Sender<Vec<QueryInfo>>),
     Show(String, oneshot::Sender<Result<QueryInfo>>),
     Submit(QueryDef, oneshot::Sender<Result<QueryInfo>>),
@@ -674,10 +672,10 @@ pub enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
-    pub registry: ResultRegistry,
-    pub stats: Arc<EngineStats>,
-    /// Every car's telemetry thinned to 20 Hz ([`traces`]).
-    pub traces: Arc<ResultStream>,
+    pub(crate) registry: ResultRegistry,
+    pub(crate) stats: Arc<EngineStats>,
+    /// Every car's telemetry thinned to 20 Hz (`traces`).
+    pub(crate) traces: Arc<ResultStream>,
 }
 
 impl EngineHandle {
@@ -725,7 +723,7 @@ impl EngineHandle {
 }
 
 /// Receives each step's input and output, e.g. the archive.
-pub trait StepSink: Send {
+pub(crate) trait StepSink: Send {
     fn on_step(&mut self, engine: &Engine, batch: Option<&MicroBatch>, outputs: &StepOutput);
     /// Called once when the engine stops.
     fn on_shutdown(&mut self, _engine: &Engine) {}
@@ -733,7 +731,7 @@ pub trait StepSink: Send {
 
 impl Engine {
     /// Creates the handle and the channel the task listens on.
-    pub fn handle(&self) -> (EngineHandle, mpsc::Receiver<Command>) {
+    pub(crate) fn handle(&self) -> (EngineHandle, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(64);
         (
             EngineHandle {
@@ -774,7 +772,7 @@ impl Engine {
 
     /// Runs until `shutdown` fires: micro-batches as they come, a tick when none do, and
     /// control requests in between.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut batches: mpsc::Receiver<MicroBatch>,
         mut commands: mpsc::Receiver<Command>,

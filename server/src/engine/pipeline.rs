@@ -71,14 +71,14 @@ enum StageState {
 }
 
 /// A compiled query plus the state of its stages.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     compiled: CompiledQuery,
     states: Vec<StageState>,
     late_rows: u64,
 }
 
 impl Pipeline {
-    pub fn new(compiled: CompiledQuery) -> Self {
+    pub(crate) fn new(compiled: CompiledQuery) -> Self {
         let states = compiled.stages.iter().map(new_state).collect();
         Self {
             compiled,
@@ -87,13 +87,13 @@ impl Pipeline {
         }
     }
 
-    pub fn compiled(&self) -> &CompiledQuery {
+    pub(crate) fn compiled(&self) -> &CompiledQuery {
         &self.compiled
     }
 
     /// Swaps in a recompiled plan (new parameter values), keeping window state when the
     /// stages are the same kind; otherwise the state starts afresh.
-    pub fn replace_plan(&mut self, compiled: CompiledQuery) {
+    pub(crate) fn replace_plan(&mut self, compiled: CompiledQuery) {
         let same_shape = compiled.stages.len() == self.compiled.stages.len()
             && compiled
                 .stages
@@ -110,11 +110,11 @@ impl Pipeline {
         self.compiled = compiled;
     }
 
-    pub fn late_rows(&self) -> u64 {
+    pub(crate) fn late_rows(&self) -> u64 {
         self.late_rows
     }
 
-    pub fn open_windows(&self) -> usize {
+    pub(crate) fn open_windows(&self) -> usize {
         self.states
             .iter()
             .map(|s| match s {
@@ -126,7 +126,7 @@ impl Pipeline {
 
     /// Rows this query's state holds: partial aggregates of open windows, rows held for the
     /// watermark and context rows of window functions.
-    pub fn state_rows(&self) -> usize {
+    pub(crate) fn state_rows(&self) -> usize {
         self.states
             .iter()
             .map(|s| match s {
@@ -142,7 +142,7 @@ impl Pipeline {
     /// Rows not emitted yet that no open window accounts for: window-function input held for
     /// the watermark, and rows that wait for their following rows. Once the input ends and the
     /// watermark passes everything, this and [`Self::open_windows`] reach 0.
-    pub fn pending_rows(&self) -> usize {
+    pub(crate) fn pending_rows(&self) -> usize {
         self.states
             .iter()
             .map(|s| match s {
@@ -169,7 +169,7 @@ impl Pipeline {
 
     /// Feeds new input rows (any may be empty), closes what the watermark allows, and returns
     /// the rows to emit. `idle` says the whole input has gone quiet.
-    pub async fn process(
+    pub(crate) async fn process(
         &mut self,
         input: &[RecordBatch],
         watermark: Option<i64>,
@@ -694,7 +694,7 @@ mod checkpoint {
     use crate::engine::snapshot::{Batches, StageState as Snap};
 
     impl Pipeline {
-        pub fn snapshot(&self, batches: &mut Batches) -> Vec<Snap> {
+        pub(crate) fn snapshot(&self, batches: &mut Batches) -> Vec<Snap> {
             self.states
                 .iter()
                 .map(|s| match s {
@@ -719,7 +719,7 @@ mod checkpoint {
         }
 
         /// Restores stage state saved by [`Pipeline::snapshot`] of the same query.
-        pub fn restore(
+        pub(crate) fn restore(
             &mut self,
             stages: &[Snap],
             late_rows: u64,

@@ -124,16 +124,16 @@ pub struct EngineState {
     pub files: Option<BTreeMap<String, String>>,
 }
 
-pub fn offset_key(topic: &str, partition: i32) -> String {
+pub(crate) fn offset_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
-pub fn parse_offset_key(key: &str) -> Option<(String, i32)> {
+pub(crate) fn parse_offset_key(key: &str) -> Option<(String, i32)> {
     let (t, p) = key.rsplit_once('/')?;
     Some((t.to_string(), p.parse().ok()?))
 }
 
-pub fn encode(state: &EngineState, batches: &Batches) -> Result<Vec<u8>> {
+pub(crate) fn encode(state: &EngineState, batches: &Batches) -> Result<Vec<u8>> {
     let manifest = serde_json::to_vec(state)
         .map_err(|e| Error::Archive(format!("checkpoint manifest: {e}")))?;
     let mut out = Vec::with_capacity(manifest.len() + 1024);
@@ -153,7 +153,7 @@ pub fn encode(state: &EngineState, batches: &Batches) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-pub fn decode(bytes: &[u8]) -> Result<(EngineState, Batches)> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(EngineState, Batches)> {
     let bad = |what: &str| Error::Archive(format!("checkpoint is damaged: {what}"));
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return Err(bad("not a Pitwall checkpoint"));
@@ -188,7 +188,7 @@ pub fn decode(bytes: &[u8]) -> Result<(EngineState, Batches)> {
 
 /// The queries a restart runs: the query files merged with what the checkpoint ran.
 #[derive(Debug, Default)]
-pub struct Resumed {
+pub(crate) struct Resumed {
     pub defs: Vec<crate::engine::QueryDef>,
     pub paused: Vec<String>,
     /// Queries whose run-time version (SQL, parameters, submitted or dropped at run time)
@@ -200,7 +200,7 @@ pub struct Resumed {
 /// resumed as it ran (SQL, parameter values, paused), one dropped at run time stays dropped,
 /// one submitted at run time comes back; but a query file edited (or added) since the
 /// checkpoint's server started wins, as the operator's latest word.
-pub fn resume(files: Vec<crate::engine::QueryDef>, state: Option<&EngineState>) -> Resumed {
+pub(crate) fn resume(files: Vec<crate::engine::QueryDef>, state: Option<&EngineState>) -> Resumed {
     use crate::engine::QueryDef;
     let Some((state, baseline)) = state.and_then(|s| Some((s, s.files.as_ref()?))) else {
         return Resumed {

@@ -26,12 +26,12 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 
 /// Logical leaf standing for rows supplied by the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpliceNode {
+pub(crate) struct SpliceNode {
     pub schema: DFSchemaRef,
 }
 
 impl SpliceNode {
-    pub fn plan(schema: DFSchemaRef) -> LogicalPlan {
+    pub(crate) fn plan(schema: DFSchemaRef) -> LogicalPlan {
         LogicalPlan::Extension(Extension {
             node: Arc::new(SpliceNode { schema }),
         })
@@ -75,18 +75,18 @@ impl UserDefinedLogicalNodeCore for SpliceNode {
 }
 
 /// Batches handed to a [`SpliceExec`] for its next execution.
-pub type Slot = Arc<Mutex<Vec<RecordBatch>>>;
+pub(crate) type Slot = Arc<Mutex<Vec<RecordBatch>>>;
 
 /// Physical leaf that yields whatever the engine last put in its slot (once).
 #[derive(Debug)]
-pub struct SpliceExec {
+pub(crate) struct SpliceExec {
     schema: SchemaRef,
     pub slot: Slot,
     properties: Arc<PlanProperties>,
 }
 
 impl SpliceExec {
-    pub fn new(schema: SchemaRef) -> Self {
+    pub(crate) fn new(schema: SchemaRef) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(1),
@@ -165,7 +165,7 @@ impl ExtensionPlanner for SplicePlanner {
 }
 
 /// Plans an already optimized logical plan whose leaves are [`SpliceNode`]s.
-pub async fn physical_plan(
+pub(crate) async fn physical_plan(
     plan: &LogicalPlan,
     state: &SessionState,
 ) -> Result<Arc<dyn ExecutionPlan>> {
@@ -174,7 +174,7 @@ pub async fn physical_plan(
 }
 
 /// The slots (and row schemas) of the splice leaves of `plan`, in depth-first order.
-pub fn slots(plan: &Arc<dyn ExecutionPlan>) -> Vec<(Slot, SchemaRef)> {
+pub(crate) fn slots(plan: &Arc<dyn ExecutionPlan>) -> Vec<(Slot, SchemaRef)> {
     let mut out = Vec::new();
     fn walk(p: &Arc<dyn ExecutionPlan>, out: &mut Vec<(Slot, SchemaRef)>) {
         if let Some(s) = p.downcast_ref::<SpliceExec>() {

@@ -266,7 +266,7 @@ async fn behind_the_watermark_is_not_dropped_until_its_window_closed() {
     for b in [feed(rest), feed(held.clone())] {
         out.extend(engine.step(Some(&b), now).await);
     }
-    let behind = engine.stats().late_rows.load(Ordering::Relaxed);
+    let behind = engine.stats.late_rows.load(Ordering::Relaxed);
     assert_eq!(behind, 1, "the held sample is behind the watermark");
     // Lap 2 closes lap 1; the same sample again is then dropped, and counted per query.
     let b = feed(ver.slice(lap1, ver.num_rows() - lap1));
@@ -275,7 +275,7 @@ async fn behind_the_watermark_is_not_dropped_until_its_window_closed() {
     out.extend(engine.step(Some(&b), now).await);
     let info = engine.info("lap_stats").unwrap();
     assert_eq!(info.late_rows_dropped, 1);
-    assert_eq!(engine.stats().late_rows.load(Ordering::Relaxed), 2);
+    assert_eq!(engine.stats.late_rows.load(Ordering::Relaxed), 2);
     let lap1_samples: Vec<i64> = out
         .iter()
         .filter(|(q, _)| q == "lap_stats")

@@ -15,7 +15,7 @@ use datafusion::arrow::error::ArrowError;
 use pitwall_proto::schema::{col, telemetry_schema};
 
 /// Least event time between two samples of one car on a trace.
-pub const TRACE_GAP_MS: i64 = 50;
+pub(crate) const TRACE_GAP_MS: i64 = 50;
 
 /// The columns a trace keeps of the telemetry schema.
 const TRACE_COLUMNS: &[&str] = &[

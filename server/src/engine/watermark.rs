@@ -53,7 +53,7 @@ struct PartitionClock {
 }
 
 #[derive(Debug)]
-pub struct Watermarks {
+pub(crate) struct Watermarks {
     config: WatermarkConfig,
     partitions: HashMap<i32, PartitionClock>,
     /// The partitions this consumer owns (None = every partition seen so far).
@@ -64,7 +64,7 @@ pub struct Watermarks {
 }
 
 impl Watermarks {
-    pub fn new(config: WatermarkConfig) -> Self {
+    pub(crate) fn new(config: WatermarkConfig) -> Self {
         Self {
             config,
             partitions: HashMap::new(),
@@ -74,12 +74,8 @@ impl Watermarks {
         }
     }
 
-    pub fn config(&self) -> WatermarkConfig {
-        self.config
-    }
-
     /// Records that `partition` delivered rows up to event time `max_ts` at `now`.
-    pub fn observe(&mut self, partition: i32, max_ts: i64, now: Instant) {
+    pub(crate) fn observe(&mut self, partition: i32, max_ts: i64, now: Instant) {
         let c = self.partitions.entry(partition).or_default();
         c.max_ts = Some(c.max_ts.map_or(max_ts, |m| m.max(max_ts)));
         c.last_arrival = Some(now);
@@ -91,7 +87,7 @@ impl Watermarks {
     /// Records the consumer's assignment (when known) and which partitions are at the end of
     /// their log after the latest poll, as the source confirmed at `confirmed` (None: an
     /// in-process source, whose word holds until it says otherwise).
-    pub fn progress(
+    pub(crate) fn progress(
         &mut self,
         assigned: Option<&[i32]>,
         caught_up: &[i32],
@@ -186,7 +182,7 @@ impl Watermarks {
     }
 
     /// Recomputes the stream watermark at `now` and returns it.
-    pub fn advance(&mut self, now: Instant) -> Option<i64> {
+    pub(crate) fn advance(&mut self, now: Instant) -> Option<i64> {
         if self.config.require_assignment && self.assigned.is_none() {
             return self.current;
         }
@@ -243,17 +239,17 @@ impl Watermarks {
         self.current
     }
 
-    pub fn current(&self) -> Option<i64> {
+    pub(crate) fn current(&self) -> Option<i64> {
         self.current
     }
 
     /// Highest event time seen on any partition.
-    pub fn max_event_time(&self) -> Option<i64> {
+    pub(crate) fn max_event_time(&self) -> Option<i64> {
         self.partitions.values().filter_map(|c| c.max_ts).max()
     }
 
     /// True when every partition is at the end of its log and quiet for the idle timeout.
-    pub fn input_idle(&self, now: Instant) -> bool {
+    pub(crate) fn input_idle(&self, now: Instant) -> bool {
         let relevant = self.relevant();
         let newest = self.newest_arrival(&relevant);
         !relevant.is_empty()
@@ -266,7 +262,7 @@ impl Watermarks {
 }
 
 impl Watermarks {
-    pub fn snapshot(&self) -> crate::engine::snapshot::WatermarkState {
+    pub(crate) fn snapshot(&self) -> crate::engine::snapshot::WatermarkState {
         let mut partitions: Vec<(i32, i64)> = self
             .partitions
             .iter()
@@ -280,7 +276,7 @@ impl Watermarks {
     }
 
     /// Restores the event-time progress of a checkpoint (arrival times start afresh).
-    pub fn restore(&mut self, state: &crate::engine::snapshot::WatermarkState) {
+    pub(crate) fn restore(&mut self, state: &crate::engine::snapshot::WatermarkState) {
         self.current = state.current;
         for (p, ts) in &state.partitions {
             self.partitions.entry(*p).or_default().max_ts = Some(*ts);

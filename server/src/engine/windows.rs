@@ -12,7 +12,7 @@ use datafusion::arrow::array::RecordBatch;
 
 /// What a stage's window is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WindowKind {
+pub(crate) enum WindowKind {
     /// `date_bin(size, ts)`: windows `[start, start + size)`.
     Tumbling { size_ms: i64 },
     /// `unnest(hop(ts, slide, size))`: overlapping windows `[start, start + size)`.
@@ -22,7 +22,7 @@ pub enum WindowKind {
 }
 
 impl WindowKind {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             WindowKind::Tumbling { size_ms } => format!("tumbling window {}", fmt_ms(*size_ms)),
             WindowKind::Hopping { slide_ms, size_ms } => {
@@ -37,7 +37,7 @@ impl WindowKind {
     }
 }
 
-pub fn fmt_ms(ms: i64) -> String {
+pub(crate) fn fmt_ms(ms: i64) -> String {
     if ms % 1000 == 0 {
         format!("{}s", ms / 1000)
     } else {
@@ -47,7 +47,7 @@ pub fn fmt_ms(ms: i64) -> String {
 
 /// Buffered partial aggregates of open time windows.
 #[derive(Debug, Default)]
-pub struct TimeWindows {
+pub(crate) struct TimeWindows {
     size_ms: i64,
     /// window start -> partial rows
     open: BTreeMap<i64, Vec<RecordBatch>>,
@@ -56,7 +56,7 @@ pub struct TimeWindows {
 }
 
 impl TimeWindows {
-    pub fn new(size_ms: i64) -> Self {
+    pub(crate) fn new(size_ms: i64) -> Self {
         Self {
             size_ms,
             ..Default::default()
@@ -64,17 +64,17 @@ impl TimeWindows {
     }
 
     /// True when a row of the window starting at `start` arrives too late.
-    pub fn is_late(&self, start: i64) -> bool {
+    pub(crate) fn is_late(&self, start: i64) -> bool {
         self.closed_through
             .is_some_and(|c| start + self.size_ms <= c)
     }
 
-    pub fn insert(&mut self, start: i64, rows: RecordBatch) {
+    pub(crate) fn insert(&mut self, start: i64, rows: RecordBatch) {
         self.open.entry(start).or_default().push(rows);
     }
 
     /// Removes and returns the windows the watermark has closed, oldest first.
-    pub fn close(&mut self, watermark: i64) -> Vec<(i64, Vec<RecordBatch>)> {
+    pub(crate) fn close(&mut self, watermark: i64) -> Vec<(i64, Vec<RecordBatch>)> {
         let mut closed = Vec::new();
         while let Some(entry) = self.open.first_entry() {
             if *entry.key() + self.size_ms > watermark {
@@ -87,17 +87,17 @@ impl TimeWindows {
         closed
     }
 
-    pub fn open_windows(&self) -> usize {
+    pub(crate) fn open_windows(&self) -> usize {
         self.open.len()
     }
 
     /// Partial-state rows held by the open windows.
-    pub fn state_rows(&self) -> usize {
+    pub(crate) fn state_rows(&self) -> usize {
         self.open.values().flatten().map(|b| b.num_rows()).sum()
     }
 
     /// The open windows holding at least `min` partial batches (to be merged).
-    pub fn crowded(&mut self, min: usize) -> Vec<&mut Vec<RecordBatch>> {
+    pub(crate) fn crowded(&mut self, min: usize) -> Vec<&mut Vec<RecordBatch>> {
         self.open.values_mut().filter(|b| b.len() >= min).collect()
     }
 }
@@ -121,12 +121,12 @@ struct CarLaps {
 /// key holds the session) whose last sample is this far behind the watermark has finished, as
 /// every car of a looping replay's earlier rounds has. Its lap bookkeeping and its window
 /// functions' context go; a sample of it older than that is late, a newer one starts afresh.
-pub const RELEASE_IDLE_MS: i64 = 10 * 60 * 1000;
+pub(crate) const RELEASE_IDLE_MS: i64 = 10 * 60 * 1000;
 
 /// Buffered partial aggregates of open lap windows, per car (`car` is an opaque key: the
 /// encoded driver and session values).
 #[derive(Debug, Default)]
-pub struct LapWindows {
+pub(crate) struct LapWindows {
     gap_ms: i64,
     cars: HashMap<Vec<u8>, CarLaps>,
     /// The latest sample of a released car: a car not tracked that sends a sample at or
@@ -135,7 +135,7 @@ pub struct LapWindows {
 }
 
 impl LapWindows {
-    pub fn new(gap_ms: i64) -> Self {
+    pub(crate) fn new(gap_ms: i64) -> Self {
         Self {
             gap_ms,
             cars: HashMap::new(),
@@ -144,7 +144,7 @@ impl LapWindows {
     }
 
     /// Records that `car` sent a sample of `lap` at `ts` (progress, not data).
-    pub fn observe(&mut self, car: &[u8], lap: i64, ts: i64) {
+    pub(crate) fn observe(&mut self, car: &[u8], lap: i64, ts: i64) {
         let c = match self.cars.get_mut(car) {
             Some(c) => c,
             None => {
@@ -163,14 +163,14 @@ impl LapWindows {
         w.min_ts = Some(w.min_ts.map_or(ts, |m| m.min(ts)));
     }
 
-    pub fn is_late(&self, car: &[u8], lap: i64) -> bool {
+    pub(crate) fn is_late(&self, car: &[u8], lap: i64) -> bool {
         self.cars
             .get(car)
             .and_then(|c| c.closed_upto)
             .is_some_and(|u| lap <= u)
     }
 
-    pub fn insert(&mut self, car: &[u8], lap: i64, rows: RecordBatch) {
+    pub(crate) fn insert(&mut self, car: &[u8], lap: i64, rows: RecordBatch) {
         let c = match self.cars.get_mut(car) {
             Some(c) => c,
             None => self.cars.entry(car.to_vec()).or_default(),
@@ -179,7 +179,7 @@ impl LapWindows {
     }
 
     /// Removes and returns the laps the watermark has closed.
-    pub fn close(&mut self, watermark: i64) -> Vec<(Vec<u8>, i64, Vec<RecordBatch>)> {
+    pub(crate) fn close(&mut self, watermark: i64) -> Vec<(Vec<u8>, i64, Vec<RecordBatch>)> {
         let mut closed = Vec::new();
         for (car, c) in self.cars.iter_mut() {
             let inactive = c.last_ts + self.gap_ms <= watermark;
@@ -220,17 +220,18 @@ impl LapWindows {
         self.forgotten_upto = forgotten;
     }
 
-    pub fn open_windows(&self) -> usize {
+    pub(crate) fn open_windows(&self) -> usize {
         self.cars.values().map(|c| c.open.len()).sum()
     }
 
     /// Cars whose bookkeeping is held (open laps or not).
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.cars.len()
     }
 
     /// Partial-state rows held by the open laps.
-    pub fn state_rows(&self) -> usize {
+    pub(crate) fn state_rows(&self) -> usize {
         self.cars
             .values()
             .flat_map(|c| c.open.values())
@@ -240,7 +241,7 @@ impl LapWindows {
     }
 
     /// The open laps holding at least `min` partial batches (to be merged).
-    pub fn crowded(&mut self, min: usize) -> Vec<&mut Vec<RecordBatch>> {
+    pub(crate) fn crowded(&mut self, min: usize) -> Vec<&mut Vec<RecordBatch>> {
         self.cars
             .values_mut()
             .flat_map(|c| c.open.values_mut())
@@ -322,7 +323,7 @@ mod checkpoint {
     use crate::error::Result;
 
     impl TimeWindows {
-        pub fn snapshot(&self, batches: &mut Batches) -> TimeWindowsState {
+        pub(crate) fn snapshot(&self, batches: &mut Batches) -> TimeWindowsState {
             TimeWindowsState {
                 size_ms: self.size_ms,
                 closed_through: self.closed_through,
@@ -334,7 +335,7 @@ mod checkpoint {
             }
         }
 
-        pub fn restore(state: &TimeWindowsState, batches: &Batches) -> Result<Self> {
+        pub(crate) fn restore(state: &TimeWindowsState, batches: &Batches) -> Result<Self> {
             Ok(Self {
                 size_ms: state.size_ms,
                 closed_through: state.closed_through,
@@ -348,7 +349,7 @@ mod checkpoint {
     }
 
     impl LapWindows {
-        pub fn snapshot(&self, batches: &mut Batches) -> LapWindowsState {
+        pub(crate) fn snapshot(&self, batches: &mut Batches) -> LapWindowsState {
             let mut cars: Vec<CarState> = self
                 .cars
                 .iter()
@@ -375,7 +376,7 @@ mod checkpoint {
             }
         }
 
-        pub fn restore(state: &LapWindowsState, batches: &Batches) -> Result<Self> {
+        pub(crate) fn restore(state: &LapWindowsState, batches: &Batches) -> Result<Self> {
             let mut cars = HashMap::new();
             for c in &state.cars {
                 let mut open = BTreeMap::new();

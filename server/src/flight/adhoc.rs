@@ -20,11 +20,11 @@ use super::FlightState;
 use crate::engine::functions;
 use crate::engine::guard::{parse_read_only, short_error};
 
-pub const CATALOG: &str = "pitwall";
-pub const LIVE_SCHEMA: &str = "live";
+pub(crate) const CATALOG: &str = "pitwall";
+pub(crate) const LIVE_SCHEMA: &str = "live";
 
 #[derive(Debug, Clone, Copy)]
-pub struct AdhocLimits {
+pub(crate) struct AdhocLimits {
     pub memory_bytes: usize,
     pub timeout: Duration,
 }
@@ -43,7 +43,7 @@ fn invalid(e: datafusion::error::DataFusionError) -> Status {
 }
 
 /// A context for ad hoc SQL: DataFusion's defaults and planner, with grouped aggregations
-/// over small inputs finished in one partition ([`super::small_aggregate`]).
+/// over small inputs finished in one partition (`super::small_aggregate`).
 pub fn session(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContext {
     SessionContext::new_with_state(
         SessionStateBuilder::new()
@@ -58,7 +58,7 @@ pub fn session(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContex
 /// A fresh context: one table per continuous query in `live`, holding its replay buffer, and
 /// the `archive` schema. Each query has a memory pool of its own; Parquet footers and file
 /// statistics of the archive are cached across queries (see [`crate::archive::ArchiveCatalog`]).
-pub async fn context(state: &FlightState) -> Result<SessionContext, Status> {
+pub(crate) async fn context(state: &FlightState) -> Result<SessionContext, Status> {
     let mut runtime = RuntimeEnvBuilder::new().with_memory_limit(state.adhoc.memory_bytes, 1.0);
     if let Some(archive) = &state.archive {
         runtime = runtime.with_cache_manager(archive.cache_config());
@@ -97,7 +97,7 @@ pub async fn context(state: &FlightState) -> Result<SessionContext, Status> {
 }
 
 /// Plans client SQL, refusing anything that is not a read-only query.
-pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, Status> {
+pub(crate) async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, Status> {
     let state = ctx.state();
     let stmt = parse_read_only(&state, sql).map_err(Status::invalid_argument)?;
     let plan = state.statement_to_plan(stmt).await.map_err(invalid)?;
@@ -117,7 +117,7 @@ pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, Status
 /// query may have taken its view before that commit. Such a query is run again, as
 /// of the archive's newest commit and listing afresh, a few times within its timeout; results
 /// are collected before anything is sent, so the client never sees the failed attempt.
-pub async fn execute(
+pub(crate) async fn execute(
     ctx: &SessionContext,
     archive: Option<&ArchiveCatalog>,
     plan: LogicalPlan,

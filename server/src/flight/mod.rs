@@ -1,21 +1,21 @@
 //! Arrow Flight: the way out. One gRPC port serves
 //!
 //! - live subscriptions: `DoGet` on a ticket naming a continuous query streams its result
-//!   batches as the engine emits them ([`subscription`]);
+//!   batches as the engine emits them (`subscription`);
 //! - control: `DoAction` with the messages of `proto/control.proto` (list, submit, replace,
 //!   drop, pause, resume, set parameters, stats), and `ListFlights` / `GetFlightInfo` with one
 //!   flight per query;
-//! - Flight SQL: read-only ad-hoc SQL over each query's recent results ([`sql`], [`adhoc`]),
+//! - Flight SQL: read-only ad-hoc SQL over each query's recent results (`sql`, [`adhoc`]),
 //!   with catalog browsing and prepared statements, so generic tools work unmodified.
 //!
 //! With a token configured, every call must carry `authorization: Bearer TOKEN` (or Basic
 //! credentials whose password is the token, for the Flight SQL handshake).
 
 pub mod adhoc;
-pub mod service;
-pub mod small_aggregate;
-pub mod sql;
-pub mod subscription;
+pub(crate) mod service;
+pub(crate) mod small_aggregate;
+pub(crate) mod sql;
+pub(crate) mod subscription;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::ingest::IngestStats;
 
 /// Everything the Flight endpoint serves from.
-pub struct FlightState {
+pub(crate) struct FlightState {
     pub engine: EngineHandle,
     pub ingest: Arc<IngestStats>,
     /// Flight messages a subscriber may have queued before it is dropped as too slow.
@@ -47,7 +47,7 @@ pub struct FlightState {
 }
 
 /// Maps a server error to a gRPC status with a one-line message.
-pub fn status(e: Error) -> Status {
+pub(crate) fn status(e: Error) -> Status {
     let msg = crate::error::one_line(&e.to_string());
     match e {
         Error::Refused(_) => Status::invalid_argument(msg),
@@ -106,7 +106,7 @@ pub(crate) fn authorization_matches(header: &str, token: &str) -> bool {
 }
 
 /// Binds the endpoint (port 0 picks a free port) and returns its address and the server task.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     state: Arc<FlightState>,
     token: Option<String>,

@@ -24,12 +24,12 @@ use crate::engine::QueryInfo;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-pub struct PitwallFlight {
+pub(crate) struct PitwallFlight {
     sql: PitwallSql,
 }
 
 impl PitwallFlight {
-    pub fn new(state: Arc<FlightState>) -> Self {
+    pub(crate) fn new(state: Arc<FlightState>) -> Self {
         Self {
             sql: PitwallSql::new(state),
         }
@@ -37,7 +37,7 @@ impl PitwallFlight {
 }
 
 /// The ticket that subscribes to `query` from now on.
-pub fn subscribe_ticket(query: &str) -> Ticket {
+pub(crate) fn subscribe_ticket(query: &str) -> Ticket {
     let t = SubscribeTicket {
         query: query.to_string(),
         from_buffer_start: false,
@@ -50,7 +50,7 @@ pub fn subscribe_ticket(query: &str) -> Ticket {
     Ticket::new(any.encode_to_vec())
 }
 
-pub fn query_flight_info(q: &QueryInfo) -> Result<FlightInfo, Status> {
+pub(crate) fn query_flight_info(q: &QueryInfo) -> Result<FlightInfo, Status> {
     let endpoint = FlightEndpoint::new().with_ticket(subscribe_ticket(&q.name));
     FlightInfo::new()
         .try_with_schema(&q.schema)

@@ -26,10 +26,10 @@ use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 /// Inputs up to this many rows are aggregated to the end in one partition. Even with every
 /// row its own group, the final step then does on one core what partial steps did on each:
 /// measured with a million distinct groups (BENCHMARKS.md).
-pub const ROWS: usize = 1_000_000;
+pub(crate) const ROWS: usize = 1_000_000;
 
 #[derive(Debug, Default)]
-pub struct SmallAggregateInOnePartition;
+pub(crate) struct SmallAggregateInOnePartition;
 
 impl PhysicalOptimizerRule for SmallAggregateInOnePartition {
     fn optimize(
@@ -83,7 +83,7 @@ impl PhysicalOptimizerRule for SmallAggregateInOnePartition {
 
 /// DataFusion's physical optimizer rules with [`SmallAggregateInOnePartition`] before
 /// `EnsureRequirements`.
-pub fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+pub(crate) fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = PhysicalOptimizer::new().rules;
     let at = rules
         .iter()

@@ -129,7 +129,7 @@ fn make_room(open: &mut HashMap<String, Prepared>, now: Instant) -> Result<(), S
     Ok(())
 }
 
-pub struct PitwallSql {
+pub(crate) struct PitwallSql {
     pub state: Arc<FlightState>,
     prepared: Mutex<HashMap<String, Prepared>>,
     /// A statement is planned once: GetFlightInfo needs its schema, and the plan made for it
@@ -141,7 +141,7 @@ pub struct PitwallSql {
 }
 
 impl PitwallSql {
-    pub fn new(state: Arc<FlightState>) -> Self {
+    pub(crate) fn new(state: Arc<FlightState>) -> Self {
         let mut b = SqlInfoDataBuilder::new();
         b.append(SqlInfo::FlightSqlServerName, "Pitwall");
         b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -249,7 +249,7 @@ fn state_of(s: QueryStatus) -> pb::QueryState {
     }
 }
 
-pub fn to_proto(q: &QueryInfo) -> pb::QueryInfo {
+pub(crate) fn to_proto(q: &QueryInfo) -> pb::QueryInfo {
     let schema = SchemaAsIpc::new(&q.schema, &IpcWriteOptions::default())
         .try_into()
         .map(|IpcMessage(b)| b.to_vec())

@@ -27,7 +27,7 @@ use tonic::Status;
 use super::FlightState;
 use crate::engine::ResultBatch;
 
-pub type FlightDataStream =
+pub(crate) type FlightDataStream =
     Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
 /// Largest number of rows per Flight message (bigger batches are sliced).
@@ -109,7 +109,7 @@ fn messages(item: &ResultBatch, driver: Option<&str>) -> Result<Vec<FlightData>,
     }
 }
 
-pub fn subscribe(
+pub(crate) fn subscribe(
     state: &Arc<FlightState>,
     ticket: SubscribeTicket,
 ) -> Result<FlightDataStream, Status> {

@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use crate::error::Result;
 
 /// Payload bytes kept per dead letter (a 10 MB message keeps its first 64 KiB).
-pub const MAX_KEPT_PAYLOAD: usize = 64 * 1024;
+pub(crate) const MAX_KEPT_PAYLOAD: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -57,7 +57,7 @@ impl DeadLetter {
     }
 }
 
-pub fn schema() -> SchemaRef {
+pub(crate) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("topic", DataType::Utf8, false),
         Field::new("partition", DataType::Int32, false),
@@ -80,7 +80,7 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-pub fn to_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
+pub(crate) fn to_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

@@ -21,9 +21,8 @@ use tokio::sync::mpsc;
 use super::{IngestStats, MicroBatch, PartitionSlice};
 use crate::error::{Error, Result};
 
-pub use pitwall_proto::bundled::NAME as BUNDLED_NAME;
 /// The topic name offsets of the embedded source are recorded under.
-pub const TOPIC: &str = "embedded";
+pub(crate) const TOPIC: &str = "embedded";
 
 /// The bundled session's rows in the canonical schema, sorted by event time. The file is read
 /// at run time (GPL-3.0 data stays out of the binary; see [`pitwall_proto::bundled`]).
@@ -47,7 +46,7 @@ pub fn bundled_session() -> Result<RecordBatch> {
 }
 
 #[derive(Debug, Clone)]
-pub struct EmbeddedConfig {
+pub(crate) struct EmbeddedConfig {
     /// Pace multiplier over real time.
     pub speed: f64,
     pub looping: bool,
@@ -55,7 +54,7 @@ pub struct EmbeddedConfig {
 }
 
 /// Replays `session` (sorted by ts) into micro-batches until done (or forever when looping).
-pub async fn run(
+pub(crate) async fn run(
     session: RecordBatch,
     config: EmbeddedConfig,
     stats: Arc<IngestStats>,

@@ -1,6 +1,6 @@
 //! The Kafka consumer: polls messages into micro-batches bounded by rows and by time, decodes
 //! them, dead-letters what cannot be decoded, and hands each batch to the engine. Offsets are
-//! committed only when downstream says the batch is safe (see [`Committer`]).
+//! committed only when downstream says the batch is safe (see `Committer`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use crate::error::Result;
 /// learns the input is caught up, not an error worth a log line. The consumer's own context
 /// also takes librdkafka's statistics (every second) for the consumer lag per partition.
 #[derive(Default)]
-pub struct Quiet {
+pub(crate) struct Quiet {
     stats: Option<(Arc<IngestStats>, String)>,
 }
 
@@ -329,35 +329,26 @@ pub struct KafkaConfig {
 }
 
 /// Offsets to commit: (topic, partition) -> next offset to read.
-pub type Offsets = BTreeMap<(String, i32), i64>;
+pub(crate) type Offsets = BTreeMap<(String, i32), i64>;
 
 /// Asks the consumer thread to commit offsets once the rows before them are safe.
 #[derive(Clone)]
-pub struct Committer {
+pub(crate) struct Committer {
     tx: std::sync::mpsc::Sender<Offsets>,
 }
 
 impl Committer {
-    pub fn commit(&self, offsets: Offsets) {
+    pub(crate) fn commit(&self, offsets: Offsets) {
         let _ = self.tx.send(offsets);
     }
 }
 
-/// Next offsets to read after a micro-batch (its last offset + 1 per partition).
-pub fn next_offsets(batch: &MicroBatch) -> Offsets {
-    batch
-        .partitions
-        .iter()
-        .map(|p| ((batch.topic.clone(), p.partition), p.last_offset + 1))
-        .collect()
-}
-
 pub struct KafkaSource {
-    pub committer: Committer,
+    pub(crate) committer: Committer,
     pub thread: std::thread::JoinHandle<()>,
 }
 
-pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+pub(crate) fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)

@@ -4,7 +4,7 @@
 //! the engine. Messages that cannot be decoded never stop a batch: they are counted by reason
 //! and written to the dead-letter sink.
 
-pub mod dead_letter;
+pub(crate) mod dead_letter;
 pub mod decode;
 pub mod embedded;
 pub mod kafka;
@@ -40,7 +40,7 @@ pub struct MicroBatch {
     pub caught_up: Vec<i32>,
     /// When the source last confirmed that all of `caught_up` are at their end (a Kafka
     /// consumer re-asks the broker while idle); None for an in-process source, whose word
-    /// holds until it says otherwise. See [`crate::engine::watermark`].
+    /// holds until it says otherwise. See `crate::engine::watermark`.
     pub caught_up_confirmed: Option<Instant>,
     /// Messages that could not be decoded (archived with the batch).
     pub dead_letters: Vec<dead_letter::DeadLetter>,
@@ -63,7 +63,7 @@ pub struct IngestStats {
 
 /// The consumer's place in its group, as `pitwall stats`, `/metrics` and `/readyz` show it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct GroupStatus {
+pub(crate) struct GroupStatus {
     /// A Kafka consumer (false for the embedded replay, which owns all its input).
     pub kafka: bool,
     /// Partitions assigned now.
@@ -102,11 +102,11 @@ impl IngestStats {
         *self.lag.lock().expect("stats lock") = lag;
     }
 
-    pub fn set_group(&self, status: GroupStatus) {
+    pub(crate) fn set_group(&self, status: GroupStatus) {
         *self.group.lock().expect("stats lock") = status;
     }
 
-    pub fn group(&self) -> GroupStatus {
+    pub(crate) fn group(&self) -> GroupStatus {
         self.group.lock().expect("stats lock").clone()
     }
 

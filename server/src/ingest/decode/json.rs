@@ -22,7 +22,7 @@ use pitwall_proto::schema::{col, telemetry_schema};
 use super::{BadMessage, WireRows, reason};
 use crate::error::{Error, Result};
 
-pub struct JsonDecoder {
+pub(crate) struct JsonDecoder {
     /// The first wire name of each canonical column.
     first: WireSchema,
     /// Every wire name, for the messages whose aliased columns `first` left null; `None` when
@@ -57,7 +57,7 @@ fn canonical(name: &str) -> Option<&'static str> {
 }
 
 impl JsonDecoder {
-    pub fn new(names: &[(String, String)]) -> Result<Self> {
+    pub(crate) fn new(names: &[(String, String)]) -> Result<Self> {
         let mut resolved: Vec<(&str, &'static str)> = Vec::new();
         for (wire, column) in names {
             let target = canonical(column).ok_or_else(|| {
@@ -94,7 +94,7 @@ impl JsonDecoder {
 
     /// Decodes payloads; returns wire rows (message indices are into `payloads`) and the
     /// rejected payloads.
-    pub fn decode(&self, payloads: &[&[u8]]) -> Result<(Vec<WireRows>, Vec<BadMessage>)> {
+    pub(crate) fn decode(&self, payloads: &[&[u8]]) -> Result<(Vec<WireRows>, Vec<BadMessage>)> {
         let (mut out, mut bad) = self.first.decode(payloads)?;
         let Some(all) = &self.all else {
             return Ok((out, bad));

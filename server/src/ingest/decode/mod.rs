@@ -1,15 +1,15 @@
 //! Decoding: Kafka payloads to rows of the canonical telemetry schema.
 //!
 //! JSON payloads go through arrow-json into a batch of *wire columns* (the FastF1 names, as
-//! configured), Protobuf payloads through prost into the same wire columns; [`normalize`] then
+//! configured), Protobuf payloads through prost into the same wire columns; `normalize` then
 //! turns wire columns into canonical ones: aliases coalesced, the driver taken from the
 //! message key when absent, the event time from `Date`, else the session start plus
 //! `SessionTime`, else the Kafka record timestamp. A message that fails any step is a
-//! [`BadMessage`] with a reason; the others go on.
+//! `BadMessage` with a reason; the others go on.
 
-pub mod json;
-pub mod normalize;
-pub mod protobuf;
+pub(crate) mod json;
+pub(crate) mod normalize;
+pub(crate) mod protobuf;
 
 use std::collections::HashMap;
 
@@ -76,24 +76,24 @@ pub struct RawMessage<'a> {
 }
 
 /// Why a message was rejected (the label it is counted under).
-pub mod reason {
-    pub const OVERSIZE: &str = "oversize";
-    pub const EMPTY: &str = "empty";
-    pub const NOT_JSON: &str = "not_json";
-    pub const TRUNCATED: &str = "truncated";
-    pub const NOT_ONE_OBJECT: &str = "not_one_object";
-    pub const WRONG_TYPE: &str = "wrong_type";
-    pub const MISSING_FIELD: &str = "missing_field";
-    pub const BAD_PROTOBUF: &str = "bad_protobuf";
-    pub const BAD_TIME: &str = "bad_time";
+pub(crate) mod reason {
+    pub(crate) const OVERSIZE: &str = "oversize";
+    pub(crate) const EMPTY: &str = "empty";
+    pub(crate) const NOT_JSON: &str = "not_json";
+    pub(crate) const TRUNCATED: &str = "truncated";
+    pub(crate) const NOT_ONE_OBJECT: &str = "not_one_object";
+    pub(crate) const WRONG_TYPE: &str = "wrong_type";
+    pub(crate) const MISSING_FIELD: &str = "missing_field";
+    pub(crate) const BAD_PROTOBUF: &str = "bad_protobuf";
+    pub(crate) const BAD_TIME: &str = "bad_time";
     /// The decoder itself failed on this message (an internal error, not the input's fault
     /// as far as we know): dead-lettered like the others, so that nothing is lost unseen.
-    pub const DECODER_ERROR: &str = "decoder_error";
+    pub(crate) const DECODER_ERROR: &str = "decoder_error";
 }
 
 /// A rejected message (index into the decoded slice) and why.
 #[derive(Debug, Clone)]
-pub struct BadMessage {
+pub(crate) struct BadMessage {
     pub index: usize,
     pub reason: &'static str,
     pub error: String,
@@ -106,14 +106,14 @@ pub struct Decoded {
     pub rows: RecordBatch,
     /// For each row, the index of the message it came from.
     pub row_message: Vec<usize>,
-    pub bad: Vec<BadMessage>,
+    pub(crate) bad: Vec<BadMessage>,
 }
 
 /// Columns decoded from some messages, before normalization: for each canonical column, the
 /// candidate arrays in priority order (aliases), typed as the canonical column, except
 /// `session_time`, which may also be text (`"0 days 01:02:08.731000"` or `"3728.731"`).
 #[derive(Debug, Default)]
-pub struct WireRows {
+pub(crate) struct WireRows {
     pub len: usize,
     pub columns: HashMap<&'static str, Vec<ArrayRef>>,
     /// For each row, the index of the message it came from.
@@ -122,7 +122,7 @@ pub struct WireRows {
 
 impl WireRows {
     /// Keeps the rows where `keep` is true.
-    pub fn retain(&mut self, keep: &[bool]) -> crate::error::Result<()> {
+    pub(crate) fn retain(&mut self, keep: &[bool]) -> crate::error::Result<()> {
         let mask = BooleanArray::from(keep.to_vec());
         for arrays in self.columns.values_mut() {
             for a in arrays.iter_mut() {
@@ -164,7 +164,7 @@ impl Decoder {
     }
 
     /// Decodes a micro-batch. Bad input is never an error (each bad message is in
-    /// [`Decoded::bad`] with its reason); an internal error on the batch as a whole makes the
+    /// `Decoded::bad` with its reason); an internal error on the batch as a whole makes the
     /// decoder take its messages one by one, and a message that fails alone is a bad message
     /// (`decoder_error`): one message's problem costs no other message, and none is skipped
     /// without a dead letter. The error left is concatenating what was decoded.

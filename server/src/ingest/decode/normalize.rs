@@ -81,7 +81,7 @@ impl Rejects<'_> {
 
 /// Canonical rows of every part, each row's message index, and the messages rejected (added
 /// to `bad`, which comes in with what the wire decoder rejected).
-pub fn normalize(
+pub(crate) fn normalize(
     parts: Vec<WireRows>,
     messages: &[RawMessage<'_>],
     config: &DecodeConfig,

@@ -88,7 +88,7 @@ impl Builders {
 }
 
 /// Decodes the messages at `idx`; `batched` = each is a `TelemetryBatch`.
-pub fn decode(
+pub(crate) fn decode(
     messages: &[RawMessage<'_>],
     idx: &[usize],
     batched: bool,
