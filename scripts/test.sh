@@ -7,7 +7,8 @@
 #    broker to use instead (any real Kafka, e.g. the one of docker-compose.yml),
 #  - checks the lints (`cargo clippy --all-targets -D warnings`), the dependency rule of
 #    ARCHITECTURE.md (scripts/check-deps.sh) and that dev-dependencies change no feature of
-#    the shipped dependency tree (scripts/check-features.sh),
+#    the shipped dependency tree (scripts/check-features.sh), and that vendor/zstd is the
+#    published crate plus the documented patch, whose tests pass (scripts/vendor-zstd-check.sh),
 #  - runs `cargo test --workspace`: one build of the dependency tree, which also builds both
 #    binaries (each package has integration tests, and cargo builds a package's binaries for
 #    them); the end-to-end tests run those,
@@ -46,4 +47,5 @@ echo "test.sh: broker $PITWALL_TEST_KAFKA" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/check-deps.sh
 scripts/check-features.sh
+scripts/vendor-zstd-check.sh
 cargo test --workspace --locked "$@"

@@ -224,3 +224,47 @@ fn _assert_traits() {
 
     _assert_send(Compressor::new(0));
 }
+
+#[cfg(test)]
+mod lazy_context_tests {
+    use super::Compressor;
+
+    const DATA: &[u8] = b"telemetry telemetry telemetry telemetry 0123456789 0123456789";
+
+    /// `ZSTD_compress` at `level` with a context of its own (not through `Compressor`).
+    fn eager(level: i32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(zstd_safe::compress_bound(DATA.len()));
+        zstd_safe::compress(&mut out, DATA, level).unwrap();
+        out
+    }
+
+    #[test]
+    fn new_makes_no_context() {
+        // What a reader that never compresses (parquet-rs, per column chunk) pays for.
+        let compressor = Compressor::new(3).unwrap();
+        assert!(compressor.context.is_none());
+        let compressor = Compressor::default();
+        assert!(compressor.context.is_none());
+    }
+
+    #[test]
+    fn the_first_compression_makes_it_with_the_level_of_new() {
+        for level in [1, 3, 19] {
+            let mut lazy = Compressor::new(level).unwrap();
+            let compressed = lazy.compress(DATA).unwrap();
+            assert!(lazy.context.is_some());
+            // The same bytes as zstd's own one-shot compression at that level.
+            assert_eq!(compressed, eager(level));
+            assert_eq!(crate::bulk::decompress(&compressed, DATA.len()).unwrap(), DATA);
+        }
+    }
+
+    #[test]
+    fn a_level_set_before_the_context_exists_is_kept() {
+        let mut compressor = Compressor::new(1).unwrap();
+        compressor.set_compression_level(19).unwrap();
+        assert!(compressor.context.is_none());
+        let compressed = compressor.compress(DATA).unwrap();
+        assert_eq!(compressed, eager(19));
+    }
+}
