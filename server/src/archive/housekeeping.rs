@@ -885,16 +885,15 @@ mod tests {
         w.config.max_dead_letter_bytes = 1 << 20;
         let payload = vec![b'x'; 100 * 1024];
         let letter = |offset| {
-            DeadLetter::new(
-                "t",
-                0,
+            let m = crate::ingest::decode::RawMessage {
+                payload: &payload,
+                key: None,
+                partition: 0,
                 offset,
-                None,
-                &payload,
-                "json",
-                "é".repeat(300),
-                None,
-            )
+                timestamp_ms: None,
+                format_header: None,
+            };
+            DeadLetter::new("t", &m, "json", "é".repeat(300))
         };
         // 64 KiB of each payload is kept: 15 fit in 1 MiB with their error text.
         w.keep_dead_letters((0..40).map(letter).collect());

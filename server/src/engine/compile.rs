@@ -330,88 +330,34 @@ impl Compiler {
         agg: &Aggregate,
         stream: Option<&SchemaRef>,
     ) -> Result<AggregatePlan> {
-        if agg.group_expr.is_empty() {
-            return Err(Error::Refused(
-                "an aggregate without GROUP BY never closes on an unbounded stream: \
-                 group by a window, e.g. date_bin(INTERVAL '1 second', ts), or by driver, lap"
-                    .into(),
-            ));
-        }
-        if agg
-            .group_expr
-            .iter()
-            .any(|e| matches!(e, Expr::GroupingSet(_)))
-        {
-            return Err(Error::Refused(
-                "GROUPING SETS, ROLLUP and CUBE are not supported on streams".into(),
-            ));
-        }
+        refuse_unbounded_grouping(agg)?;
         let input = agg.input.as_ref();
-        let origins: Vec<Option<Expr>> = agg.group_expr.iter().map(|g| lineage(g, input)).collect();
-        let mut time = None;
-        let (mut lap, mut driver, mut session) = (None, None, None);
-        for (i, o) in origins.iter().enumerate() {
-            let Some(o) = o else { continue };
-            if let Some(kind) = time_window(o)? {
-                if time.is_some() {
-                    return Err(Error::Refused("group by one time window only".into()));
-                }
-                time = Some((i, kind));
-            }
-            if let Expr::Column(c) = o {
-                match c.name.as_str() {
-                    "lap" => lap = Some(i),
-                    "driver" => driver = Some(i),
-                    "session" => session = Some(i),
-                    _ => {}
-                }
-            }
-        }
+        let roles = GroupRoles::find(agg)?;
         let plan = replace_at(seg[0], seg.len(), SpliceNode::plan(input.schema().clone()))?;
         let physical = splice::physical_plan(&plan, state).await?;
         let (partial, finish) = split_partial(physical)?;
         let reduce = reduce_plan(&partial, &finish)?;
         let groups: Vec<Arc<dyn PhysicalExpr>> = partial_group_exprs(&partial)?;
-        let (window, key) = match (time, lap, driver) {
-            (Some((i, kind)), _, _) => (
+        let (window, key) = match roles {
+            GroupRoles {
+                time: Some((i, kind)),
+                ..
+            } => (
                 kind,
                 WindowKey::Time {
                     start: groups[i].clone(),
                     start_col: i,
                 },
             ),
-            (None, Some(l), Some(d)) => {
+            GroupRoles {
+                time: None,
+                lap: Some(l),
+                driver: Some(d),
+                session,
+            } => {
                 let mut car_cols = vec![d];
                 car_cols.extend(session);
-                let named = |s: &SchemaRef, n: &str| s.index_of(n).ok();
-                let from_input = stream.and_then(|s| {
-                    let car = std::iter::once(named(s, "driver"))
-                        .chain(session.map(|_| named(s, "session")))
-                        .collect::<Option<Vec<usize>>>()?;
-                    Some(LapProgress::Input {
-                        car,
-                        lap: named(s, "lap")?,
-                        ts: named(s, "ts")?,
-                    })
-                });
-                let progress = match from_input {
-                    Some(p) => p,
-                    None => {
-                        let ts_idx = (0..input.schema().fields().len())
-                            .find(|&j| {
-                                let (q, f) = input.schema().qualified_field(j);
-                                lineage(&Expr::Column(Column::from((q, f))), input)
-                                    .is_some_and(|e| matches!(&e, Expr::Column(c) if c.name == "ts"))
-                            })
-                            .ok_or_else(|| {
-                                Error::Refused("lap windows need the event time: keep the ts column in the query's input".into())
-                            })?;
-                        let ts_name = input.schema().field(ts_idx).name().clone();
-                        LapProgress::Stage {
-                            ts: Arc::new(PhysicalColumn::new(&ts_name, ts_idx)),
-                        }
-                    }
-                };
+                let progress = lap_progress(input, stream, session.is_some())?;
                 (
                     WindowKind::Lap {
                         gap_ms: self.lap_gap_ms,
@@ -425,21 +371,7 @@ impl Compiler {
                     },
                 )
             }
-            _ => {
-                let names: Vec<String> = agg
-                    .group_expr
-                    .iter()
-                    .map(|g| match lineage(g, input).unwrap_or_else(|| g.clone()) {
-                        Expr::Column(c) => c.name,
-                        other => other.schema_name().to_string(),
-                    })
-                    .collect();
-                return Err(Error::Refused(format!(
-                    "GROUP BY {} never closes on an unbounded stream: also group by a window, \
-                     e.g. date_bin(INTERVAL '1 second', ts), or by driver, lap",
-                    names.join(", ")
-                )));
-            }
+            _ => return Err(never_closes(agg)),
         };
         Ok(AggregatePlan {
             partial: Template::new(partial)?,
@@ -449,6 +381,126 @@ impl Compiler {
             key,
         })
     }
+}
+
+/// An aggregate a stream can close: with a GROUP BY, and no grouping sets.
+fn refuse_unbounded_grouping(agg: &Aggregate) -> Result<()> {
+    if agg.group_expr.is_empty() {
+        return Err(Error::Refused(
+            "an aggregate without GROUP BY never closes on an unbounded stream: \
+             group by a window, e.g. date_bin(INTERVAL '1 second', ts), or by driver, lap"
+                .into(),
+        ));
+    }
+    if agg
+        .group_expr
+        .iter()
+        .any(|e| matches!(e, Expr::GroupingSet(_)))
+    {
+        return Err(Error::Refused(
+            "GROUPING SETS, ROLLUP and CUBE are not supported on streams".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Which GROUP BY expressions (by position) are the time window, the lap, the driver and
+/// the session, traced back to the input's columns.
+struct GroupRoles {
+    time: Option<(usize, WindowKind)>,
+    lap: Option<usize>,
+    driver: Option<usize>,
+    session: Option<usize>,
+}
+
+impl GroupRoles {
+    fn find(agg: &Aggregate) -> Result<Self> {
+        let input = agg.input.as_ref();
+        let mut roles = GroupRoles {
+            time: None,
+            lap: None,
+            driver: None,
+            session: None,
+        };
+        for (i, g) in agg.group_expr.iter().enumerate() {
+            let Some(origin) = lineage(g, input) else {
+                continue;
+            };
+            if let Some(kind) = time_window(&origin)? {
+                if roles.time.is_some() {
+                    return Err(Error::Refused("group by one time window only".into()));
+                }
+                roles.time = Some((i, kind));
+            }
+            if let Expr::Column(c) = origin {
+                match c.name.as_str() {
+                    "lap" => roles.lap = Some(i),
+                    "driver" => roles.driver = Some(i),
+                    "session" => roles.session = Some(i),
+                    _ => {}
+                }
+            }
+        }
+        Ok(roles)
+    }
+}
+
+/// How a lap window learns that a car's lap went on: from the stream's own driver, session,
+/// lap and ts columns when the query reads the stream, else from the event time in the
+/// aggregate's input.
+fn lap_progress(
+    input: &LogicalPlan,
+    stream: Option<&SchemaRef>,
+    by_session: bool,
+) -> Result<LapProgress> {
+    let named = |s: &SchemaRef, n: &str| s.index_of(n).ok();
+    let from_input = stream.and_then(|s| {
+        let car = std::iter::once(named(s, "driver"))
+            .chain(by_session.then(|| named(s, "session")))
+            .collect::<Option<Vec<usize>>>()?;
+        Some(LapProgress::Input {
+            car,
+            lap: named(s, "lap")?,
+            ts: named(s, "ts")?,
+        })
+    });
+    if let Some(p) = from_input {
+        return Ok(p);
+    }
+    let schema = input.schema();
+    let ts_idx = (0..schema.fields().len())
+        .find(|&j| {
+            let (q, f) = schema.qualified_field(j);
+            lineage(&Expr::Column(Column::from((q, f))), input)
+                .is_some_and(|e| matches!(&e, Expr::Column(c) if c.name == "ts"))
+        })
+        .ok_or_else(|| {
+            Error::Refused(
+                "lap windows need the event time: keep the ts column in the query's input".into(),
+            )
+        })?;
+    let ts_name = schema.field(ts_idx).name().clone();
+    Ok(LapProgress::Stage {
+        ts: Arc::new(PhysicalColumn::new(&ts_name, ts_idx)),
+    })
+}
+
+/// The refusal of a GROUP BY with neither a time window nor driver and lap.
+fn never_closes(agg: &Aggregate) -> Error {
+    let input = agg.input.as_ref();
+    let names: Vec<String> = agg
+        .group_expr
+        .iter()
+        .map(|g| match lineage(g, input).unwrap_or_else(|| g.clone()) {
+            Expr::Column(c) => c.name,
+            other => other.schema_name().to_string(),
+        })
+        .collect();
+    Error::Refused(format!(
+        "GROUP BY {} never closes on an unbounded stream: also group by a window, \
+         e.g. date_bin(INTERVAL '1 second', ts), or by driver, lap",
+        names.join(", ")
+    ))
 }
 
 /// Planning settings: one partition (a micro-batch is small; order and determinism matter

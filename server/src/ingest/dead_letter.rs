@@ -13,6 +13,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::Result;
+use crate::ingest::decode::RawMessage;
 
 /// Payload bytes kept per dead letter (a 10 MB message keeps its first 64 KiB).
 pub(crate) const MAX_KEPT_PAYLOAD: usize = 64 * 1024;
@@ -31,28 +32,24 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// One argument per field of the record (the payload kept is cut to its first bytes).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    /// The dead letter of message `m` of `topic`, refused for `reason` (the payload kept is
+    /// cut to its first bytes).
+    pub(crate) fn new(
         topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: &[u8],
+        m: &RawMessage<'_>,
         reason: &'static str,
         error: String,
-        kafka_ts: Option<i64>,
     ) -> Self {
         Self {
             topic: topic.to_string(),
-            partition,
-            offset,
-            key: key.map(<[u8]>::to_vec),
-            payload: payload[..payload.len().min(MAX_KEPT_PAYLOAD)].to_vec(),
-            payload_bytes: payload.len(),
+            partition: m.partition,
+            offset: m.offset,
+            key: m.key.map(<[u8]>::to_vec),
+            payload: m.payload[..m.payload.len().min(MAX_KEPT_PAYLOAD)].to_vec(),
+            payload_bytes: m.payload.len(),
             reason,
             error,
-            kafka_ts,
+            kafka_ts: m.timestamp_ms,
         }
     }
 }

@@ -992,16 +992,7 @@ fn decode_batch(
             .map(|b| {
                 let m = &raw[b.index];
                 stats.add_bad(b.reason, 1);
-                DeadLetter::new(
-                    &config.topic,
-                    m.partition,
-                    m.offset,
-                    m.key,
-                    m.payload,
-                    b.reason,
-                    b.error.clone(),
-                    m.timestamp_ms,
-                )
+                DeadLetter::new(&config.topic, m, b.reason, b.error.clone())
             })
             .collect();
         tracing::debug!(count = letters.len(), "dead letters");
