@@ -14,6 +14,7 @@ use stable_deref_trait as _;
 use zerofrom as _;
 
 pub mod bundled;
+pub mod f1udp;
 pub mod schema;
 pub mod timedelta;
 
