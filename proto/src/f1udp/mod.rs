@@ -18,6 +18,9 @@
 
 use std::fmt;
 
+mod rows;
+pub use rows::Frames;
+
 /// The port the games send to by default.
 pub const DEFAULT_PORT: u16 = 20777;
 /// Bytes of the packet header.

@@ -414,3 +414,72 @@ fn encode_then_decode_is_the_identity() {
         }
     }
 }
+
+/// The real F1 25 packets of frame 326 of one race start, joined: a row per active car.
+#[test]
+fn the_packets_of_a_frame_are_joined_into_a_row_per_car() {
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::{Float32Type, Float64Type, Int32Type, TimestampMillisecondType};
+
+    let mut frames = Frames::default();
+    let arrival = 1_765_000_000_000;
+    let mut push = |name: &str| {
+        let (h, p) = decoded(name);
+        frames.push(&h, p, arrival).unwrap()
+    };
+    // Telemetry before the participants are known makes no rows.
+    assert!(push("CarTelemetry.bin").is_none());
+    for name in [
+        "Session.bin",
+        "Participants.bin",
+        "Motion.bin",
+        "LapData.bin",
+        "Event.bin",
+    ] {
+        assert!(push(name).is_none(), "{name}");
+    }
+    let rows: RecordBatch = push("CarTelemetry.bin").expect("rows");
+    assert_eq!(rows.schema(), crate::schema::telemetry_schema());
+    assert_eq!(rows.num_rows(), 20, "the 20 active cars");
+    let text = |c: &str, i: usize| {
+        rows.column_by_name(c)
+            .unwrap()
+            .as_string::<i32>()
+            .value(i)
+            .to_string()
+    };
+    let f32_at = |c: &str, i: usize| {
+        rows.column_by_name(c)
+            .unwrap()
+            .as_primitive::<Float32Type>()
+            .value(i)
+    };
+    assert_eq!(text("session", 0), "monza-3c41f35fdad292e4");
+    assert_eq!(
+        (text("driver", 0), text("driver", 19)),
+        ("GASLY".into(), "RUSSELL".into())
+    );
+    assert_eq!(
+        rows.column_by_name("lap")
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .value(0),
+        1
+    );
+    assert_eq!(
+        (f32_at("speed", 0), f32_at("rpm", 0), f32_at("throttle", 0)),
+        (40.0, 5961.0, 100.0)
+    );
+    assert!((f32_at("x", 0) + 607.709).abs() < 0.001 && (f32_at("z", 0) - 432.863).abs() < 0.001);
+    let distance = rows
+        .column_by_name("distance")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    assert!((distance.value(0) - 170.085).abs() < 0.001);
+    // The session started 1.702 s before the first packet arrived; this frame is at 1.702 s.
+    let ts = rows
+        .column_by_name("ts")
+        .unwrap()
+        .as_primitive::<TimestampMillisecondType>();
+    assert_eq!(ts.value(0), arrival);
+}

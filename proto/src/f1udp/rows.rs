@@ -1,0 +1,267 @@
+//! From game packets to telemetry rows: the packets of one frame joined per car.
+//!
+//! The game sends, every frame, a Motion, a Lap Data and a Car Telemetry packet for all cars,
+//! and now and then a Session and a Participants packet. [`Frames`] keeps the latest of each
+//! per session and, when a frame's Car Telemetry arrives, makes one row per active car in the
+//! canonical telemetry schema (no rows until the session's first Participants packet, which
+//! the game sends every 5 seconds: the driver names are not known before):
+//!
+//! | column | from |
+//! |---|---|
+//! | `session` | track and session UID, e.g. `monza-3c41f35fdad292e4` |
+//! | `driver` | the Participants name (`car<N>` when the game hides it) |
+//! | `lap` | Lap Data `currentLapNum` |
+//! | `ts` | the session's start (its first packet's arrival less its `sessionTime`) plus `sessionTime` |
+//! | `session_time` | `sessionTime`, seconds |
+//! | `speed`, `rpm`, `gear` | Car Telemetry |
+//! | `throttle` | Car Telemetry throttle × 100 (percent, as the timing feed) |
+//! | `brake` | Car Telemetry brake above 0 |
+//! | `drs` | 12 open, 0 closed (the timing feed's codes) |
+//! | `x`, `y`, `z` | Motion world position, metres |
+//! | `distance` | Lap Data `lapDistance`, metres |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int8Builder, Int32Builder,
+    RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow::error::ArrowError;
+
+use super::{CarLap, CarMotion, CarTelemetry, Header, Packet, Participants, Session};
+use crate::schema::telemetry_schema;
+
+/// Track names by the game's `trackId` (the specification's list).
+const TRACKS: [&str; 42] = [
+    "melbourne",
+    "paul-ricard",
+    "shanghai",
+    "sakhir",
+    "catalunya",
+    "monaco",
+    "montreal",
+    "silverstone",
+    "hockenheim",
+    "hungaroring",
+    "spa",
+    "monza",
+    "singapore",
+    "suzuka",
+    "abu-dhabi",
+    "texas",
+    "brazil",
+    "austria",
+    "sochi",
+    "mexico",
+    "baku",
+    "sakhir-short",
+    "silverstone-short",
+    "texas-short",
+    "suzuka-short",
+    "hanoi",
+    "zandvoort",
+    "imola",
+    "portimao",
+    "jeddah",
+    "miami",
+    "las-vegas",
+    "losail",
+    "track-33",
+    "track-34",
+    "track-35",
+    "track-36",
+    "track-37",
+    "track-38",
+    "silverstone-reverse",
+    "austria-reverse",
+    "zandvoort-reverse",
+];
+
+/// What one session has told so far.
+#[derive(Default)]
+struct SessionState {
+    /// Wall-clock ms at session time 0.
+    start_ms: i64,
+    session: Option<Session>,
+    participants: Option<Participants>,
+    motion: Vec<CarMotion>,
+    laps: Vec<CarLap>,
+}
+
+/// Joins the packets of each session into rows (see the module's table).
+#[derive(Default)]
+pub struct Frames {
+    sessions: HashMap<u64, SessionState>,
+}
+
+impl Frames {
+    /// Takes one decoded packet that arrived at `arrival_ms` (wall clock); returns the rows
+    /// of its frame when it is a Car Telemetry packet of a session whose participants are
+    /// known.
+    pub fn push(
+        &mut self,
+        header: &Header,
+        packet: Packet,
+        arrival_ms: i64,
+    ) -> Result<Option<RecordBatch>, ArrowError> {
+        let state = self
+            .sessions
+            .entry(header.session_uid)
+            .or_insert_with(|| SessionState {
+                start_ms: arrival_ms - (f64::from(header.session_time) * 1000.0) as i64,
+                ..SessionState::default()
+            });
+        match packet {
+            Packet::Motion(m) => state.motion = m,
+            Packet::LapData(l) => state.laps = l,
+            Packet::Session(s) => state.session = Some(s),
+            Packet::Participants(p) => state.participants = Some(p),
+            Packet::CarTelemetry(t) if state.participants.is_some() => {
+                return state.rows(header, &t).map(Some);
+            }
+            Packet::CarTelemetry(_) => {}
+            Packet::Event(_) | Packet::Other(_) => {}
+        }
+        Ok(None)
+    }
+
+    /// Forgets a session (after its `SEND` event, or when it went quiet).
+    pub fn end(&mut self, session_uid: u64) {
+        self.sessions.remove(&session_uid);
+    }
+}
+
+impl SessionState {
+    fn name(&self, uid: u64) -> String {
+        let track = self
+            .session
+            .and_then(|s| usize::try_from(s.track_id).ok())
+            .and_then(|t| TRACKS.get(t))
+            .unwrap_or(&"f1");
+        format!("{track}-{uid:016x}")
+    }
+
+    /// The active cars' names: the Participants name, else `car<N>`; a name two cars share
+    /// (online players the game shows as "Player") gets its car's number.
+    fn drivers(&self, cars: usize) -> Vec<String> {
+        let names: Vec<String> = (0..cars)
+            .map(|i| {
+                self.participants
+                    .as_ref()
+                    .and_then(|p| p.cars.get(i))
+                    .map(|p| p.name.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| format!("car{i}"))
+            })
+            .collect();
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if names.iter().filter(|m| *m == n).count() > 1 {
+                    format!("{n}-car{i}")
+                } else {
+                    n.clone()
+                }
+            })
+            .collect()
+    }
+
+    fn rows(&self, header: &Header, telemetry: &[CarTelemetry]) -> Result<RecordBatch, ArrowError> {
+        let active = self
+            .participants
+            .as_ref()
+            .map_or(0, |p| usize::from(p.active_cars))
+            .min(telemetry.len());
+        let session = self.name(header.session_uid);
+        let drivers = self.drivers(active);
+        let seconds = f64::from(header.session_time);
+        let ts = self.start_ms + (seconds * 1000.0).round() as i64;
+        let n = active;
+        let mut b = Builders::new(n);
+        for (i, t) in telemetry.iter().take(n).enumerate() {
+            let lap = self.laps.get(i);
+            let pos = self.motion.get(i);
+            b.session.append_value(&session);
+            b.driver.append_value(&drivers[i]);
+            b.lap.append_option(lap.map(|l| i32::from(l.lap)));
+            b.ts.append_value(ts);
+            b.session_time.append_value(seconds);
+            b.speed.append_value(f32::from(t.speed_kmh));
+            b.rpm.append_value(f32::from(t.rpm));
+            b.gear.append_value(t.gear);
+            b.throttle.append_value(t.throttle * 100.0);
+            b.brake.append_value(t.brake > 0.0);
+            b.drs.append_value(if t.drs { 12 } else { 0 });
+            b.x.append_option(pos.map(|p| p.x));
+            b.y.append_option(pos.map(|p| p.y));
+            b.z.append_option(pos.map(|p| p.z));
+            b.distance
+                .append_option(lap.map(|l| f64::from(l.lap_distance)));
+        }
+        b.finish()
+    }
+}
+
+/// One builder per column of the telemetry schema, in its order.
+struct Builders {
+    session: StringBuilder,
+    driver: StringBuilder,
+    lap: Int32Builder,
+    ts: TimestampMillisecondBuilder,
+    session_time: Float64Builder,
+    speed: Float32Builder,
+    rpm: Float32Builder,
+    gear: Int8Builder,
+    throttle: Float32Builder,
+    brake: BooleanBuilder,
+    drs: Int8Builder,
+    x: Float32Builder,
+    y: Float32Builder,
+    z: Float32Builder,
+    distance: Float64Builder,
+}
+
+impl Builders {
+    fn new(n: usize) -> Self {
+        Builders {
+            session: StringBuilder::with_capacity(n, n * 24),
+            driver: StringBuilder::with_capacity(n, n * 10),
+            lap: Int32Builder::with_capacity(n),
+            ts: TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"),
+            session_time: Float64Builder::with_capacity(n),
+            speed: Float32Builder::with_capacity(n),
+            rpm: Float32Builder::with_capacity(n),
+            gear: Int8Builder::with_capacity(n),
+            throttle: Float32Builder::with_capacity(n),
+            brake: BooleanBuilder::with_capacity(n),
+            drs: Int8Builder::with_capacity(n),
+            x: Float32Builder::with_capacity(n),
+            y: Float32Builder::with_capacity(n),
+            z: Float32Builder::with_capacity(n),
+            distance: Float64Builder::with_capacity(n),
+        }
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, ArrowError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.session.finish()),
+            Arc::new(self.driver.finish()),
+            Arc::new(self.lap.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.session_time.finish()),
+            Arc::new(self.speed.finish()),
+            Arc::new(self.rpm.finish()),
+            Arc::new(self.gear.finish()),
+            Arc::new(self.throttle.finish()),
+            Arc::new(self.brake.finish()),
+            Arc::new(self.drs.finish()),
+            Arc::new(self.x.finish()),
+            Arc::new(self.y.finish()),
+            Arc::new(self.z.finish()),
+            Arc::new(self.distance.finish()),
+        ];
+        RecordBatch::try_new(telemetry_schema(), columns)
+    }
+}
