@@ -1,7 +1,8 @@
 //! The `pitwall` client: replays recorded telemetry into Kafka ([`replay`], from a
 //! [`session`] file or FastF1 export, multiplied by [`fleet`] and encoded by [`wire`]), and
 //! talks to a running server over Arrow Flight ([`client`]) to watch, control and query it
-//! ([`commands`], printed by [`output`]). It depends on the wire contract (`pitwall-proto`) and
+//! ([`commands`], printed by [`output`]); [`udp`] bridges, records and plays EA F1 game
+//! telemetry. It depends on the wire contract (`pitwall-proto`) and
 //! Arrow Flight only, never on server internals.
 
 // Every dependency the library declares is one it uses (the binaries and tests have their own
@@ -22,4 +23,5 @@ pub mod output;
 pub mod process;
 pub mod replay;
 pub mod session;
+pub mod udp;
 pub mod wire;

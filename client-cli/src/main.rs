@@ -76,6 +76,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert a FastF1 export into a Parquet file in the Pitwall schema.
     Convert(convert::ConvertArgs),
+    /// EA F1 game telemetry (UDP): a bridge to Kafka (`--listen`), `record`, `play`.
+    Udp(pitwall_cli::udp::UdpArgs),
 }
 
 #[derive(Subcommand)]
@@ -91,6 +93,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tls_ca: cli.tls_ca.clone(),
     };
     match cli.command {
+        Command::Udp(args) => {
+            println!("{}", pitwall_cli::udp::run(args).await?);
+            Ok(())
+        }
         Command::Replay(args) => {
             let s = replay::run(&args).await?;
             println!(
@@ -138,7 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Sql { query, format } => commands::sql(&mut c, &query, format).await,
                 Command::Stats => commands::stats(&mut c).await,
                 Command::Sessions { format } => commands::sessions(&mut c, format).await,
-                Command::Replay(_) | Command::Convert(_) | Command::Bench(_) => {
+                Command::Replay(_) | Command::Convert(_) | Command::Bench(_) | Command::Udp(_) => {
                     unreachable!("handled above")
                 }
             }

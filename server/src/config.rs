@@ -60,6 +60,8 @@ pub struct ServerArgs {
     pub flight: FlightArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub udp: UdpArgs,
     /// Extra JSON names, wire name = column (the file's `[json_names]` table only).
     #[arg(skip)]
     #[serde(default)]
@@ -214,6 +216,16 @@ pub struct StorageArgs {
     pub housekeeping_ms: u64,
 }
 
+/// `[udp]`: telemetry straight from an EA F1 game.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpArgs {
+    /// Listen for EA F1 23/24/25 UDP telemetry on this address (the game's default port is
+    /// 20777; e.g. 0.0.0.0:20777), instead of the embedded replay.
+    #[arg(long = "udp", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
 /// Lists that a flag adds to instead of replacing: the file's entries, then the flags'.
 const APPENDING: &[&str] = &["kafka_opt", "json_name"];
 
@@ -305,6 +317,8 @@ pub struct Config {
     pub subscriber_buffer: usize,
     pub data_dir: String,
     pub archive: ArchiveConfig,
+    /// Where to listen for F1 game telemetry (UDP); None = not.
+    pub udp: Option<SocketAddr>,
 }
 
 fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
@@ -323,6 +337,12 @@ impl Config {
     pub fn resolve(args: ServerArgs) -> Result<Self> {
         let decode = decode_config(&args.decode, &args.json_names)?;
         let kafka = kafka_config(&args.kafka)?;
+        if kafka.is_some() && args.udp.listen.is_some() {
+            return Err(Error::Config(
+                "--udp and --brokers together are not supported yet: run one server per source"
+                    .into(),
+            ));
+        }
         let engine = engine_config(&args.engine, args.kafka.batch_ms, kafka.is_some());
         let f = args.flight;
         let tls = match (f.tls_cert, f.tls_key) {
@@ -349,6 +369,7 @@ impl Config {
             subscriber_buffer: f.subscriber_buffer,
             archive: archive_config(&args.storage)?,
             data_dir: args.storage.data_dir,
+            udp: args.udp.listen,
         };
         if let Some(kafka) = &mut config.kafka {
             let id = instance_id(args.kafka.instance_id, &config.data_dir, &kafka.options)?;
@@ -744,6 +765,7 @@ mod tests {
             (&["--compact-min-files", "7"], &[], "[storage]\ncompact_min_files = 7"),
             (&["--compact-idle-secs", "7"], &[], "[storage]\ncompact_idle_secs = 7"),
             (&["--housekeeping-ms", "70"], &[], "[storage]\nhousekeeping_ms = 70"),
+            (&["--udp", "127.0.0.1:20777"], &[], "[udp]\nlisten = '127.0.0.1:20777'"),
         ];
         let variables: &[(&str, &str)] = &[
             ("--config", "PITWALL_CONFIG"),

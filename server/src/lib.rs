@@ -184,7 +184,8 @@ impl App {
             batch_tx,
             &stop_ingest,
             &mut tasks,
-        )?;
+        )
+        .await?;
         let archive = Archive::start(
             store.clone(),
             config.archive.clone(),
@@ -312,7 +313,7 @@ impl RunningApp {
 /// Starts the input: the Kafka consumer thread (resuming past the checkpoint's offsets), or
 /// the bundled race replayed in-process (a task added to `tasks`). Returns the Kafka offset
 /// committer and consumer thread, when there is a consumer.
-fn start_ingest(
+async fn start_ingest(
     config: &Config,
     stats: &Arc<IngestStats>,
     consumed: &BTreeMap<(String, i32), i64>,
@@ -340,6 +341,21 @@ fn start_ingest(
             skip,
         )?;
         return Ok((Some(source.committer), Some(source.thread)));
+    }
+    if let Some(addr) = config.udp {
+        let socket = ingest::udp::bind(addr).await?;
+        let (tick, stats) = (config.engine.tick, stats.clone());
+        let start = consumed
+            .get(&(ingest::udp::TOPIC.to_string(), 0))
+            .copied()
+            .unwrap_or(0);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = ingest::udp::run(socket, start, tick, 16 * 1024, stats, batch_tx).await
+            {
+                tracing::error!(error = %e, "UDP source stopped");
+            }
+        }));
+        return Ok((None, None));
     }
     let session = ingest::embedded::bundled_session()?;
     let cfg = ingest::embedded::EmbeddedConfig {

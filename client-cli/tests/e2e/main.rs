@@ -8,4 +8,5 @@ mod dashboard;
 mod engine;
 mod flight;
 mod replay;
+mod udp;
 mod web;

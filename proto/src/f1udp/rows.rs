@@ -2,15 +2,17 @@
 //!
 //! The game sends, every frame, a Motion, a Lap Data and a Car Telemetry packet for all cars,
 //! and now and then a Session and a Participants packet. [`Frames`] keeps the latest of each
-//! per session and, when a frame's Car Telemetry arrives, makes one row per active car in the
-//! canonical telemetry schema (no rows until the session's first Participants packet, which
-//! the game sends every 5 seconds: the driver names are not known before):
+//! per session and, when a frame's Car Telemetry arrives, makes a row for each active car
+//! whose Lap Data moved on since its last row (its lap timer ran or its lap changed: a car
+//! standing in the garage makes none, a car on track one a frame), in the canonical telemetry
+//! schema. There are no rows until the session's first Participants packet (the game sends
+//! one every 5 seconds): before it the driver names are not known.
 //!
 //! | column | from |
 //! |---|---|
 //! | `session` | track and session UID, e.g. `monza-3c41f35fdad292e4` |
 //! | `driver` | the Participants name (`car<N>` when the game hides it) |
-//! | `lap` | Lap Data `currentLapNum` |
+//! | `lap` | Lap Data `currentLapNum` (0, before the start, is null) |
 //! | `ts` | the session's start (its first packet's arrival less its `sessionTime`) plus `sessionTime` |
 //! | `session_time` | `sessionTime`, seconds |
 //! | `speed`, `rpm`, `gear` | Car Telemetry |
@@ -87,6 +89,8 @@ struct SessionState {
     participants: Option<Participants>,
     motion: Vec<CarMotion>,
     laps: Vec<CarLap>,
+    /// Per car, the (lap, lap time) of its last row.
+    sent: Vec<Option<(u8, u32)>>,
 }
 
 /// Joins the packets of each session into rows (see the module's table).
@@ -168,7 +172,11 @@ impl SessionState {
             .collect()
     }
 
-    fn rows(&self, header: &Header, telemetry: &[CarTelemetry]) -> Result<RecordBatch, ArrowError> {
+    fn rows(
+        &mut self,
+        header: &Header,
+        telemetry: &[CarTelemetry],
+    ) -> Result<RecordBatch, ArrowError> {
         let active = self
             .participants
             .as_ref()
@@ -178,14 +186,22 @@ impl SessionState {
         let drivers = self.drivers(active);
         let seconds = f64::from(header.session_time);
         let ts = self.start_ms + (seconds * 1000.0).round() as i64;
-        let n = active;
-        let mut b = Builders::new(n);
-        for (i, t) in telemetry.iter().take(n).enumerate() {
-            let lap = self.laps.get(i);
+        self.sent.resize(active.max(self.sent.len()), None);
+        let mut b = Builders::new(active);
+        for (i, t) in telemetry.iter().take(active).enumerate() {
+            let Some(lap) = self.laps.get(i) else {
+                continue;
+            };
+            let moved = Some((lap.lap, lap.current_lap_ms));
+            if self.sent[i] == moved {
+                continue;
+            }
+            self.sent[i] = moved;
             let pos = self.motion.get(i);
             b.session.append_value(&session);
             b.driver.append_value(&drivers[i]);
-            b.lap.append_option(lap.map(|l| i32::from(l.lap)));
+            b.lap
+                .append_option((lap.lap > 0).then_some(i32::from(lap.lap)));
             b.ts.append_value(ts);
             b.session_time.append_value(seconds);
             b.speed.append_value(f32::from(t.speed_kmh));
@@ -197,8 +213,7 @@ impl SessionState {
             b.x.append_option(pos.map(|p| p.x));
             b.y.append_option(pos.map(|p| p.y));
             b.z.append_option(pos.map(|p| p.z));
-            b.distance
-                .append_option(lap.map(|l| f64::from(l.lap_distance)));
+            b.distance.append_value(f64::from(lap.lap_distance));
         }
         b.finish()
     }

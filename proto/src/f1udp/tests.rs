@@ -423,12 +423,12 @@ fn the_packets_of_a_frame_are_joined_into_a_row_per_car() {
 
     let mut frames = Frames::default();
     let arrival = 1_765_000_000_000;
-    let mut push = |name: &str| {
+    let push = |frames: &mut Frames, name: &str| {
         let (h, p) = decoded(name);
         frames.push(&h, p, arrival).unwrap()
     };
     // Telemetry before the participants are known makes no rows.
-    assert!(push("CarTelemetry.bin").is_none());
+    assert!(push(&mut frames, "CarTelemetry.bin").is_none());
     for name in [
         "Session.bin",
         "Participants.bin",
@@ -436,9 +436,9 @@ fn the_packets_of_a_frame_are_joined_into_a_row_per_car() {
         "LapData.bin",
         "Event.bin",
     ] {
-        assert!(push(name).is_none(), "{name}");
+        assert!(push(&mut frames, name).is_none(), "{name}");
     }
-    let rows: RecordBatch = push("CarTelemetry.bin").expect("rows");
+    let rows: RecordBatch = push(&mut frames, "CarTelemetry.bin").expect("rows");
     assert_eq!(rows.schema(), crate::schema::telemetry_schema());
     assert_eq!(rows.num_rows(), 20, "the 20 active cars");
     let text = |c: &str, i: usize| {
@@ -482,4 +482,26 @@ fn the_packets_of_a_frame_are_joined_into_a_row_per_car() {
         .unwrap()
         .as_primitive::<TimestampMillisecondType>();
     assert_eq!(ts.value(0), arrival);
+    // The same frame again: no car's lap timer moved, so no rows.
+    assert_eq!(
+        push(&mut frames, "CarTelemetry.bin")
+            .expect("a batch")
+            .num_rows(),
+        0
+    );
+    let (h, p) = decoded("LapData.bin");
+    let Packet::LapData(mut laps) = p else {
+        panic!()
+    };
+    laps[3].current_lap_ms += 17;
+    frames.push(&h, Packet::LapData(laps), arrival).unwrap();
+    let rows = push(&mut frames, "CarTelemetry.bin").expect("a batch");
+    assert_eq!(rows.num_rows(), 1, "only the car whose lap timer ran");
+    assert_eq!(
+        rows.column_by_name("driver")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "SAINZ"
+    );
 }

@@ -8,6 +8,7 @@ pub(crate) mod dead_letter;
 pub mod decode;
 pub mod embedded;
 pub mod kafka;
+pub(crate) mod udp;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -1,0 +1,228 @@
+//! EA F1 game telemetry over UDP: the bundled race encoded as F1 25 packets by
+//! `pitwall udp play --from-session`, into `pitwall-server --udp` (no broker), gives the same
+//! laps and scores as the race itself (the batch result the Kafka path is tested equal to).
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, TimestampMillisecondType};
+use pitwall_server::engine::oracle::batch_result;
+
+use crate::engine::{stats, wait_until_done};
+use crate::support::{client, free_port, pitwall, run_ok, session_rows, sql, start_server, unique};
+
+fn testdata(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../proto/testdata/f1-udp")
+        .join(file)
+}
+
+/// Per (driver, lap): every other column of a result, by name.
+type ByLap = BTreeMap<(String, i32), BTreeMap<String, f64>>;
+
+fn by_lap(batches: &[RecordBatch]) -> ByLap {
+    let mut out = ByLap::new();
+    for b in batches {
+        let driver = b.column_by_name("driver").unwrap().as_string::<i32>();
+        let lap = b
+            .column_by_name("lap")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        for i in 0..b.num_rows() {
+            let mut values = BTreeMap::new();
+            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+                let v = match f.name().as_str() {
+                    "session" | "driver" | "lap" | "is_anomaly" => continue,
+                    "lap_start" | "last_sample" => {
+                        c.as_primitive::<TimestampMillisecondType>().value(i) as f64
+                    }
+                    _ if c.is_null(i) => f64::NAN,
+                    _ => {
+                        let c = arrow::compute::cast(c, &DataType::Float64).unwrap();
+                        c.as_primitive::<Float64Type>().value(i)
+                    }
+                };
+                values.insert(f.name().clone(), v);
+            }
+            out.insert((driver.value(i).to_string(), lap.value(i)), values);
+        }
+    }
+    out
+}
+
+/// The same laps; counts equal; times shifted by one constant (the game's clock starts at the
+/// session); speeds, RPM and scores equal within float tolerance.
+fn assert_same_laps(name: &str, udp: &ByLap, race: &ByLap) {
+    assert_eq!(
+        udp.keys().collect::<Vec<_>>(),
+        race.keys().collect::<Vec<_>>(),
+        "{name}: the same (driver, lap) rows"
+    );
+    let mut shift: Option<f64> = None;
+    for (key, u) in udp {
+        let r = &race[key];
+        for (column, &a) in u {
+            let b = r[column];
+            match column.as_str() {
+                "lap_start" | "last_sample" => {
+                    let d = a - b;
+                    assert_eq!(
+                        *shift.get_or_insert(d),
+                        d,
+                        "{name} {key:?} {column}: time shift"
+                    );
+                }
+                "samples" => assert_eq!(a, b, "{name} {key:?} samples"),
+                _ if a.is_nan() || b.is_nan() => {
+                    assert!(a.is_nan() && b.is_nan(), "{name} {key:?} {column}")
+                }
+                _ => assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{name} {key:?} {column}: {a} over UDP, {b} in the race"
+                ),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_race_played_as_game_packets_gives_the_races_laps_and_scores() {
+    let port = free_port();
+    let data = std::env::temp_dir().join(unique("udp"));
+    let args: Vec<String> = [
+        "pitwall-server",
+        "--udp",
+        &format!("127.0.0.1:{port}"),
+        "--flight-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "off",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let app = start_server(args).await;
+    let mut c = client(&app, None).await;
+    // What is not a packet of F1 23-25 is counted by reason, and nothing else changes.
+    let real_2025 = std::fs::read(testdata("f1-25/Motion.bin")).unwrap();
+    let bad: Vec<Vec<u8>> = vec![
+        vec![],
+        b"not a game packet".to_vec(),
+        std::fs::read(testdata("f1-22-23-24/2022-06.bin")).unwrap(),
+        real_2025[..100].to_vec(),
+        [real_2025.as_slice(), &[0; 9]].concat(),
+        {
+            let mut p = real_2025.clone();
+            p[6] = 99;
+            p
+        },
+    ];
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for datagram in &bad {
+        socket.send_to(datagram, ("127.0.0.1", port)).unwrap();
+    }
+    let out = run_ok(pitwall().args([
+        "udp",
+        "play",
+        "--from-session",
+        "--laps",
+        "1-3",
+        "--speed",
+        "50",
+        "--to",
+        &format!("127.0.0.1:{port}"),
+    ]));
+    println!("{}", out.trim());
+    let rows = session_rows(3);
+    // Every sample arrived (none lost, none twice) and every lap closed.
+    wait_until_done(&mut c, rows.num_rows() as u64).await;
+    let refused: BTreeMap<String, u64> = stats(&mut c)
+        .await
+        .bad_messages
+        .iter()
+        .map(|b| (b.reason.clone(), b.count))
+        .collect();
+    let expected: BTreeMap<String, u64> = [
+        // The empty datagram and the cut Motion packet.
+        ("udp_truncated", 2),
+        // The 2022 packet, and the text (its first two bytes read as format 28526).
+        ("udp_format", 2),
+        ("udp_oversize", 1),
+        ("udp_packet_id", 1),
+    ]
+    .iter()
+    .map(|(r, n)| (r.to_string(), *n))
+    .collect();
+    assert_eq!(refused, expected, "bad datagrams by reason");
+    let queries = pitwall_server::initial_queries(None).unwrap();
+    for q in ["lap_stats", "lap_anomaly"] {
+        let udp = by_lap(&sql(&mut c, &format!("SELECT * FROM {q}")).await);
+        let race = by_lap(&batch_result(&queries, q, &rows).await.unwrap());
+        assert!(race.len() > 40, "{q}: {} laps", race.len());
+        assert_same_laps(q, &udp, &race);
+        println!("{q}: {} rows over UDP = the race's", udp.len());
+    }
+    app.stop().await;
+}
+
+/// `udp record` keeps every datagram, and `udp play` of the recording sends the same bytes
+/// in the same order as the session's own encoding.
+#[test]
+fn a_recording_plays_back_the_datagrams_it_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("race.pwudp");
+    let record_port = free_port();
+    let mut recorder = std::process::Command::new(crate::support::pitwall_binary())
+        .args([
+            "udp",
+            "record",
+            "--listen",
+            &format!("127.0.0.1:{record_port}"),
+        ])
+        .args(["--out", file.to_str().unwrap(), "--seconds", "6"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let to = format!("127.0.0.1:{record_port}");
+    let args = [
+        "udp",
+        "play",
+        "--from-session",
+        "--laps",
+        "1-1",
+        "--speed",
+        "100",
+    ];
+    run_ok(pitwall().args(args).args(["--to", &to]));
+    assert!(recorder.wait().unwrap().success());
+    // Play the recording to a socket of this test's and read it all.
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let to = receiver.local_addr().unwrap().to_string();
+    let play = std::thread::spawn(move || {
+        let file = file.to_str().unwrap().to_string();
+        run_ok(pitwall().args(["udp", "play", &file, "--speed", "20", "--to", &to]))
+    });
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while let Ok(n) = receiver.recv(&mut buf) {
+        got.push(buf[..n].to_vec());
+    }
+    println!("{}", play.join().unwrap().trim());
+    let session = pitwall_cli::session::Session::bundled()
+        .unwrap()
+        .cut_laps(1, 1, 30_000)
+        .unwrap();
+    let sent: Vec<Vec<u8>> = pitwall_cli::udp::session_packets(&session)
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert!(sent.len() > 1000, "{} packets", sent.len());
+    assert_eq!(got.len(), sent.len(), "datagrams played back");
+    assert!(got == sent, "the same bytes in the same order");
+}

@@ -1,0 +1,175 @@
+//! The UDP source: an EA F1 game (F1 23, 24, 25) sends its telemetry straight to the server
+//! (`--udp 0.0.0.0:20777`), no broker in between. Each datagram is decoded
+//! ([`pitwall_proto::f1udp`]); the packets of a frame become a telemetry row per car
+//! ([`pitwall_proto::f1udp::Frames`]), gathered into micro-batches on the engine's tick and
+//! sent on the same path as Kafka's. A datagram that is not a packet Pitwall reads (too short
+//! or long, another format, an unknown packet id) is counted by reason and dead-lettered with
+//! its bytes, like a bad Kafka message. UDP has no offsets: the source numbers datagrams (topic
+//! `udp`, partition 0, going on after a restart from the checkpoint's number), and what was in flight when the server stopped is lost, as
+//! the game does not resend.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
+use pitwall_proto::f1udp::{self, Frames, Packet};
+use pitwall_proto::schema::{col, telemetry_schema};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::dead_letter::DeadLetter;
+use super::decode::RawMessage;
+use super::{IngestStats, MicroBatch, PartitionSlice};
+use crate::error::{Error, Result};
+
+/// The topic name the UDP source's rows and dead letters are recorded under.
+pub(crate) const TOPIC: &str = "udp";
+
+/// A datagram buffer larger than any packet of the specification (the longest is 1460 bytes):
+/// a longer datagram is read whole enough to be refused as oversize.
+const DATAGRAM_BUFFER: usize = 4096;
+
+/// Binds the socket (port 0 = any free port): a bad address fails at start, in one line.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<UdpSocket> {
+    UdpSocket::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("--udp {addr}: {e}")))
+}
+
+/// What the source has gathered since its last micro-batch.
+struct Pending {
+    rows: Vec<RecordBatch>,
+    dead_letters: Vec<DeadLetter>,
+    first_offset: Option<i64>,
+    next_offset: i64,
+}
+
+impl Pending {
+    /// Decodes one datagram into rows (when it completes a frame) or a dead letter.
+    fn take(&mut self, frames: &mut Frames, datagram: &[u8], stats: &IngestStats) {
+        let offset = self.next_offset;
+        self.next_offset += 1;
+        self.first_offset.get_or_insert(offset);
+        let arrival_ms = now_ms();
+        let refused = |reason: &'static str, error: String| {
+            let m = RawMessage {
+                payload: datagram,
+                key: None,
+                partition: 0,
+                offset,
+                timestamp_ms: Some(arrival_ms),
+                format_header: None,
+            };
+            DeadLetter::new(TOPIC, &m, reason, error)
+        };
+        match f1udp::decode(datagram) {
+            Ok((header, packet)) => {
+                if let Packet::Event(e) = &packet
+                    && &e.code == b"SEND"
+                {
+                    frames.end(header.session_uid);
+                    return;
+                }
+                match frames.push(&header, packet, arrival_ms) {
+                    Ok(Some(rows)) if rows.num_rows() > 0 => self.rows.push(rows),
+                    Ok(_) => {}
+                    Err(e) => {
+                        stats.add_bad("udp_rows", 1);
+                        self.dead_letters.push(refused("udp_rows", e.to_string()));
+                    }
+                }
+            }
+            Err(e) => {
+                stats.add_bad(e.reason(), 1);
+                self.dead_letters.push(refused(e.reason(), e.to_string()));
+            }
+        }
+    }
+
+    /// The micro-batch of what was gathered, if anything was.
+    fn batch(&mut self) -> Result<Option<MicroBatch>> {
+        let Some(first_offset) = self.first_offset.take() else {
+            return Ok(None);
+        };
+        let rows = concat_batches(&telemetry_schema(), &std::mem::take(&mut self.rows))?;
+        let max_ts = (rows.num_rows() > 0)
+            .then(|| {
+                let ts = rows.column_by_name(col::TS).expect("ts");
+                datafusion::arrow::compute::max(
+                    ts.as_any()
+                        .downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>()
+                        .expect("ts type"),
+                )
+            })
+            .flatten();
+        Ok(Some(MicroBatch {
+            topic: TOPIC.into(),
+            rows,
+            partitions: vec![PartitionSlice {
+                partition: 0,
+                first_offset,
+                last_offset: self.next_offset - 1,
+                max_ts,
+            }],
+            assigned: None,
+            caught_up: vec![0],
+            caught_up_confirmed: None,
+            dead_letters: std::mem::take(&mut self.dead_letters),
+            ready_at: Instant::now(),
+        }))
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Receives datagrams until the engine's channel closes, sending a micro-batch every `tick`
+/// (or sooner, at `max_rows`).
+pub(crate) async fn run(
+    socket: UdpSocket,
+    start_offset: i64,
+    tick: Duration,
+    max_rows: usize,
+    stats: Arc<IngestStats>,
+    tx: mpsc::Sender<MicroBatch>,
+) -> Result<()> {
+    let addr = socket.local_addr()?;
+    tracing::info!(%addr, "listening for F1 game telemetry (UDP)");
+    let mut frames = Frames::default();
+    let mut pending = Pending {
+        rows: Vec::new(),
+        dead_letters: Vec::new(),
+        first_offset: None,
+        next_offset: start_offset,
+    };
+    let mut buf = vec![0u8; DATAGRAM_BUFFER];
+    let mut ticker = tokio::time::interval(tick);
+    let (mut datagrams, mut bytes) = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (n, _) = received?;
+                pending.take(&mut frames, &buf[..n], &stats);
+                datagrams += 1;
+                bytes += n as u64;
+                let rows: usize = pending.rows.iter().map(RecordBatch::num_rows).sum();
+                if rows < max_rows {
+                    continue;
+                }
+            }
+            _ = ticker.tick() => {}
+        }
+        if let Some(batch) = pending.batch()? {
+            stats.count(datagrams, bytes, batch.rows.num_rows() as u64);
+            (datagrams, bytes) = (0, 0);
+            if tx.send(batch).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
