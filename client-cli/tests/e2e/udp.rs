@@ -9,7 +9,10 @@ use arrow::datatypes::{DataType, Float64Type, TimestampMillisecondType};
 use pitwall_server::engine::oracle::batch_result;
 
 use crate::engine::{stats, wait_until_done};
-use crate::support::{client, free_port, pitwall, run_ok, session_rows, sql, start_server, unique};
+use crate::support::{
+    broker, client, create_topic, free_port, pitwall, pitwall_binary, run_ok, server_args,
+    session_rows, sql, start_server, unique,
+};
 
 fn testdata(file: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -225,4 +228,67 @@ fn a_recording_plays_back_the_datagrams_it_recorded() {
     assert!(sent.len() > 1000, "{} packets", sent.len());
     assert_eq!(got.len(), sent.len(), "datagrams played back");
     assert!(got == sent, "the same bytes in the same order");
+}
+
+/// A team's setup: `pitwall udp --listen` publishes the game's rows to Kafka keyed by car,
+/// and a server on that topic gives the race's laps and scores.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridge_publishes_the_games_rows_to_kafka() {
+    let bootstrap = broker();
+    let topic = unique("udp-bridge");
+    create_topic(&bootstrap, &topic, 4).await.unwrap();
+    let port = free_port();
+    let bridge = std::process::Command::new(pitwall_binary())
+        .args(["udp", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--brokers",
+            &bootstrap,
+            "--topic",
+            &topic,
+            "--seconds",
+            "12",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let args = [
+        "udp",
+        "play",
+        "--from-session",
+        "--laps",
+        "1-2",
+        "--speed",
+        "50",
+    ];
+    run_ok(
+        pitwall()
+            .args(args)
+            .args(["--to", &format!("127.0.0.1:{port}")]),
+    );
+    let out = bridge.wait_with_output().unwrap();
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{progress}");
+    assert!(
+        progress.contains("packets/s"),
+        "a progress line: {progress}"
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let dir = tempfile::tempdir().unwrap();
+    let app = start_server(server_args(&bootstrap, &topic, dir.path(), &[])).await;
+    let mut c = client(&app, None).await;
+    let rows = session_rows(2);
+    wait_until_done(&mut c, rows.num_rows() as u64).await;
+    let queries = pitwall_server::initial_queries(None).unwrap();
+    for q in ["lap_stats", "lap_anomaly"] {
+        let bridged = by_lap(&sql(&mut c, &format!("SELECT * FROM {q}")).await);
+        let race = by_lap(&batch_result(&queries, q, &rows).await.unwrap());
+        assert_same_laps(q, &bridged, &race);
+        println!(
+            "{q}: {} rows through the bridge = the race's",
+            bridged.len()
+        );
+    }
+    app.stop().await;
 }
