@@ -159,6 +159,28 @@ async fn a_race_played_as_game_packets_gives_the_races_laps_and_scores() {
     .map(|(r, n)| (r.to_string(), *n))
     .collect();
     assert_eq!(refused, expected, "bad datagrams by reason");
+    // ... and archived with their bytes, as dead letters.
+    let q = "SELECT count(*), CAST(coalesce(sum(payload_bytes), 0) AS BIGINT) FROM archive.dead_letters WHERE topic = 'udp'";
+    let bytes: i64 = bad.iter().map(|d| d.len() as i64).sum();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let b = sql(&mut c, q).await;
+        let int = |i: usize| {
+            b[0].column(i)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0)
+        };
+        if (int(0), int(1)) == (6, bytes) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} dead letters of {} bytes archived, not 6 of {bytes}",
+            int(0),
+            int(1)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     let queries = pitwall_server::initial_queries(None).unwrap();
     for q in ["lap_stats", "lap_anomaly"] {
         let udp = by_lap(&sql(&mut c, &format!("SELECT * FROM {q}")).await);
