@@ -51,14 +51,14 @@ met() { python3 -c "import sys; print('met' if $1 else '**missed**')"; }
 latency() {
   bench latency --cars 20 --rate 60 --duration 60
   row '`pitwall bench --cars 20 --rate 60 --duration 60`' 'p99 <= 50 ms; RSS <= 300 MB' \
-    "p50/p99 $(j latency 'f"{r[\"latency_ms\"][\"p50\"]:.0f}/{r[\"latency_ms\"][\"p99\"]:.0f}"') ms; RSS $(j latency 'f"{r[\"server_peak_rss_mb\"]:.0f}"') MB peak; CPU $(j latency 'f"{r[\"server_cpu_percent\"]:.0f}"')%" \
+    "p50/p99 $(j latency '"%.0f/%.0f" % (r["latency_ms"]["p50"], r["latency_ms"]["p99"])') ms; RSS $(j latency '"%.0f" % r["server_peak_rss_mb"]') MB peak; CPU $(j latency '"%.0f" % r["server_cpu_percent"]')%" \
     "$(met "$(j latency 'r["latency_ms"]["p99"] <= 50 and r["server_peak_rss_mb"] <= 300')")"
 }
 
 throughput() {
   bench throughput --cars 200 --rate 1000 --duration 60
   row '`pitwall bench --cars 200 --rate 1000 --duration 60`' '>= 200K rows/s, backlog < 1 s; p99 <= 250 ms; RSS <= 300 MB' \
-    "$(j throughput 'f"{r[\"rows_in_per_s\"]:,.0f}"') rows/s, backlog $(j throughput 'f"{r[\"backlog_rows\"]:,}"') rows; p99 $(j throughput 'f"{r[\"latency_ms\"][\"p99\"]:.0f}"') ms; RSS $(j throughput 'f"{r[\"server_peak_rss_mb\"]:.0f}"') MB" \
+    "$(j throughput '"{:,.0f}".format(r["rows_in_per_s"])') rows/s, backlog $(j throughput '"{:,}".format(r["backlog_rows"])') rows; p99 $(j throughput '"%.0f" % r["latency_ms"]["p99"]') ms; RSS $(j throughput '"%.0f" % r["server_peak_rss_mb"]') MB" \
     "$(met "$(j throughput 'r["rows_in_per_s"] >= 0.99 * 200000 and r["backlog_rows"] < 200000 and r["latency_ms"]["p99"] <= 250 and r["server_peak_rss_mb"] <= 300')")"
 }
 
@@ -167,6 +167,12 @@ archive() {
     "Pitwall ${ours} ms vs DuckDB ${duck} ms" \
     "$(met "all(float(a) <= float(b) for a, b in zip('$ours'.split('/'), '$duck'.split('/')))")"
 }
+
+# The broker is started here, not in a row: each row runs in a subshell (`$(...)`), and what
+# it started there would outlive the script.
+for r in "${rows[@]}"; do
+  case "$r" in latency|throughput|subscribers|slow|dashboards|replay|archive) need_broker; break ;; esac
+done
 
 echo "| command | target | latest result | machine | commit | met? |"
 echo "|---|---|---|---|---|---|"

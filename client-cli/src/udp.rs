@@ -454,9 +454,10 @@ fn update_car(car: &mut Car, rows: &RecordBatch, row: usize, ts: i64) {
         ..car.lap
     };
     car.motion = CarMotion {
+        // The game's Y is up: the schema's y (ground plane) is the game's Z.
         x: f32_of(col::X),
-        y: f32_of(col::Y),
-        z: f32_of(col::Z),
+        y: f32_of(col::Z),
+        z: f32_of(col::Y),
     };
 }
 

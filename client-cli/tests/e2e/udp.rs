@@ -88,8 +88,12 @@ fn assert_same_laps(name: &str, udp: &ByLap, race: &ByLap) {
     }
 }
 
+/// Laps 1-3 at 50x; `PITWALL_UDP_LAST_LAP=52 PITWALL_UDP_SPEED=10` plays the whole race.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_race_played_as_game_packets_gives_the_races_laps_and_scores() {
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let last_lap: i32 = env("PITWALL_UDP_LAST_LAP", "3").parse().unwrap();
+    let speed = env("PITWALL_UDP_SPEED", "50");
     let port = free_port();
     let data = std::env::temp_dir().join(unique("udp"));
     let args: Vec<String> = [
@@ -131,14 +135,14 @@ async fn a_race_played_as_game_packets_gives_the_races_laps_and_scores() {
         "play",
         "--from-session",
         "--laps",
-        "1-3",
+        &format!("1-{last_lap}"),
         "--speed",
-        "50",
+        &speed,
         "--to",
         &format!("127.0.0.1:{port}"),
     ]));
     println!("{}", out.trim());
-    let rows = session_rows(3);
+    let rows = session_rows(last_lap);
     // Every sample arrived (none lost, none twice) and every lap closed.
     wait_until_done(&mut c, rows.num_rows() as u64).await;
     let refused: BTreeMap<String, u64> = stats(&mut c)

@@ -19,7 +19,7 @@
 //! | `throttle` | Car Telemetry throttle × 100 (percent, as the timing feed) |
 //! | `brake` | Car Telemetry brake above 0 |
 //! | `drs` | 12 open, 0 closed (the timing feed's codes) |
-//! | `x`, `y`, `z` | Motion world position, metres |
+//! | `x`, `y`, `z` | Motion world position X and Z (the game's ground plane, as a track map draws it) and Y (height), metres |
 //! | `distance` | Lap Data `lapDistance`, metres |
 
 use std::collections::HashMap;
@@ -210,9 +210,10 @@ impl SessionState {
             b.throttle.append_value(t.throttle * 100.0);
             b.brake.append_value(t.brake > 0.0);
             b.drs.append_value(if t.drs { 12 } else { 0 });
+            // The game's Y is up; the schema's x, y are the ground plane and z the height.
             b.x.append_option(pos.map(|p| p.x));
-            b.y.append_option(pos.map(|p| p.y));
-            b.z.append_option(pos.map(|p| p.z));
+            b.y.append_option(pos.map(|p| p.z));
+            b.z.append_option(pos.map(|p| p.y));
             b.distance.append_value(f64::from(lap.lap_distance));
         }
         b.finish()

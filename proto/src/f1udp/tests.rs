@@ -470,7 +470,9 @@ fn the_packets_of_a_frame_are_joined_into_a_row_per_car() {
         (f32_at("speed", 0), f32_at("rpm", 0), f32_at("throttle", 0)),
         (40.0, 5961.0, 100.0)
     );
-    assert!((f32_at("x", 0) + 607.709).abs() < 0.001 && (f32_at("z", 0) - 432.863).abs() < 0.001);
+    // The game's X and Z are the ground plane (the schema's x, y), its Y the height.
+    assert!((f32_at("x", 0) + 607.709).abs() < 0.001 && (f32_at("y", 0) - 432.863).abs() < 0.001);
+    assert!((f32_at("z", 0) + 2.282).abs() < 0.001);
     let distance = rows
         .column_by_name("distance")
         .unwrap()
