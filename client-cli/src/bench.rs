@@ -355,6 +355,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     crate::replay::ensure_topic(&config, &topic, args.partitions).await?;
     let server = BenchServer::start(args, &topic, &suffix)?;
     let mut control = server.connect().await?;
+    wait_assigned(&mut control, args.partitions).await?;
     submit_latency_query(&mut control, target).await?;
     let flags = Flags::default();
     let mut subs = Vec::new();
@@ -430,7 +431,9 @@ impl BenchServer {
             .args(["--flight-addr", &format!("127.0.0.1:{port}")])
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--data-dir", data.to_str().unwrap_or("pitwall-bench")])
-            .args(["--start", "latest"])
+            // The topic is this run's own: from its start, so that every row produced is read
+            // and what is left unread at the end is backlog.
+            .args(["--start", "earliest"])
             .args(["--idle-timeout-ms", &IDLE_TIMEOUT_MS.to_string()])
             .args(&args.server_args)
             .stdout(Stdio::null())
@@ -620,6 +623,26 @@ struct Measured {
     dashboard_bytes: u64,
     /// Subscribers the server dropped, counted after input stopped.
     subscribers_dropped: u64,
+}
+
+/// Waits until the server's consumer owns all `partitions`: production starts after the group
+/// join, so that neither the warm-up nor the measurement includes the server catching up on
+/// what was produced while it joined.
+async fn wait_assigned(control: &mut Client, partitions: i32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
+        if s.partitions.len() >= partitions.max(1) as usize {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the server owns {} of {partitions} partitions after 60 s",
+                s.partitions.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Produces for a 5 s warm-up and then `--duration` seconds with the dashboards open, stops

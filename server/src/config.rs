@@ -720,6 +720,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("--tls-key"), "{err}");
+        let err = ServerArgs::load_from([
+            "pitwall-server",
+            "--udp",
+            "0.0.0.0:20777",
+            "--brokers",
+            "b:9",
+        ])
+        .and_then(Config::resolve)
+        .unwrap_err();
+        assert!(err.to_string().contains("--udp and --brokers"), "{err}");
     }
 
     /// Every flag, its variable and its TOML key, as they are today: each key sets exactly
