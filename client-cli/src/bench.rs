@@ -240,25 +240,11 @@ fn send(
     key: &str,
     payload: &[u8],
 ) -> Result<()> {
-    let mut rec = BaseRecord::to(topic)
+    let rec = BaseRecord::to(topic)
         .key(key)
         .payload(payload)
         .headers(headers.clone());
-    loop {
-        match producer.send(rec) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                rec = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(anyhow!("cannot publish: {e}")),
-        }
-    }
+    crate::replay::send_waiting(producer, rec)
 }
 
 /// Publishes until `stop`, counting rows in `produced`.

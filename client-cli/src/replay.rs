@@ -134,6 +134,23 @@ impl ProducerContext for TallyContext {
     }
 }
 
+/// Publishes one message, waiting while librdkafka's queue is full.
+pub fn send_waiting<C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, str, [u8], C::DeliveryOpaque>,
+) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, r)) => bail!("cannot publish to {}: {e}", r.topic),
+        }
+    }
+}
+
 pub fn client_config(brokers: &str, opts: &[String]) -> Result<ClientConfig> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
@@ -253,20 +270,11 @@ fn publish(fleet: &mut Fleet, config: &ClientConfig, plan: &PublishPlan) -> Resu
             }
             let payload = encoded.payload(i);
             let key = drivers.value(i);
-            let mut record = BaseRecord::to(topic)
+            let record = BaseRecord::to(topic)
                 .key(key)
                 .payload(payload)
                 .headers(headers.clone());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => bail!("cannot publish to {topic}: {e}"),
-                }
-            }
+            send_waiting(&producer, record)?;
             rows += 1;
             bytes += payload.len() as u64;
         }

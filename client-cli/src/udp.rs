@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float32Type, Float64Type, Int8Type, Int32Type};
+use arrow::datatypes::{ArrowPrimitiveType, Float32Type, Float64Type, Int8Type, Int32Type};
 use clap::{Args, Subcommand};
 use pitwall_proto::f1udp::{
     self, CarLap, CarMotion, CarTelemetry, Event, EventDetails, Frames, Header, Packet,
@@ -295,7 +295,7 @@ pub fn session_packets(session: &Session) -> Result<Vec<(i64, Vec<u8>)>> {
     let has_position = rows
         .column_by_name(col::X)
         .is_some_and(|x| x.null_count() < x.len());
-    let uid = twox_uid(&session.name);
+    let uid = session_uid(&session.name);
     let mut feed = Feed {
         header: Header {
             format: 2025,
@@ -325,7 +325,7 @@ pub fn session_packets(session: &Session) -> Result<Vec<(i64, Vec<u8>)>> {
         session_type: 15,
         track_id: -1,
     };
-    let participants = Packets::participants(&drivers);
+    let participants = participants(&drivers);
     let mut cars = vec![Car::default(); drivers.len()];
     let mut next_info = first;
     feed.push(
@@ -374,67 +374,51 @@ pub fn session_packets(session: &Session) -> Result<Vec<(i64, Vec<u8>)>> {
     Ok(feed.packets)
 }
 
-/// A stable session UID from the session's name.
-fn twox_uid(name: &str) -> u64 {
-    // FNV-1a: any stable hash does; the game's own UIDs are random.
+/// A stable session UID from the session's name (FNV-1a: any stable hash does; the game's own
+/// UIDs are random).
+fn session_uid(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
 }
 
-struct Packets;
-
-impl Packets {
-    fn participants(drivers: &[String]) -> Participants {
-        Participants {
-            active_cars: drivers.len() as u8,
-            cars: drivers
-                .iter()
-                .map(|d| Participant {
-                    ai: true,
-                    name: d.clone(),
-                    telemetry_public: true,
-                    ..Participant::default()
-                })
-                .collect(),
-        }
+/// The Participants packet of the session's drivers, in car order.
+fn participants(drivers: &[String]) -> Participants {
+    Participants {
+        active_cars: drivers.len() as u8,
+        cars: drivers
+            .iter()
+            .map(|d| Participant {
+                ai: true,
+                name: d.clone(),
+                telemetry_public: true,
+                ..Participant::default()
+            })
+            .collect(),
     }
+}
+
+/// Column `c` of `rows` at `row`, when the column exists and the value is not null.
+fn value<T: ArrowPrimitiveType>(rows: &RecordBatch, c: &str, row: usize) -> Option<T::Native> {
+    let a = rows.column_by_name(c)?.as_primitive::<T>();
+    a.is_valid(row).then(|| a.value(row))
 }
 
 /// Row `row` (at `ts`) as its car's new values.
 fn update_car(car: &mut Car, rows: &RecordBatch, row: usize, ts: i64) {
-    let f32_of = |c: &str| {
-        rows.column_by_name(c)
-            .map(|a| a.as_primitive::<Float32Type>())
-            .filter(|a| a.is_valid(row))
-            .map_or(0.0, |a| a.value(row))
-    };
-    let lap = rows
-        .column_by_name(col::LAP)
-        .map(|a| a.as_primitive::<Int32Type>())
-        .filter(|a| a.is_valid(row))
-        .map_or(0, |a| a.value(row).clamp(0, 255) as u8);
+    let f32_of = |c: &str| value::<Float32Type>(rows, c, row).unwrap_or(0.0);
+    let i8_of = |c: &str| value::<Int8Type>(rows, c, row).unwrap_or(0);
+    let lap = value::<Int32Type>(rows, col::LAP, row).map_or(0, |l| l.clamp(0, 255) as u8);
     let start = match car.lap_start {
         Some((l, s)) if l == lap => s,
         _ => ts,
     };
     car.lap_start = Some((lap, start));
-    let i8_of = |c: &str| {
-        rows.column_by_name(c)
-            .map(|a| a.as_primitive::<Int8Type>())
-            .filter(|a| a.is_valid(row))
-            .map_or(0, |a| a.value(row))
-    };
     let brake = rows
         .column_by_name(col::BRAKE)
         .map(|a| a.as_boolean())
-        .filter(|a| a.is_valid(row))
-        .is_some_and(|a| a.value(row));
-    let distance = rows
-        .column_by_name(col::DISTANCE)
-        .map(|a| a.as_primitive::<Float64Type>())
-        .filter(|a| a.is_valid(row))
-        .map_or(0.0, |a| a.value(row) as f32);
+        .is_some_and(|a| a.is_valid(row) && a.value(row));
+    let distance = value::<Float64Type>(rows, col::DISTANCE, row).map_or(0.0, |d| d as f32);
     car.telemetry = CarTelemetry {
         speed_kmh: f32_of(col::SPEED).round().clamp(0.0, 65_535.0) as u16,
         rpm: f32_of(col::RPM).round().clamp(0.0, 65_535.0) as u16,
@@ -556,9 +540,7 @@ fn bridge(listen: SocketAddr, args: &BridgeArgs) -> Result<String> {
                 .key(drivers.value(i))
                 .payload(encoded.payload(i))
                 .headers(headers.clone());
-            producer
-                .send(record)
-                .map_err(|(e, _)| anyhow::anyhow!("cannot publish to {}: {e}", args.topic))?;
+            crate::replay::send_waiting(&producer, record)?;
         }
         window.rows += rows.num_rows() as u64;
         total.rows += rows.num_rows() as u64;

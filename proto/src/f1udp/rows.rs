@@ -85,8 +85,10 @@ const TRACKS: [&str; 42] = [
 struct SessionState {
     /// Wall-clock ms at session time 0.
     start_ms: i64,
-    session: Option<Session>,
-    participants: Option<Participants>,
+    /// The `session` column: track (once a Session packet told it) and UID.
+    name: String,
+    /// The active cars' `driver` names, once a Participants packet told them.
+    drivers: Option<Vec<String>>,
     motion: Vec<CarMotion>,
     laps: Vec<CarLap>,
     /// Per car, the (lap, lap time) of its last row.
@@ -114,14 +116,15 @@ impl Frames {
             .entry(header.session_uid)
             .or_insert_with(|| SessionState {
                 start_ms: arrival_ms - (f64::from(header.session_time) * 1000.0) as i64,
+                name: session_name(None, header.session_uid),
                 ..SessionState::default()
             });
         match packet {
             Packet::Motion(m) => state.motion = m,
             Packet::LapData(l) => state.laps = l,
-            Packet::Session(s) => state.session = Some(s),
-            Packet::Participants(p) => state.participants = Some(p),
-            Packet::CarTelemetry(t) if state.participants.is_some() => {
+            Packet::Session(s) => state.name = session_name(Some(&s), header.session_uid),
+            Packet::Participants(p) => state.drivers = Some(drivers(&p)),
+            Packet::CarTelemetry(t) if state.drivers.is_some() => {
                 return state.rows(header, &t).map(Some);
             }
             Packet::CarTelemetry(_) => {}
@@ -136,54 +139,48 @@ impl Frames {
     }
 }
 
+/// `track-uid`, e.g. `monza-3c41f35fdad292e4` (`f1-uid` before the track is known).
+fn session_name(session: Option<&Session>, uid: u64) -> String {
+    let track = session
+        .and_then(|s| usize::try_from(s.track_id).ok())
+        .and_then(|t| TRACKS.get(t))
+        .unwrap_or(&"f1");
+    format!("{track}-{uid:016x}")
+}
+
+/// The active cars' names: the Participants name, else `car<N>`; a name two cars share
+/// (online players the game shows as "Player") gets its car's number.
+fn drivers(p: &Participants) -> Vec<String> {
+    let active = usize::from(p.active_cars).min(p.cars.len());
+    let names: Vec<String> = p.cars[..active]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c.name.trim() {
+            "" => format!("car{i}"),
+            n => n.to_string(),
+        })
+        .collect();
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            if names.iter().filter(|m| *m == n).count() > 1 {
+                format!("{n}-car{i}")
+            } else {
+                n.clone()
+            }
+        })
+        .collect()
+}
+
 impl SessionState {
-    fn name(&self, uid: u64) -> String {
-        let track = self
-            .session
-            .and_then(|s| usize::try_from(s.track_id).ok())
-            .and_then(|t| TRACKS.get(t))
-            .unwrap_or(&"f1");
-        format!("{track}-{uid:016x}")
-    }
-
-    /// The active cars' names: the Participants name, else `car<N>`; a name two cars share
-    /// (online players the game shows as "Player") gets its car's number.
-    fn drivers(&self, cars: usize) -> Vec<String> {
-        let names: Vec<String> = (0..cars)
-            .map(|i| {
-                self.participants
-                    .as_ref()
-                    .and_then(|p| p.cars.get(i))
-                    .map(|p| p.name.trim().to_string())
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or_else(|| format!("car{i}"))
-            })
-            .collect();
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                if names.iter().filter(|m| *m == n).count() > 1 {
-                    format!("{n}-car{i}")
-                } else {
-                    n.clone()
-                }
-            })
-            .collect()
-    }
-
     fn rows(
         &mut self,
         header: &Header,
         telemetry: &[CarTelemetry],
     ) -> Result<RecordBatch, ArrowError> {
-        let active = self
-            .participants
-            .as_ref()
-            .map_or(0, |p| usize::from(p.active_cars))
-            .min(telemetry.len());
-        let session = self.name(header.session_uid);
-        let drivers = self.drivers(active);
+        let drivers = self.drivers.as_deref().unwrap_or_default();
+        let active = drivers.len().min(telemetry.len());
         let seconds = f64::from(header.session_time);
         let ts = self.start_ms + (seconds * 1000.0).round() as i64;
         self.sent.resize(active.max(self.sent.len()), None);
@@ -198,7 +195,7 @@ impl SessionState {
             }
             self.sent[i] = moved;
             let pos = self.motion.get(i);
-            b.session.append_value(&session);
+            b.session.append_value(&self.name);
             b.driver.append_value(&drivers[i]);
             b.lap
                 .append_option((lap.lap > 0).then_some(i32::from(lap.lap)));
