@@ -337,12 +337,6 @@ impl Config {
     pub fn resolve(args: ServerArgs) -> Result<Self> {
         let decode = decode_config(&args.decode, &args.json_names)?;
         let kafka = kafka_config(&args.kafka)?;
-        if kafka.is_some() && args.udp.listen.is_some() {
-            return Err(Error::Config(
-                "--udp and --brokers together are not supported yet: run one server per source"
-                    .into(),
-            ));
-        }
         let engine = engine_config(&args.engine, args.kafka.batch_ms, kafka.is_some());
         let f = args.flight;
         let tls = match (f.tls_cert, f.tls_key) {
@@ -720,7 +714,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("--tls-key"), "{err}");
-        let err = ServerArgs::load_from([
+        let both = ServerArgs::load_from([
             "pitwall-server",
             "--udp",
             "0.0.0.0:20777",
@@ -728,8 +722,8 @@ mod tests {
             "b:9",
         ])
         .and_then(Config::resolve)
-        .unwrap_err();
-        assert!(err.to_string().contains("--udp and --brokers"), "{err}");
+        .expect("--udp with --brokers: both sources");
+        assert!(both.kafka.is_some() && both.udp.is_some());
     }
 
     /// Every flag, its variable and its TOML key, as they are today: each key sets exactly

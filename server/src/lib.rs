@@ -310,8 +310,8 @@ impl RunningApp {
     }
 }
 
-/// Starts the input: the Kafka consumer thread (resuming past the checkpoint's offsets), or
-/// the bundled race replayed in-process (a task added to `tasks`). Returns the Kafka offset
+/// Starts the input: the UDP port and/or the Kafka consumer thread (resuming past the
+/// checkpoint's offsets), or else the bundled race replayed in-process (tasks added to `tasks`). Returns the Kafka offset
 /// committer and consumer thread, when there is a consumer.
 async fn start_ingest(
     config: &Config,
@@ -324,6 +324,19 @@ async fn start_ingest(
     Option<ingest::kafka::Committer>,
     Option<std::thread::JoinHandle<()>>,
 )> {
+    if let Some(addr) = config.udp {
+        let socket = ingest::udp::bind(addr).await?;
+        let (tick, stats, tx) = (config.engine.tick, stats.clone(), batch_tx.clone());
+        let start = consumed
+            .get(&(ingest::udp::TOPIC.to_string(), 0))
+            .copied()
+            .unwrap_or(0);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = ingest::udp::run(socket, start, tick, 16 * 1024, stats, tx).await {
+                tracing::error!(error = %e, "UDP source stopped");
+            }
+        }));
+    }
     if let Some(kafka) = &config.kafka {
         let skip: BTreeMap<i32, i64> = consumed
             .iter()
@@ -342,19 +355,7 @@ async fn start_ingest(
         )?;
         return Ok((Some(source.committer), Some(source.thread)));
     }
-    if let Some(addr) = config.udp {
-        let socket = ingest::udp::bind(addr).await?;
-        let (tick, stats) = (config.engine.tick, stats.clone());
-        let start = consumed
-            .get(&(ingest::udp::TOPIC.to_string(), 0))
-            .copied()
-            .unwrap_or(0);
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = ingest::udp::run(socket, start, tick, 16 * 1024, stats, batch_tx).await
-            {
-                tracing::error!(error = %e, "UDP source stopped");
-            }
-        }));
+    if config.udp.is_some() {
         return Ok((None, None));
     }
     let session = ingest::embedded::bundled_session()?;

@@ -318,3 +318,38 @@ async fn a_bridge_publishes_the_games_rows_to_kafka() {
     }
     app.stop().await;
 }
+
+/// One server on a Kafka topic and on the game's UDP port at once: the race replayed into
+/// Kafka and the same laps played as game packets (a session named `f1-<uid>`: the encoder
+/// names no track) give two sessions, each with the race's laps.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_reads_kafka_and_the_game_at_once() {
+    let bootstrap = broker();
+    let topic = unique("udp-and-kafka");
+    create_topic(&bootstrap, &topic, 4).await.unwrap();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let udp = format!("127.0.0.1:{port}");
+    let app = start_server(server_args(
+        &bootstrap,
+        &topic,
+        dir.path(),
+        &["--udp", &udp],
+    ))
+    .await;
+    let mut c = client(&app, None).await;
+    crate::support::replay(&bootstrap, &topic, &["--laps", "1-2"]);
+    let args = ["udp", "play", "--from-session", "--laps", "1-2"];
+    run_ok(pitwall().args(args).args(["--speed", "50", "--to", &udp]));
+    let rows = session_rows(2);
+    wait_until_done(&mut c, 2 * rows.num_rows() as u64).await;
+    let queries = pitwall_server::initial_queries(None).unwrap();
+    let race = by_lap(&batch_result(&queries, "lap_stats", &rows).await.unwrap());
+    for (source, filter) in [("UDP", "LIKE"), ("Kafka", "NOT LIKE")] {
+        let q = format!("SELECT * FROM lap_stats WHERE session {filter} 'f1-%'");
+        let got = by_lap(&sql(&mut c, &q).await);
+        assert_same_laps(source, &got, &race);
+        println!("lap_stats over {source}: {} rows = the race's", got.len());
+    }
+    app.stop().await;
+}

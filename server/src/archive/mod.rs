@@ -585,7 +585,9 @@ impl WriterState {
             let offsets: Offsets = consumed
                 .iter()
                 .filter_map(|(k, v)| snapshot::parse_offset_key(k).map(|tp| (tp, *v)))
-                .filter(|((t, _), _)| t != crate::ingest::embedded::TOPIC)
+                .filter(|((t, _), _)| {
+                    t != crate::ingest::embedded::TOPIC && t != crate::ingest::udp::TOPIC
+                })
                 .collect();
             c.commit(offsets);
         }

@@ -36,8 +36,8 @@ pub use self::definition::QueryDef;
 use self::definition::{literal_text, parse_literal};
 use self::pipeline::Pipeline;
 pub(crate) use self::results::{ResultBatch, ResultStream};
+use self::watermark::StreamWatermarks;
 pub use self::watermark::WatermarkConfig;
-pub(crate) use self::watermark::Watermarks;
 use crate::error::{Error, Result};
 use crate::ingest::MicroBatch;
 
@@ -178,7 +178,7 @@ pub struct Engine {
     compiler: Compiler,
     queries: BTreeMap<String, RunningQuery>,
     order: Vec<String>,
-    watermarks: Watermarks,
+    watermarks: StreamWatermarks,
     stats: Arc<EngineStats>,
     registry: ResultRegistry,
     task_ctx: Arc<TaskContext>,
@@ -205,7 +205,7 @@ impl Engine {
         Ok(Self {
             thinner,
             traces,
-            watermarks: Watermarks::new(config.watermark),
+            watermarks: StreamWatermarks::new(config.watermark),
             config,
             compiler,
             queries: BTreeMap::new(),
@@ -496,10 +496,11 @@ impl Engine {
             }
             for p in &b.partitions {
                 if let Some(ts) = p.max_ts {
-                    self.watermarks.observe(p.partition, ts, now);
+                    self.watermarks.observe(&b.topic, p.partition, ts, now);
                 }
             }
             self.watermarks.progress(
+                &b.topic,
                 b.assigned.as_deref(),
                 &b.caught_up,
                 b.caught_up_confirmed,
@@ -647,7 +648,13 @@ impl Engine {
                 }
             }
         }
-        self.watermarks.restore(&state.watermark);
+        let legacy_topic = state
+            .consumed
+            .keys()
+            .find_map(|k| snapshot::parse_offset_key(k))
+            .map(|(t, _)| t);
+        self.watermarks
+            .restore(&state.watermark, legacy_topic.as_deref());
         self.consumed = state.consumed.clone();
         Ok(report)
     }

@@ -107,8 +107,13 @@ pub struct QueryState {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WatermarkState {
     pub current: Option<i64>,
-    /// partition -> highest event time delivered
+    /// partition -> highest event time delivered, in checkpoints written before `topics`
+    /// (their one topic is the one of their offsets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<(i32, i64)>,
+    /// topic -> (partition -> highest event time delivered)
+    #[serde(default)]
+    pub topics: BTreeMap<String, Vec<(i32, i64)>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -285,7 +290,8 @@ mod tests {
         let state = EngineState {
             watermark: WatermarkState {
                 current: Some(5),
-                partitions: vec![(0, 9)],
+                partitions: Vec::new(),
+                topics: [("t".to_string(), vec![(0, 9)])].into(),
             },
             consumed: [(offset_key("t", 3), 42)].into(),
             queries: vec![QueryState {

@@ -19,8 +19,14 @@
 //! so does the watermark, however long the outage: the rows produced meanwhile are not late
 //! when they arrive. An in-process source (`confirmed` = None) is believed until it says
 //! otherwise.
+//!
+//! A server may read two sources at once (a Kafka topic and the game's UDP port): each keeps
+//! its own partitions' clocks ([`Watermarks`]) and the stream's watermark is the minimum over
+//! the sources ([`StreamWatermarks`]) whose input is not idle, as within a source: a topic at
+//! the end of its log does not hold back the game's laps. An in-process source that has
+//! delivered no rows yet (the game is not running) holds nothing back either.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -239,10 +245,6 @@ impl Watermarks {
         self.current
     }
 
-    pub(crate) fn current(&self) -> Option<i64> {
-        self.current
-    }
-
     /// Highest event time seen on any partition.
     pub(crate) fn max_event_time(&self) -> Option<i64> {
         self.partitions.values().filter_map(|c| c.max_ts).max()
@@ -261,6 +263,133 @@ impl Watermarks {
     }
 }
 
+/// The stream's watermark over its sources, by topic (see the module's last paragraph).
+#[derive(Debug)]
+pub(crate) struct StreamWatermarks {
+    config: WatermarkConfig,
+    sources: BTreeMap<String, Watermarks>,
+    current: Option<i64>,
+}
+
+/// The sources that run in the server's process (the bundled replay, the UDP port): they own
+/// every partition they have, so no assignment is awaited.
+fn in_process(topic: &str) -> bool {
+    topic == crate::ingest::udp::TOPIC || topic == crate::ingest::embedded::TOPIC
+}
+
+impl StreamWatermarks {
+    pub(crate) fn new(config: WatermarkConfig) -> Self {
+        Self {
+            config,
+            sources: BTreeMap::new(),
+            current: None,
+        }
+    }
+
+    fn source(&mut self, topic: &str) -> &mut Watermarks {
+        let config = WatermarkConfig {
+            require_assignment: self.config.require_assignment && !in_process(topic),
+            ..self.config
+        };
+        self.sources
+            .entry(topic.to_string())
+            .or_insert_with(|| Watermarks::new(config))
+    }
+
+    /// See [`Watermarks::observe`].
+    pub(crate) fn observe(&mut self, topic: &str, partition: i32, max_ts: i64, now: Instant) {
+        self.source(topic).observe(partition, max_ts, now);
+    }
+
+    /// See [`Watermarks::progress`].
+    pub(crate) fn progress(
+        &mut self,
+        topic: &str,
+        assigned: Option<&[i32]>,
+        caught_up: &[i32],
+        confirmed: Option<Instant>,
+        now: Instant,
+    ) {
+        self.source(topic)
+            .progress(assigned, caught_up, confirmed, now);
+    }
+
+    /// The minimum over the sources whose input is not idle (the maximum when every one is):
+    /// a source that went quiet holds the others back no more than a quiet partition does. It
+    /// waits while a source that may deliver rows has no watermark yet.
+    pub(crate) fn advance(&mut self, now: Instant) -> Option<i64> {
+        let mut marks = Vec::with_capacity(self.sources.len());
+        for (topic, s) in self.sources.iter_mut() {
+            match s.advance(now) {
+                Some(w) => marks.push((w, s.input_idle(now))),
+                None if in_process(topic) && s.max_event_time().is_none() => {}
+                None => return self.current,
+            }
+        }
+        let active = marks.iter().filter(|(_, idle)| !idle).map(|(w, _)| *w);
+        // Every input quiet: each source's watermark moves on with processing time, and the
+        // stream's with the one furthest on, as over the partitions of one source.
+        let mark = match active.clone().min() {
+            Some(m) => Some(m),
+            None => marks.iter().map(|(w, _)| *w).max(),
+        };
+        if let Some(m) = mark {
+            self.current = Some(self.current.map_or(m, |w| w.max(m)));
+        }
+        self.current
+    }
+
+    pub(crate) fn current(&self) -> Option<i64> {
+        self.current
+    }
+
+    /// Highest event time seen on any source.
+    pub(crate) fn max_event_time(&self) -> Option<i64> {
+        self.sources
+            .values()
+            .filter_map(Watermarks::max_event_time)
+            .max()
+    }
+
+    /// True when every source's input is idle (see [`Watermarks::input_idle`]).
+    pub(crate) fn input_idle(&self, now: Instant) -> bool {
+        !self.sources.is_empty() && self.sources.values().all(|s| s.input_idle(now))
+    }
+
+    pub(crate) fn snapshot(&self) -> crate::engine::snapshot::WatermarkState {
+        crate::engine::snapshot::WatermarkState {
+            current: self.current,
+            partitions: Vec::new(),
+            topics: self
+                .sources
+                .iter()
+                .map(|(t, s)| (t.clone(), s.snapshot().partitions))
+                .collect(),
+        }
+    }
+
+    /// Restores the event-time progress of a checkpoint. One written before there were
+    /// several sources has its partitions without a topic: they are `legacy_topic`'s.
+    pub(crate) fn restore(
+        &mut self,
+        state: &crate::engine::snapshot::WatermarkState,
+        legacy_topic: Option<&str>,
+    ) {
+        self.current = state.current;
+        let legacy = legacy_topic
+            .filter(|_| !state.partitions.is_empty())
+            .map(|t| (t.to_string(), state.partitions.clone()));
+        for (topic, partitions) in state.topics.clone().into_iter().chain(legacy) {
+            self.source(&topic)
+                .restore(&crate::engine::snapshot::WatermarkState {
+                    current: state.current,
+                    partitions,
+                    topics: BTreeMap::new(),
+                });
+        }
+    }
+}
+
 impl Watermarks {
     pub(crate) fn snapshot(&self) -> crate::engine::snapshot::WatermarkState {
         let mut partitions: Vec<(i32, i64)> = self
@@ -272,6 +401,7 @@ impl Watermarks {
         crate::engine::snapshot::WatermarkState {
             current: self.current,
             partitions,
+            topics: BTreeMap::new(),
         }
     }
 
@@ -307,6 +437,7 @@ mod tests {
         w.restore(&crate::engine::snapshot::WatermarkState {
             current: None,
             partitions: vec![(1, 50_000), (2, 60_000)],
+            ..Default::default()
         });
         assert_eq!(
             w.advance(t),
@@ -463,6 +594,7 @@ mod tests {
         w.restore(&crate::engine::snapshot::WatermarkState {
             current: Some(9_000),
             partitions: vec![(0, 10_000), (1, 8_000)],
+            ..Default::default()
         });
         w.progress(Some(&[0, 1]), &[0, 1], Some(at(100)), at(100));
         assert_eq!(w.advance(at(100)), Some(9_000));
@@ -530,5 +662,76 @@ mod tests {
         w.advance(t + Duration::from_secs(10));
         w.observe(0, 11_000, t + Duration::from_secs(10));
         assert_eq!(w.advance(t + Duration::from_secs(10)), Some(20_000));
+    }
+
+    /// Kafka and the game's UDP port in one server: partition 0 of each is its own clock, the
+    /// stream waits for the slower, and a UDP port that never received rows holds nothing back.
+    #[test]
+    fn two_sources_each_keep_their_partitions() {
+        let mut w = StreamWatermarks::new(WatermarkConfig {
+            lateness_ms: 1_000,
+            idle_timeout: Duration::from_secs(2),
+            require_assignment: true,
+        });
+        let t = Instant::now();
+        w.progress("udp", None, &[0], None, t);
+        assert_eq!(w.advance(t), None, "Kafka has not been assigned yet");
+        w.progress("cars", Some(&[0]), &[], None, t);
+        w.observe("cars", 0, 10_000, t);
+        assert_eq!(w.advance(t), Some(9_000), "no UDP rows: nothing held back");
+        w.observe("udp", 0, 50_000, t);
+        w.observe("cars", 0, 12_000, t);
+        assert_eq!(w.advance(t), Some(11_000), "Kafka's partition 0 is behind");
+        w.observe("udp", 0, 5_000, t);
+        assert_eq!(w.advance(t), Some(11_000), "never goes back");
+        // Kafka goes quiet at the end of its log: the game's clock leads.
+        let later = t + Duration::from_secs(3);
+        for s in 0..=3 {
+            let at = t + Duration::from_secs(s);
+            w.progress("cars", Some(&[0]), &[0], Some(at), at);
+        }
+        assert_eq!(
+            w.advance(later),
+            Some(49_000),
+            "an idle source holds nothing back"
+        );
+        // Then the game stops too: the stream moves on with the furthest source's clock.
+        w.progress("udp", None, &[0], None, later);
+        for s in 4..=6 {
+            let at = t + Duration::from_secs(s);
+            w.progress("cars", Some(&[0]), &[0], Some(at), at);
+        }
+        let end = t + Duration::from_secs(6);
+        assert_eq!(w.advance(end), Some(53_000), "every source idle");
+        let state = w.snapshot();
+        assert_eq!(
+            state.topics,
+            [
+                ("cars".to_string(), vec![(0, 12_000)]),
+                ("udp".to_string(), vec![(0, 50_000)])
+            ]
+            .into()
+        );
+        let mut r = StreamWatermarks::new(WatermarkConfig::default());
+        r.restore(&state, None);
+        assert_eq!(
+            (r.current(), r.max_event_time()),
+            (Some(53_000), Some(50_000))
+        );
+    }
+
+    /// A checkpoint from before `topics` restores its partitions under its offsets' topic.
+    #[test]
+    fn an_older_checkpoint_restores_under_its_topic() {
+        let mut w = StreamWatermarks::new(WatermarkConfig::default());
+        w.restore(
+            &crate::engine::snapshot::WatermarkState {
+                current: Some(4_000),
+                partitions: vec![(0, 5_000), (1, 7_000)],
+                ..Default::default()
+            },
+            Some("cars"),
+        );
+        assert_eq!(w.snapshot().topics["cars"], vec![(0, 5_000), (1, 7_000)]);
     }
 }
