@@ -473,6 +473,15 @@ struct Tally {
     packets: u64,
     rows: u64,
     refused: BTreeMap<&'static str, u64>,
+    frames: f1udp::FrameCounts,
+}
+
+impl Tally {
+    fn add_frames(&mut self, c: f1udp::FrameCounts) {
+        self.frames.lost += c.lost;
+        self.frames.duplicates += c.duplicates;
+        self.frames.late += c.late;
+    }
 }
 
 /// The bridge: datagrams on `listen` to rows on Kafka, keyed by car.
@@ -508,6 +517,10 @@ fn bridge(listen: SocketAddr, args: &BridgeArgs) -> Result<String> {
     let mut last_line = Instant::now();
     while deadline.is_none_or(|d| Instant::now() < d) {
         if last_line.elapsed() >= Duration::from_secs(1) {
+            frames.settle(unix_ms());
+            let counts = frames.take_counts();
+            window.add_frames(counts);
+            total.add_frames(counts);
             eprintln!("{}", progress(&window, last_line.elapsed()));
             window = Tally::default();
             last_line = Instant::now();
@@ -548,9 +561,12 @@ fn bridge(listen: SocketAddr, args: &BridgeArgs) -> Result<String> {
     producer
         .flush(Duration::from_secs(30))
         .context("flushing the producer")?;
+    frames.settle(unix_ms() + f1udp::REORDER_WINDOW_MS);
+    total.add_frames(frames.take_counts());
+    let f = total.frames;
     Ok(format!(
-        "bridged {} packets into {} rows on {}; refused: {:?}",
-        total.packets, total.rows, args.topic, total.refused
+        "bridged {} packets into {} rows on {}; refused: {:?}; frames lost {}, duplicates {}, late {}",
+        total.packets, total.rows, args.topic, total.refused, f.lost, f.duplicates, f.late
     ))
 }
 
@@ -564,10 +580,14 @@ fn is_timeout(e: &std::io::Error) -> bool {
 fn progress(window: &Tally, elapsed: Duration) -> String {
     let s = elapsed.as_secs_f64().max(1e-3);
     let refused: u64 = window.refused.values().sum();
+    let f = window.frames;
     format!(
-        "{:.0} packets/s, {:.0} rows/s, {refused} refused {:?}",
+        "{:.0} packets/s, {:.0} rows/s, {refused} refused {:?}, frames lost {}, duplicates {}, late {}",
         window.packets as f64 / s,
         window.rows as f64 / s,
-        window.refused
+        window.refused,
+        f.lost,
+        f.duplicates,
+        f.late
     )
 }

@@ -2,7 +2,7 @@
 //! `pitwall udp play --from-session`, into `pitwall-server --udp` (no broker), gives the same
 //! laps and scores as the race itself (the batch result the Kafka path is tested equal to).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, TimestampMillisecondType};
@@ -351,5 +351,214 @@ async fn a_server_reads_kafka_and_the_game_at_once() {
         assert_same_laps(source, &got, &race);
         println!("lap_stats over {source}: {} rows = the race's", got.len());
     }
+    app.stop().await;
+}
+
+/// A seeded generator for the network's faults (SplitMix64: the test needs no more).
+struct Faults(u64);
+
+impl Faults {
+    /// Uniform in [0, 1).
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d4_049b_b133_111e);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A row's values without its time: (driver, lap (-1 for none), distance, speed, rpm) as bits.
+type RowValues = (String, i32, u64, u32, u32);
+
+fn row_values(batches: &[RecordBatch]) -> Vec<(RowValues, f64)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let col = |n: &str| b.column_by_name(n).unwrap();
+        let driver = col("driver").as_string::<i32>();
+        let lap = col("lap").as_primitive::<arrow::datatypes::Int32Type>();
+        let distance = col("distance").as_primitive::<Float64Type>();
+        let speed = col("speed").as_primitive::<arrow::datatypes::Float32Type>();
+        let rpm = col("rpm").as_primitive::<arrow::datatypes::Float32Type>();
+        let t = col("session_time").as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            let key = (
+                driver.value(i).to_string(),
+                if lap.is_null(i) { -1 } else { lap.value(i) },
+                distance.value(i).to_bits(),
+                speed.value(i).to_bits(),
+                rpm.value(i).to_bits(),
+            );
+            out.push((key, t.value(i)));
+        }
+    }
+    out
+}
+
+/// The game's datagrams over a bad network, at 10x: 5% dropped, 5% sent twice, 5% delayed by
+/// up to 100 ms (reordered). The server stays up; every frame that lost its Lap Data or Car
+/// Telemetry is counted lost, every repeat counted and ignored, none late; no row comes twice
+/// or is invented, and the rows missing are the lost frames' cars.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_repeated_and_reordered_datagrams_are_counted_not_doubled() {
+    use pitwall_proto::f1udp::{self, Frames, id};
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["pitwall-server", "--udp", &format!("127.0.0.1:{port}")]
+        .iter()
+        .chain(&["--flight-addr", "127.0.0.1:0", "--http-addr", "off"])
+        .chain(&["--data-dir", data.path().to_str().unwrap()])
+        .map(|s| s.to_string())
+        .collect();
+    let app = start_server(args).await;
+    let mut c = client(&app, None).await;
+    let session = pitwall_cli::session::Session::bundled()
+        .unwrap()
+        .cut_laps(1, 2, 30_000)
+        .unwrap();
+    let packets = pitwall_cli::udp::session_packets(&session).unwrap();
+    // The rows the game's packets make on a perfect network, with their frame's session time.
+    let mut clean = Frames::default();
+    let mut clean_rows = Vec::new();
+    for (t, d) in &packets {
+        let (h, p) = f1udp::decode(d).unwrap();
+        clean_rows.extend(clean.push(&h, p, *t).unwrap());
+    }
+    let clean_rows = row_values(&clean_rows);
+    // The network: (due ms, datagram index), in the order they will arrive.
+    let mut faults = Faults(2026);
+    let mut sends: Vec<(f64, usize)> = Vec::new();
+    let (mut dropped, mut twice, mut delayed) = (0, 0, 0);
+    for (i, (t, _)) in packets.iter().enumerate() {
+        let due = *t as f64 / 10.0;
+        if faults.next() < 0.05 {
+            dropped += 1;
+            continue;
+        }
+        let delay = if faults.next() < 0.05 {
+            delayed += 1;
+            1.0 + faults.next() * 99.0
+        } else {
+            0.0
+        };
+        sends.push((due + delay, i));
+        if faults.next() < 0.05 {
+            twice += 1;
+            sends.push((due + faults.next() * 20.0, i));
+        }
+    }
+    sends.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // What the server should count, from what arrives: per frame, its Lap Data and Car
+    // Telemetry arrivals.
+    let mut arrived: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+    let mut frames_sent: BTreeMap<u32, f32> = BTreeMap::new();
+    for (_, d) in &packets {
+        let (h, _) = f1udp::decode(d).unwrap();
+        if h.packet_id == id::LAP_DATA || h.packet_id == id::CAR_TELEMETRY {
+            frames_sent.insert(h.overall_frame, h.session_time);
+        }
+    }
+    for (_, i) in &sends {
+        let (h, _) = f1udp::decode(&packets[*i].1).unwrap();
+        let a = arrived.entry(h.overall_frame).or_default();
+        match h.packet_id {
+            id::LAP_DATA => a.0 += 1,
+            id::CAR_TELEMETRY => a.1 += 1,
+            _ => {}
+        }
+    }
+    let lost: BTreeSet<u32> = frames_sent
+        .keys()
+        .filter(|f| arrived.get(f).is_none_or(|(l, t)| *l == 0 || *t == 0))
+        .copied()
+        .collect();
+    let duplicates: u32 = arrived
+        .values()
+        .map(|(l, t)| l.saturating_sub(1) + t.saturating_sub(1))
+        .sum();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    for (due, i) in &sends {
+        let due = std::time::Duration::from_secs_f64(due / 1000.0);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        socket.send_to(&packets[*i].1, ("127.0.0.1", port)).unwrap();
+    }
+    // Every frame settles half a second after it arrived.
+    let want_lost = lost.len() as u64;
+    let s = crate::engine::wait_for(&mut c, "every frame settled", |s| {
+        s.bad_messages
+            .iter()
+            .any(|b| b.reason == "udp_frame_lost" && b.count >= want_lost)
+    })
+    .await;
+    let ingested = s.rows_ingested;
+    wait_until_done(&mut c, ingested).await;
+    let counted: BTreeMap<String, u64> = stats(&mut c)
+        .await
+        .bad_messages
+        .iter()
+        .map(|b| (b.reason.clone(), b.count))
+        .collect();
+    println!(
+        "{} datagrams: {dropped} dropped, {twice} sent twice, {delayed} delayed by up to 100 ms; counted {counted:?}",
+        packets.len()
+    );
+    let expected: BTreeMap<String, u64> = [
+        ("udp_frame_lost", want_lost),
+        ("udp_duplicate", u64::from(duplicates)),
+    ]
+    .iter()
+    .map(|(r, n)| (r.to_string(), *n))
+    .collect();
+    assert_eq!(counted, expected, "lost frames and repeats, nothing late");
+    // The rows: from the archive once it holds them all.
+    let got = loop {
+        let q = "SELECT arrow_cast(driver, 'Utf8') AS driver, lap, distance, speed, rpm, session_time FROM archive.telemetry";
+        let b = sql(&mut c, q).await;
+        let rows = row_values(&b);
+        if rows.len() as u64 == ingested {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let mut want: BTreeMap<&RowValues, Vec<f64>> = BTreeMap::new();
+    for (k, t) in &clean_rows {
+        want.entry(k).or_default().push(*t);
+    }
+    for (k, t) in &got {
+        let left = want
+            .get_mut(k)
+            .unwrap_or_else(|| panic!("{k:?}: not a row of the race"));
+        // Equal values at several times: this row is the one nearest (a row whose frame was
+        // lost comes with the car's next frame).
+        let nearest =
+            (0..left.len()).min_by(|a, b| (left[*a] - t).abs().total_cmp(&(left[*b] - t).abs()));
+        left.remove(nearest.unwrap_or_else(|| panic!("{k:?}: twice")));
+    }
+    let lost_times: BTreeSet<u32> = lost
+        .iter()
+        .map(|f| (f64::from(frames_sent[f]) * 1000.0).round() as u32)
+        .collect();
+    let missing: Vec<(&RowValues, f64)> = want
+        .iter()
+        .flat_map(|(k, ts)| ts.iter().map(move |t| (*k, *t)))
+        .collect();
+    for (k, t) in &missing {
+        let ms = ((*t * 1000.0).round()) as u32;
+        assert!(
+            lost_times.contains(&ms),
+            "{k:?} at {t} s is missing, but its frame came"
+        );
+    }
+    println!(
+        "rows: {} of the race's {}; the {} missing are cars of the {} lost frames",
+        got.len(),
+        clean_rows.len(),
+        missing.len(),
+        lost.len()
+    );
+    assert!(got.len() * 10 > clean_rows.len() * 8, "most rows arrive");
     app.stop().await;
 }

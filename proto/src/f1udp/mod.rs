@@ -19,7 +19,7 @@
 use std::fmt;
 
 mod rows;
-pub use rows::Frames;
+pub use rows::{FrameCounts, Frames, REORDER_WINDOW_MS};
 
 /// The port the games send to by default.
 pub const DEFAULT_PORT: u16 = 20777;

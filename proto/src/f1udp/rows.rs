@@ -1,12 +1,19 @@
 //! From game packets to telemetry rows: the packets of one frame joined per car.
 //!
 //! The game sends, every frame, a Motion, a Lap Data and a Car Telemetry packet for all cars,
-//! and now and then a Session and a Participants packet. [`Frames`] keeps the latest of each
-//! per session and, when a frame's Car Telemetry arrives, makes a row for each active car
-//! whose Lap Data moved on since its last row (its lap timer ran or its lap changed: a car
-//! standing in the garage makes none, a car on track one a frame), in the canonical telemetry
-//! schema. There are no rows until the session's first Participants packet (the game sends
-//! one every 5 seconds): before it the driver names are not known.
+//! and now and then a Session and a Participants packet. [`Frames`] gathers the packets of each
+//! frame (by the frame counter that survives flashbacks) and, once a frame has its Lap Data
+//! and its Car Telemetry, in whichever order they came, makes a row for each active car whose
+//! Lap Data moved on since its last rows (its lap timer ran or its lap changed: a car standing
+//! in the garage makes none, a car on track one a frame), in the canonical telemetry schema.
+//! Positions come from the newest Motion packet. There are no rows until the session's first
+//! Participants packet (the game sends one every 5 seconds): before it the driver names are
+//! not known.
+//!
+//! UDP loses, repeats and reorders datagrams. A frame waits [`REORDER_WINDOW_MS`] of arrival
+//! time for its packets and is then settled: a frame without its Lap Data or Car Telemetry by
+//! then is counted lost, a packet that comes again is counted as a duplicate and ignored, and
+//! one that comes after its frame settled is counted late and ignored ([`FrameCounts`]).
 //!
 //! | column | from |
 //! |---|---|
@@ -22,7 +29,7 @@
 //! | `x`, `y`, `z` | Motion world position X and Z (the game's ground plane, as a track map draws it) and Y (height), metres |
 //! | `distance` | Lap Data `lapDistance`, metres |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -80,6 +87,48 @@ const TRACKS: [&str; 42] = [
     "zandvoort-reverse",
 ];
 
+/// How long (arrival time) a frame waits for the rest of its packets. Then it is settled: a
+/// packet of it arriving later is late and ignored, and it is counted lost if its Lap Data or
+/// Car Telemetry never came.
+pub const REORDER_WINDOW_MS: i64 = 500;
+/// A session that sent nothing for this long is forgotten.
+const SESSION_IDLE_MS: i64 = 60_000;
+/// Sessions followed at once (a league server sees one per rig); beyond, the quietest goes.
+const MAX_SESSIONS: usize = 64;
+/// Frames waiting at once per session: half a second at 60 Hz is 30; a flood of made-up
+/// frame numbers settles early instead of filling memory.
+const MAX_PENDING_FRAMES: usize = 256;
+/// A frame this far below the settled ones is the game counting afresh, not a late packet.
+const RESTART_FRAMES: u32 = 10_000;
+/// Steps between frames remembered to know the game's usual step (its send rate).
+const STEPS: usize = 32;
+
+/// What went missing or came twice, by frame (see [`Frames`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FrameCounts {
+    /// Frames whose Lap Data or Car Telemetry never arrived (their cars' rows are missing),
+    /// including frames of which nothing arrived, told by a gap in the frame counter larger
+    /// than the session's usual step.
+    pub lost: u64,
+    /// Motion, Lap Data and Car Telemetry datagrams of a frame that had already brought that
+    /// packet, ignored.
+    pub duplicates: u64,
+    /// Motion, Lap Data and Car Telemetry packets of a frame already settled, ignored.
+    pub late: u64,
+}
+
+/// The packets of one frame that arrived so far.
+struct PendingFrame {
+    arrived_ms: i64,
+    session_time: f32,
+    /// Packet ids seen, one bit each.
+    seen: u32,
+    laps: Option<Vec<CarLap>>,
+    telemetry: Option<Vec<CarTelemetry>>,
+    /// Its rows were made.
+    done: bool,
+}
+
 /// What one session has told so far.
 #[derive(Default)]
 struct SessionState {
@@ -89,54 +138,148 @@ struct SessionState {
     name: String,
     /// The active cars' `driver` names, once a Participants packet told them.
     drivers: Option<Vec<String>>,
+    /// The newest Motion packet, and its frame.
     motion: Vec<CarMotion>,
-    laps: Vec<CarLap>,
-    /// Per car, the (lap, lap time) of its last row.
-    sent: Vec<Option<(u8, u32)>>,
+    motion_frame: u32,
+    /// Per car, the (lap, lap time) of its last rows: a car whose Lap Data has not moved on
+    /// makes no row (a frame that comes late does not repeat one).
+    sent: Vec<VecDeque<(u8, u32)>>,
+    /// Frames waiting for their packets, by the frame counter that survives flashbacks.
+    frames: BTreeMap<u32, PendingFrame>,
+    /// The newest settled frame.
+    settled: Option<u32>,
+    steps: VecDeque<u32>,
+    last_arrival_ms: i64,
+    /// The session-end event came: forgotten once its frames are settled.
+    ended: bool,
 }
 
-/// Joins the packets of each session into rows (see the module's table).
+/// Joins the packets of each session into rows (see the module's table and [`FrameCounts`]).
 #[derive(Default)]
 pub struct Frames {
     sessions: HashMap<u64, SessionState>,
+    counts: FrameCounts,
 }
 
 impl Frames {
     /// Takes one decoded packet that arrived at `arrival_ms` (wall clock); returns the rows
-    /// of its frame when it is a Car Telemetry packet of a session whose participants are
-    /// known.
+    /// of its frame when this packet completed the frame's Lap Data and Car Telemetry (and the
+    /// session's participants are known).
     pub fn push(
         &mut self,
         header: &Header,
         packet: Packet,
         arrival_ms: i64,
     ) -> Result<Option<RecordBatch>, ArrowError> {
-        let state = self
-            .sessions
-            .entry(header.session_uid)
-            .or_insert_with(|| SessionState {
-                start_ms: arrival_ms - (f64::from(header.session_time) * 1000.0) as i64,
-                name: session_name(None, header.session_uid),
-                ..SessionState::default()
-            });
-        match packet {
-            Packet::Motion(m) => state.motion = m,
-            Packet::LapData(l) => state.laps = l,
-            Packet::Session(s) => state.name = session_name(Some(&s), header.session_uid),
-            Packet::Participants(p) => state.drivers = Some(drivers(&p)),
-            Packet::CarTelemetry(t) if state.drivers.is_some() => {
-                return state.rows(header, &t).map(Some);
+        let state = session(&mut self.sessions, header, arrival_ms);
+        let frame = header.overall_frame;
+        if let Some(s) = state.settled
+            && frame <= s
+        {
+            if s - frame < RESTART_FRAMES {
+                if matches!(
+                    packet,
+                    Packet::Motion(_) | Packet::LapData(_) | Packet::CarTelemetry(_)
+                ) {
+                    self.counts.late += 1;
+                    return Ok(None);
+                }
+            } else {
+                state.restart();
             }
-            Packet::CarTelemetry(_) => {}
-            Packet::Event(_) | Packet::Other(_) => {}
         }
-        Ok(None)
+        let id = packet.id();
+        match packet {
+            Packet::Event(e) => {
+                state.ended |= &e.code == b"SEND";
+                return Ok(None);
+            }
+            Packet::Session(s) => {
+                state.name = session_name(Some(&s), header.session_uid);
+                return Ok(None);
+            }
+            Packet::Participants(p) => {
+                state.drivers = Some(drivers(&p));
+                // Frames that were waiting only for the names.
+                return state.complete_waiting();
+            }
+            Packet::Other(_) => return Ok(None),
+            Packet::Motion(_) | Packet::LapData(_) | Packet::CarTelemetry(_) => {}
+        }
+        let pending = state.frames.entry(frame).or_insert(PendingFrame {
+            arrived_ms: arrival_ms,
+            session_time: header.session_time,
+            seen: 0,
+            laps: None,
+            telemetry: None,
+            done: false,
+        });
+        if pending.seen & (1 << id) != 0 {
+            self.counts.duplicates += 1;
+            return Ok(None);
+        }
+        pending.seen |= 1 << id;
+        match packet {
+            Packet::LapData(l) => pending.laps = Some(l),
+            Packet::CarTelemetry(t) => pending.telemetry = Some(t),
+            Packet::Motion(m) if frame >= state.motion_frame => {
+                (state.motion, state.motion_frame) = (m, frame);
+            }
+            _ => {}
+        }
+        let rows = state.complete(frame)?;
+        state.settle(arrival_ms - REORDER_WINDOW_MS, &mut self.counts);
+        Ok(rows)
     }
 
-    /// Forgets a session (after its `SEND` event, or when it went quiet).
-    pub fn end(&mut self, session_uid: u64) {
-        self.sessions.remove(&session_uid);
+    /// Settles the frames that waited long enough by `now_ms` and forgets the sessions that
+    /// ended or went quiet (call it now and then: a frame's loss is counted when it settles).
+    pub fn settle(&mut self, now_ms: i64) {
+        let counts = &mut self.counts;
+        self.sessions.retain(|_, s| {
+            s.settle(now_ms - REORDER_WINDOW_MS, counts);
+            let quiet = now_ms - s.last_arrival_ms;
+            let over = s.ended && s.frames.is_empty() && quiet > REORDER_WINDOW_MS;
+            !(quiet > SESSION_IDLE_MS || over)
+        });
     }
+
+    /// The counts so far, and from now on from zero.
+    pub fn take_counts(&mut self) -> FrameCounts {
+        std::mem::take(&mut self.counts)
+    }
+}
+
+/// The session of `header`, new if it is: beyond [`MAX_SESSIONS`] the quietest goes.
+fn session<'a>(
+    sessions: &'a mut HashMap<u64, SessionState>,
+    header: &Header,
+    arrival_ms: i64,
+) -> &'a mut SessionState {
+    let uid = header.session_uid;
+    if !sessions.contains_key(&uid) && sessions.len() >= MAX_SESSIONS {
+        let quietest = sessions.iter().min_by_key(|(_, s)| s.last_arrival_ms);
+        if let Some(&k) = quietest.map(|(k, _)| k) {
+            sessions.remove(&k);
+        }
+    }
+    let state = sessions.entry(uid).or_insert_with(|| SessionState {
+        start_ms: arrival_ms - (f64::from(header.session_time) * 1000.0) as i64,
+        name: session_name(None, uid),
+        ..SessionState::default()
+    });
+    state.last_arrival_ms = arrival_ms;
+    state
+}
+
+/// The most frequent of the recent steps between frames (the smallest of equals).
+fn usual_step(steps: &VecDeque<u32>) -> Option<u32> {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for s in steps {
+        *counts.entry(*s).or_default() += 1;
+    }
+    let most = counts.values().copied().max()?;
+    counts.into_iter().find(|(_, n)| *n == most).map(|(s, _)| s)
 }
 
 /// `track-uid`, e.g. `monza-3c41f35fdad292e4` (`f1-uid` before the track is known).
@@ -174,26 +317,108 @@ fn drivers(p: &Participants) -> Vec<String> {
 }
 
 impl SessionState {
+    /// The frame counter went back a long way: the game counts afresh.
+    fn restart(&mut self) {
+        self.frames.clear();
+        self.settled = None;
+        self.steps.clear();
+        self.motion_frame = 0;
+    }
+
+    /// The rows of `frame` if it now has its Lap Data and Car Telemetry and the drivers are
+    /// known (once: later packets of it are duplicates or make nothing).
+    fn complete(&mut self, frame: u32) -> Result<Option<RecordBatch>, ArrowError> {
+        let Some(p) = self.frames.get_mut(&frame) else {
+            return Ok(None);
+        };
+        if p.done || p.laps.is_none() || p.telemetry.is_none() || self.drivers.is_none() {
+            return Ok(None);
+        }
+        p.done = true;
+        let (laps, telemetry) = (p.laps.take().unwrap_or_default(), p.telemetry.take());
+        let seconds = f64::from(p.session_time);
+        self.rows(seconds, &laps, &telemetry.unwrap_or_default())
+            .map(Some)
+    }
+
+    /// The rows of the frames that have their packets but waited for the participants.
+    fn complete_waiting(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
+        let waiting: Vec<u32> = self
+            .frames
+            .iter()
+            .filter(|(_, p)| !p.done && p.laps.is_some() && p.telemetry.is_some())
+            .map(|(f, _)| *f)
+            .collect();
+        let mut batches = Vec::new();
+        for f in waiting {
+            batches.extend(self.complete(f)?);
+        }
+        match batches.len() {
+            0 => Ok(None),
+            1 => Ok(batches.pop()),
+            _ => arrow::compute::concat_batches(&telemetry_schema(), &batches).map(Some),
+        }
+    }
+
+    /// Settles, in frame order, the frames that arrived before `cutoff_ms` (and the oldest
+    /// beyond [`MAX_PENDING_FRAMES`]), counting the lost.
+    fn settle(&mut self, cutoff_ms: i64, counts: &mut FrameCounts) {
+        while let Some(entry) = self.frames.first_entry() {
+            let crowded = self.frames.len() > MAX_PENDING_FRAMES;
+            if entry.get().arrived_ms > cutoff_ms && !crowded {
+                break;
+            }
+            let frame = *entry.key();
+            let p = entry.remove();
+            if !p.done && (p.laps.is_none() || p.telemetry.is_none()) {
+                counts.lost += 1;
+            }
+            if let Some(s) = self.settled {
+                counts.lost += self.unseen_between(frame - s);
+            }
+            self.settled = Some(frame);
+        }
+    }
+
+    /// How many frames of which nothing arrived a step of `step` frames skipped: the step
+    /// over the session's usual one (the game counts rendered frames and sends every n-th,
+    /// at its send rate), rounded.
+    fn unseen_between(&mut self, step: u32) -> u64 {
+        let usual = usual_step(&self.steps);
+        if self.steps.len() == STEPS {
+            self.steps.pop_front();
+        }
+        self.steps.push_back(step);
+        usual.map_or(0, |u| {
+            ((f64::from(step) / f64::from(u)).round() as u64).saturating_sub(1)
+        })
+    }
+
     fn rows(
         &mut self,
-        header: &Header,
+        seconds: f64,
+        laps: &[CarLap],
         telemetry: &[CarTelemetry],
     ) -> Result<RecordBatch, ArrowError> {
         let drivers = self.drivers.as_deref().unwrap_or_default();
         let active = drivers.len().min(telemetry.len());
-        let seconds = f64::from(header.session_time);
         let ts = self.start_ms + (seconds * 1000.0).round() as i64;
-        self.sent.resize(active.max(self.sent.len()), None);
+        self.sent
+            .resize(active.max(self.sent.len()), VecDeque::new());
         let mut b = Builders::new(active);
         for (i, t) in telemetry.iter().take(active).enumerate() {
-            let Some(lap) = self.laps.get(i) else {
+            let Some(lap) = laps.get(i) else {
                 continue;
             };
-            let moved = Some((lap.lap, lap.current_lap_ms));
-            if self.sent[i] == moved {
+            let moved = (lap.lap, lap.current_lap_ms);
+            let sent = &mut self.sent[i];
+            if sent.contains(&moved) {
                 continue;
             }
-            self.sent[i] = moved;
+            if sent.len() == 8 {
+                sent.pop_front();
+            }
+            sent.push_back(moved);
             let pos = self.motion.get(i);
             b.session.append_value(&self.name);
             b.driver.append_value(&drivers[i]);

@@ -427,18 +427,12 @@ fn the_packets_of_a_frame_are_joined_into_a_row_per_car() {
         let (h, p) = decoded(name);
         frames.push(&h, p, arrival).unwrap()
     };
-    // Telemetry before the participants are known makes no rows.
+    // A frame waits for its Lap Data and the names; its Car Telemetry may come first.
     assert!(push(&mut frames, "CarTelemetry.bin").is_none());
-    for name in [
-        "Session.bin",
-        "Participants.bin",
-        "Motion.bin",
-        "LapData.bin",
-        "Event.bin",
-    ] {
+    for name in ["Session.bin", "Motion.bin", "Event.bin", "LapData.bin"] {
         assert!(push(&mut frames, name).is_none(), "{name}");
     }
-    let rows: RecordBatch = push(&mut frames, "CarTelemetry.bin").expect("rows");
+    let rows: RecordBatch = push(&mut frames, "Participants.bin").expect("rows");
     assert_eq!(rows.schema(), crate::schema::telemetry_schema());
     assert_eq!(rows.num_rows(), 20, "the 20 active cars");
     let text = |c: &str, i: usize| {
@@ -484,20 +478,29 @@ fn the_packets_of_a_frame_are_joined_into_a_row_per_car() {
         .unwrap()
         .as_primitive::<TimestampMillisecondType>();
     assert_eq!(ts.value(0), arrival);
-    // The same frame again: no car's lap timer moved, so no rows.
-    assert_eq!(
-        push(&mut frames, "CarTelemetry.bin")
-            .expect("a batch")
-            .num_rows(),
-        0
-    );
-    let (h, p) = decoded("LapData.bin");
+    // The same frame again: duplicates, ignored and counted.
+    assert!(push(&mut frames, "CarTelemetry.bin").is_none());
+    assert!(push(&mut frames, "LapData.bin").is_none());
+    assert_eq!(frames.take_counts().duplicates, 2);
+    // The next frame, its Car Telemetry first: rows only for the car whose lap timer ran,
+    // once its Lap Data came.
+    let next = |name: &str| {
+        let (mut h, p) = decoded(name);
+        (h.frame, h.overall_frame) = (h.frame + 1, h.overall_frame + 1);
+        h.session_time += 1.0 / 60.0;
+        (h, p)
+    };
+    let (h, p) = next("CarTelemetry.bin");
+    assert!(frames.push(&h, p, arrival + 16).unwrap().is_none());
+    let (h, p) = next("LapData.bin");
     let Packet::LapData(mut laps) = p else {
         panic!()
     };
     laps[3].current_lap_ms += 17;
-    frames.push(&h, Packet::LapData(laps), arrival).unwrap();
-    let rows = push(&mut frames, "CarTelemetry.bin").expect("a batch");
+    let rows = frames
+        .push(&h, Packet::LapData(laps), arrival + 17)
+        .unwrap()
+        .expect("a batch");
     assert_eq!(rows.num_rows(), 1, "only the car whose lap timer ran");
     assert_eq!(
         rows.column_by_name("driver")
@@ -506,4 +509,55 @@ fn the_packets_of_a_frame_are_joined_into_a_row_per_car() {
             .value(0),
         "SAINZ"
     );
+}
+
+/// Loss, repetition and disorder, counted by frame: a frame without its Car Telemetry, a frame
+/// of which nothing came (a gap in the counter over its usual step), a packet after its frame
+/// settled, a packet twice; a counter far back is the game counting afresh.
+#[test]
+fn lost_repeated_and_late_frames_are_counted() {
+    let mut frames = Frames::default();
+    let t0 = 1_765_000_000_000;
+    let at = |frame: u32, name: &str| {
+        let (mut h, p) = decoded(name);
+        (h.frame, h.overall_frame) = (frame, frame);
+        h.session_time = frame as f32 / 60.0;
+        (h, p)
+    };
+    let (h, p) = at(1, "Participants.bin");
+    frames.push(&h, p, t0).unwrap();
+    let mut rows = 0;
+    for f in 1..=10u32 {
+        for name in ["LapData.bin", "CarTelemetry.bin"] {
+            let skip = (f == 4 && name == "CarTelemetry.bin") || f == 6 || f == 8;
+            if !skip {
+                let (h, p) = at(f, name);
+                let made = frames.push(&h, p, t0 + i64::from(f)).unwrap();
+                rows += made.map_or(0, |r| r.num_rows());
+            }
+        }
+    }
+    let (h, p) = at(7, "LapData.bin");
+    assert!(frames.push(&h, p, t0 + 20).unwrap().is_none());
+    frames.settle(t0 + 1_000);
+    // Frame 8's Lap Data, after its frame settled (arrived 1 s after frame 7's).
+    let (h, p) = at(8, "LapData.bin");
+    assert!(frames.push(&h, p, t0 + 1_000).unwrap().is_none());
+    let counts = frames.take_counts();
+    assert_eq!(
+        (counts.lost, counts.duplicates, counts.late),
+        (3, 1, 1),
+        "lost: 4 (no telemetry), 6 and 8 (nothing); duplicate: 7's Lap Data"
+    );
+    // The same Lap Data every frame: only the first complete frame moved the cars on.
+    assert_eq!(rows, 20);
+    // The game counts afresh (a new session of the same UID): frame 2 after frame 20,000
+    // is not late.
+    let (h, p) = at(20_000, "LapData.bin");
+    frames.push(&h, p, t0 + 3_000).unwrap();
+    frames.settle(t0 + 10_000);
+    frames.take_counts();
+    let (h, p) = at(2, "CarTelemetry.bin");
+    frames.push(&h, p, t0 + 10_001).unwrap();
+    assert_eq!(frames.take_counts().late, 0);
 }

@@ -4,7 +4,10 @@
 //! ([`pitwall_proto::f1udp::Frames`]), gathered into micro-batches on the engine's tick and
 //! sent on the same path as Kafka's. A datagram that is not a packet Pitwall reads (too short
 //! or long, another format, an unknown packet id) is counted by reason and dead-lettered with
-//! its bytes, like a bad Kafka message. UDP has no offsets: the source numbers datagrams (topic
+//! its bytes, like a bad Kafka message. Frames lost, datagrams that came twice and packets
+//! that came too late ([`pitwall_proto::f1udp::FrameCounts`]) are counted with them
+//! (`udp_frame_lost`, `udp_duplicate`, `udp_late`), without dead letters: there are no bytes
+//! to keep, or they were kept once. UDP has no offsets: the source numbers datagrams (topic
 //! `udp`, partition 0, going on after a restart from the checkpoint's number), and what was in flight when the server stopped is lost, as
 //! the game does not resend.
 
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
-use pitwall_proto::f1udp::{self, Frames, Packet};
+use pitwall_proto::f1udp::{self, Frames};
 use pitwall_proto::schema::{col, telemetry_schema};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -31,11 +34,25 @@ pub(crate) const TOPIC: &str = "udp";
 /// a longer datagram is read whole enough to be refused as oversize.
 const DATAGRAM_BUFFER: usize = 4096;
 
+/// The receive buffer asked for: half a second of a 22-car grid at 60 Hz is about 0.5 MB, and
+/// the kernel's default (about 208 kB) overflows while the process is busy elsewhere. The
+/// kernel caps it at `net.core.rmem_max`.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
 /// Binds the socket (port 0 = any free port): a bad address fails at start, in one line.
 pub(crate) async fn bind(addr: SocketAddr) -> Result<UdpSocket> {
-    UdpSocket::bind(addr)
-        .await
-        .map_err(|e| Error::Config(format!("--udp {addr}: {e}")))
+    use socket2::{Domain, Protocol, Socket, Type};
+    let fail = |e: std::io::Error| Error::Config(format!("--udp {addr}: {e}"));
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    if let Err(e) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+        tracing::warn!(error = %e, "--udp: the receive buffer stays at the system's default");
+    }
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    tracing::debug!(bytes = got, "UDP receive buffer");
+    UdpSocket::from_std(socket.into()).map_err(fail)
 }
 
 /// What the source has gathered since its last micro-batch.
@@ -65,22 +82,14 @@ impl Pending {
             DeadLetter::new(TOPIC, &m, reason, error)
         };
         match f1udp::decode(datagram) {
-            Ok((header, packet)) => {
-                if let Packet::Event(e) = &packet
-                    && &e.code == b"SEND"
-                {
-                    frames.end(header.session_uid);
-                    return;
+            Ok((header, packet)) => match frames.push(&header, packet, arrival_ms) {
+                Ok(Some(rows)) if rows.num_rows() > 0 => self.rows.push(rows),
+                Ok(_) => {}
+                Err(e) => {
+                    stats.add_bad("udp_rows", 1);
+                    self.dead_letters.push(refused("udp_rows", e.to_string()));
                 }
-                match frames.push(&header, packet, arrival_ms) {
-                    Ok(Some(rows)) if rows.num_rows() > 0 => self.rows.push(rows),
-                    Ok(_) => {}
-                    Err(e) => {
-                        stats.add_bad("udp_rows", 1);
-                        self.dead_letters.push(refused("udp_rows", e.to_string()));
-                    }
-                }
-            }
+            },
             Err(e) => {
                 stats.add_bad(e.reason(), 1);
                 self.dead_letters.push(refused(e.reason(), e.to_string()));
@@ -119,6 +128,21 @@ impl Pending {
             dead_letters: std::mem::take(&mut self.dead_letters),
             ready_at: Instant::now(),
         }))
+    }
+}
+
+/// Frames lost, datagrams repeated and packets late (see [`f1udp::FrameCounts`]), counted by
+/// reason with the refused datagrams.
+fn count_frames(frames: &mut Frames, stats: &IngestStats) {
+    let c = frames.take_counts();
+    for (reason, n) in [
+        ("udp_frame_lost", c.lost),
+        ("udp_duplicate", c.duplicates),
+        ("udp_late", c.late),
+    ] {
+        if n > 0 {
+            stats.add_bad(reason, n);
+        }
     }
 }
 
@@ -162,7 +186,10 @@ pub(crate) async fn run(
                     continue;
                 }
             }
-            _ = ticker.tick() => {}
+            _ = ticker.tick() => {
+                frames.settle(now_ms());
+                count_frames(&mut frames, &stats);
+            }
         }
         if let Some(batch) = pending.batch()? {
             stats.count(datagrams, bytes, batch.rows.num_rows() as u64);
