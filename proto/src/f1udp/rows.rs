@@ -363,8 +363,11 @@ impl SessionState {
     /// Settles, in frame order, the frames that arrived before `cutoff_ms` (and the oldest
     /// beyond [`MAX_PENDING_FRAMES`]), counting the lost.
     fn settle(&mut self, cutoff_ms: i64, counts: &mut FrameCounts) {
-        while let Some(entry) = self.frames.first_entry() {
+        loop {
             let crowded = self.frames.len() > MAX_PENDING_FRAMES;
+            let Some(entry) = self.frames.first_entry() else {
+                break;
+            };
             if entry.get().arrived_ms > cutoff_ms && !crowded {
                 break;
             }
