@@ -43,7 +43,7 @@ pub mod id {
 }
 
 /// Why a datagram is not a packet Pitwall can read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum UdpError {
     /// Shorter than its header or than its packet type.
     Truncated { len: usize, expected: usize },
@@ -53,7 +53,13 @@ pub enum UdpError {
     UnsupportedFormat(u16),
     /// A `packetId` the specification does not have.
     UnknownPacketId(u8),
+    /// A `sessionTime` that is not a time since a session started (negative, not a number, or
+    /// beyond [`MAX_SESSION_TIME_S`]).
+    SessionTime(f32),
 }
+
+/// The longest session time read (about 11.5 days): longer is a corrupt header.
+pub const MAX_SESSION_TIME_S: f32 = 1.0e6;
 
 impl UdpError {
     /// The label the datagram is counted and dead-lettered under.
@@ -63,6 +69,7 @@ impl UdpError {
             UdpError::Oversize { .. } => "udp_oversize",
             UdpError::UnsupportedFormat(_) => "udp_format",
             UdpError::UnknownPacketId(_) => "udp_packet_id",
+            UdpError::SessionTime(_) => "udp_session_time",
         }
     }
 }
@@ -87,6 +94,10 @@ impl fmt::Display for UdpError {
                 "packet format {v} not supported (Pitwall reads the F1 23, 24 and 25 formats 2023, 2024, 2025)"
             ),
             UdpError::UnknownPacketId(v) => write!(f, "packet id {v} is not in the specification"),
+            UdpError::SessionTime(t) => write!(
+                f,
+                "session time {t} s is not a time since a session started (0 to {MAX_SESSION_TIME_S})"
+            ),
         }
     }
 }
@@ -435,6 +446,9 @@ pub fn decode(datagram: &[u8]) -> Result<(Header, Packet), UdpError> {
         secondary_player_car: b.u8(28),
     };
     let l = layout(header.format)?;
+    if !(0.0..=MAX_SESSION_TIME_S).contains(&header.session_time) {
+        return Err(UdpError::SessionTime(header.session_time));
+    }
     let Some(expected) = packet_len(header.format, header.packet_id)? else {
         return Ok((header, Packet::Other(header.packet_id)));
     };

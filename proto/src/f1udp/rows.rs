@@ -100,6 +100,8 @@ const MAX_SESSIONS: usize = 64;
 const MAX_PENDING_FRAMES: usize = 256;
 /// A frame this far below the settled ones is the game counting afresh, not a late packet.
 const RESTART_FRAMES: u32 = 10_000;
+/// The most frames counted lost in one gap of the counter (two seconds at 60 Hz).
+const MAX_UNSEEN: u64 = 120;
 /// Steps between frames remembered to know the game's usual step (its send rate).
 const STEPS: usize = 32;
 
@@ -108,7 +110,8 @@ const STEPS: usize = 32;
 pub struct FrameCounts {
     /// Frames whose Lap Data or Car Telemetry never arrived (their cars' rows are missing),
     /// including frames of which nothing arrived, told by a gap in the frame counter larger
-    /// than the session's usual step.
+    /// than the session's usual step (not over a second of session time, when the game paused,
+    /// nor past [`MAX_UNSEEN`] frames, when its counter leapt).
     pub lost: u64,
     /// Motion, Lap Data and Car Telemetry datagrams of a frame that had already brought that
     /// packet, ignored.
@@ -146,8 +149,8 @@ struct SessionState {
     sent: Vec<VecDeque<(u8, u32)>>,
     /// Frames waiting for their packets, by the frame counter that survives flashbacks.
     frames: BTreeMap<u32, PendingFrame>,
-    /// The newest settled frame.
-    settled: Option<u32>,
+    /// The newest settled frame, and its session time.
+    settled: Option<(u32, f32)>,
     steps: VecDeque<u32>,
     last_arrival_ms: i64,
     /// The session-end event came: forgotten once its frames are settled.
@@ -173,7 +176,7 @@ impl Frames {
     ) -> Result<Option<RecordBatch>, ArrowError> {
         let state = session(&mut self.sessions, header, arrival_ms);
         let frame = header.overall_frame;
-        if let Some(s) = state.settled
+        if let Some((s, _)) = state.settled
             && frame <= s
         {
             if s - frame < RESTART_FRAMES {
@@ -376,10 +379,16 @@ impl SessionState {
             if !p.done && (p.laps.is_none() || p.telemetry.is_none()) {
                 counts.lost += 1;
             }
-            if let Some(s) = self.settled {
-                counts.lost += self.unseen_between(frame - s);
+            if let Some((s, t)) = self.settled {
+                // Frames stop while the game is paused or in its menus, and a counter that
+                // leaps (or a clock that goes back) is not a stream of lost frames.
+                let gap = p.session_time - t;
+                let unseen = self.unseen_between(frame - s);
+                if (0.0..=1.0).contains(&gap) && unseen <= MAX_UNSEEN {
+                    counts.lost += unseen;
+                }
             }
-            self.settled = Some(frame);
+            self.settled = Some((frame, p.session_time));
         }
     }
 

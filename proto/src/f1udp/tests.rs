@@ -291,6 +291,14 @@ fn what_is_not_a_packet_is_refused_with_a_reason() {
             "udp_packet_id",
         ),
     ];
+    let with_time = |t: f32| {
+        let mut m = motion.clone();
+        m[15..19].copy_from_slice(&t.to_le_bytes());
+        (m, "udp_session_time")
+    };
+    let cases = cases
+        .into_iter()
+        .chain([f32::NAN, f32::INFINITY, -0.5, 2.0e6].map(with_time));
     for (bytes, reason) in cases {
         let err = decode(&bytes).expect_err(reason);
         assert_eq!(err.reason(), reason, "{err}");

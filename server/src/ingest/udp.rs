@@ -200,3 +200,6 @@ pub(crate) async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz;
