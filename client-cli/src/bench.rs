@@ -41,7 +41,12 @@ pub enum BenchFormat {
     Json,
     /// One `TelemetryBatch` per car per tick: what a high-rate producer sends.
     ProtobufBatch,
+    /// EA F1 25 game packets over UDP to `pitwall-server --udp`, no broker (`--rate` is the
+    /// game's send rate; latency is measured on `over_rev`).
+    F1Udp,
 }
+
+mod udp;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -267,7 +272,7 @@ fn produce(
             .context("Kafka producer")?;
     let header = match format {
         BenchFormat::Json => "json",
-        BenchFormat::ProtobufBatch => "protobuf-batch",
+        BenchFormat::ProtobufBatch | BenchFormat::F1Udp => "protobuf-batch",
     };
     let headers = OwnedHeaders::new().insert(Header {
         key: pitwall_proto::FORMAT_HEADER,
@@ -302,7 +307,7 @@ fn produce(
                         send(d.value(i), encoded.payload(i))?;
                     }
                 }
-                BenchFormat::ProtobufBatch => {
+                BenchFormat::ProtobufBatch | BenchFormat::F1Udp => {
                     encode(&rows, WireFormat::Protobuf, &mut encoded)?;
                     let mut at = 0;
                     for (c, &n) in counts.iter().enumerate() {
@@ -337,21 +342,33 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     });
     let suffix = format!("{}-{}", std::process::id(), now_ms() % 1_000_000);
     let topic = format!("bench-{suffix}");
-    let config = crate::replay::client_config(&args.brokers, &[])?;
-    crate::replay::ensure_topic(&config, &topic, args.partitions).await?;
-    let server = BenchServer::start(args, &topic, &suffix)?;
+    let udp = format == BenchFormat::F1Udp;
+    let latency_query = if udp {
+        udp::LATENCY_QUERY
+    } else {
+        "bench_latency"
+    };
+    let server = if udp {
+        BenchServer::start(args, Source::Udp(free_port()?), &suffix)?
+    } else {
+        let config = crate::replay::client_config(&args.brokers, &[])?;
+        crate::replay::ensure_topic(&config, &topic, args.partitions).await?;
+        BenchServer::start(args, Source::Kafka(&topic), &suffix)?
+    };
     let mut control = server.connect().await?;
-    wait_assigned(&mut control, args.partitions).await?;
-    submit_latency_query(&mut control, target).await?;
+    if !udp {
+        wait_assigned(&mut control, args.partitions).await?;
+        submit_latency_query(&mut control, target).await?;
+    }
     let flags = Flags::default();
     let mut subs = Vec::new();
     for i in 0..args.subscribers.max(1) {
-        subs.push(latency_subscriber(&server.addr, i == 0, &flags).await?);
+        subs.push(latency_subscriber(&server.addr, latency_query, i == 0, &flags).await?);
     }
     let windows = window_subscriber(&server.addr, &flags).await?;
     let slow = if args.slow_subscriber {
         let mut c = Client::connect(&server.addr).await?;
-        let s = c.subscribe(&ticket("bench_latency")).await?;
+        let s = c.subscribe(&ticket(latency_query)).await?;
         Some((c, s))
     } else {
         None
@@ -377,6 +394,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     Ok(report(
         args,
         format,
+        latency_query,
         &m,
         latency,
         window_h,
@@ -392,13 +410,21 @@ struct BenchServer {
     addr: ServerAddress,
     http_port: u16,
     data: PathBuf,
+    /// The server's game port, when it is fed over UDP.
+    udp_port: Option<u16>,
+}
+
+/// Where the server under test reads: this run's topic, or a UDP port.
+enum Source<'a> {
+    Kafka(&'a str),
+    Udp(u16),
 }
 
 /// Windows close this long after their last input (`--idle-timeout-ms`).
 const IDLE_TIMEOUT_MS: u64 = 1000;
 
 impl BenchServer {
-    fn start(args: &BenchArgs, topic: &str, suffix: &str) -> Result<Self> {
+    fn start(args: &BenchArgs, source: Source<'_>, suffix: &str) -> Result<Self> {
         let bin = match &args.server_bin {
             Some(b) => b.clone(),
             None => std::env::current_exe()?.with_file_name("pitwall-server"),
@@ -412,14 +438,23 @@ impl BenchServer {
         let data = std::env::temp_dir().join(format!("pitwall-bench-{suffix}"));
         let (port, http_port) = (free_port()?, free_port()?);
         let mut cmd = Command::new(&bin);
-        cmd.args(["--brokers", &args.brokers, "--topic", topic])
-            .args(["--group", &format!("bench-{suffix}")])
-            .args(["--flight-addr", &format!("127.0.0.1:{port}")])
+        let udp_port = match source {
+            Source::Kafka(topic) => {
+                cmd.args(["--brokers", &args.brokers, "--topic", topic])
+                    .args(["--group", &format!("bench-{suffix}")])
+                    // The topic is this run's own: from its start, so that every row produced
+                    // is read and what is left unread at the end is backlog.
+                    .args(["--start", "earliest"]);
+                None
+            }
+            Source::Udp(p) => {
+                cmd.args(["--udp", &format!("127.0.0.1:{p}")]);
+                Some(p)
+            }
+        };
+        cmd.args(["--flight-addr", &format!("127.0.0.1:{port}")])
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--data-dir", data.to_str().unwrap_or("pitwall-bench")])
-            // The topic is this run's own: from its start, so that every row produced is read
-            // and what is left unread at the end is backlog.
-            .args(["--start", "earliest"])
             .args(["--idle-timeout-ms", &IDLE_TIMEOUT_MS.to_string()])
             .args(&args.server_args)
             .stdout(Stdio::null())
@@ -436,6 +471,7 @@ impl BenchServer {
             },
             http_port,
             data,
+            udp_port,
         })
     }
 
@@ -514,11 +550,12 @@ type Latency = (Histogram<u64>, Histogram<u64>, u64);
 
 async fn latency_subscriber(
     addr: &ServerAddress,
+    query: &str,
     measured: bool,
     flags: &Flags,
 ) -> Result<tokio::task::JoinHandle<Option<Latency>>> {
     let mut c = Client::connect(addr).await?;
-    let mut stream = c.subscribe(&ticket("bench_latency")).await?.into_inner();
+    let mut stream = c.subscribe(&ticket(query)).await?.into_inner();
     let measuring = flags.measuring.clone();
     Ok(tokio::spawn(async move {
         let _keep = c;
@@ -656,7 +693,11 @@ async fn measure(
             stop.clone(),
             produced.clone(),
         );
-        std::thread::spawn(move || produce(&a, format, &t, &s, st, p))
+        let udp_port = server.udp_port;
+        std::thread::spawn(move || match udp_port {
+            Some(port) => udp::produce(&a, port, st, p),
+            None => produce(&a, format, &t, &s, st, p),
+        })
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
     let stats_start: pb::ServerStats = control.action(pb::actions::STATS, &pb::GetStats {}).await?;
@@ -700,6 +741,7 @@ async fn measure(
 fn report(
     args: &BenchArgs,
     format: BenchFormat,
+    latency_query: &str,
     m: &Measured,
     latency: Option<Latency>,
     window_h: Histogram<u64>,
@@ -712,7 +754,7 @@ fn report(
     let (s0, s1) = (&m.stats_start, &m.stats_end);
     let out0: u64 = s0.queries.iter().map(|q| q.rows_emitted).sum();
     let out1: u64 = s1.queries.iter().map(|q| q.rows_emitted).sum();
-    let emit = s1.queries.iter().find(|q| q.name == "bench_latency");
+    let emit = s1.queries.iter().find(|q| q.name == latency_query);
     BenchReport {
         cars: args.cars,
         rate_per_car: args.rate,

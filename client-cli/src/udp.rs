@@ -264,10 +264,10 @@ impl Feed {
 
 /// Each car's latest values, as the game would send them for every frame.
 #[derive(Default, Clone)]
-struct Car {
-    telemetry: CarTelemetry,
-    lap: CarLap,
-    motion: CarMotion,
+pub(crate) struct Car {
+    pub(crate) telemetry: CarTelemetry,
+    pub(crate) lap: CarLap,
+    pub(crate) motion: CarMotion,
     /// (lap, its first sample's ts).
     lap_start: Option<(u8, i64)>,
 }
@@ -383,7 +383,7 @@ fn session_uid(name: &str) -> u64 {
 }
 
 /// The Participants packet of the session's drivers, in car order.
-fn participants(drivers: &[String]) -> Participants {
+pub(crate) fn participants(drivers: &[String]) -> Participants {
     Participants {
         active_cars: drivers.len() as u8,
         cars: drivers
@@ -405,7 +405,7 @@ fn value<T: ArrowPrimitiveType>(rows: &RecordBatch, c: &str, row: usize) -> Opti
 }
 
 /// Row `row` (at `ts`) as its car's new values.
-fn update_car(car: &mut Car, rows: &RecordBatch, row: usize, ts: i64) {
+pub(crate) fn update_car(car: &mut Car, rows: &RecordBatch, row: usize, ts: i64) {
     let f32_of = |c: &str| value::<Float32Type>(rows, c, row).unwrap_or(0.0);
     let i8_of = |c: &str| value::<Int8Type>(rows, c, row).unwrap_or(0);
     let lap = value::<Int32Type>(rows, col::LAP, row).map_or(0, |l| l.clamp(0, 255) as u8);

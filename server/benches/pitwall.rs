@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the hot path: JSON and Protobuf decode, one engine step with the
+//! Micro-benchmarks of the hot path: JSON and Protobuf decode, EA F1 game datagrams, one engine step with the
 //! default queries, and the Parquet archive writer (its time, and the heap it takes above its
 //! input). Run with `cargo bench --bench pitwall`.
 
@@ -193,6 +193,67 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// The game's traffic, 1,000 frames of a 22-car grid: per frame the real F1 25 Motion, Lap
+/// Data and Car Telemetry packets (the ones sent every frame, and the largest Pitwall reads)
+/// under that frame's header, and the Participants packet every 300 frames.
+fn game_frames() -> Vec<Vec<u8>> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/testdata/f1-udp/f1-25");
+    let read = |n: &str| std::fs::read(dir.join(format!("{n}.bin"))).expect("capture");
+    let (participants, per_frame) = (
+        read("Participants"),
+        ["Motion", "LapData", "CarTelemetry"].map(read),
+    );
+    let mut out = Vec::new();
+    for frame in 0..1_000u32 {
+        let time = frame as f32 / 60.0;
+        let every = (frame % 300 == 0).then_some(&participants);
+        for p in every.into_iter().chain(&per_frame) {
+            let mut d = p.clone();
+            d[15..19].copy_from_slice(&time.to_le_bytes());
+            d[19..23].copy_from_slice(&frame.to_le_bytes());
+            d[23..27].copy_from_slice(&frame.to_le_bytes());
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// EA F1 game datagrams: decoding alone (issue 26's target is 1M datagrams/s on one core),
+/// and decoding joined into rows as the `--udp` source does.
+fn udp(c: &mut Criterion) {
+    use pitwall_proto::f1udp::{Frames, decode};
+    let datagrams = game_frames();
+    let mut g = c.benchmark_group("udp");
+    g.throughput(Throughput::Elements(datagrams.len() as u64));
+    g.bench_function("decode_1000_frames", |b| {
+        b.iter(|| {
+            datagrams
+                .iter()
+                .map(|d| decode(d).map(|(h, _)| h.packet_id).unwrap_or(0) as u64)
+                .sum::<u64>()
+        })
+    });
+    let mut arrival = 1_765_000_000_000;
+    g.bench_function("decode_and_join_1000_frames", |b| {
+        b.iter(|| {
+            // A new session each time round (the same frames again would be repeats).
+            let mut frames = Frames::default();
+            arrival += 100_000;
+            let mut rows = 0;
+            for d in &datagrams {
+                let (h, p) = decode(d).expect("a packet");
+                rows += frames
+                    .push(&h, p, arrival + i64::from(h.overall_frame) * 16)
+                    .expect("rows")
+                    .map_or(0, |r| r.num_rows());
+            }
+            rows
+        })
+    });
+    g.finish();
+}
+
 /// `rows` as a micro-batch of partition 0.
 fn micro_batch(rows: RecordBatch, offset: i64) -> MicroBatch {
     let ts = rows
@@ -345,5 +406,5 @@ fn archive_write(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, engine_step, archive_write);
+criterion_group!(benches, decode, udp, engine_step, archive_write);
 criterion_main!(benches);

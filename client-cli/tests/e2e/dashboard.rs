@@ -422,6 +422,72 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
     server.stop();
 }
 
+/// A game's cars on the track map: a session with positions played as F1 25 packets into
+/// `pitwall-server --udp` (no broker) moves its cars' dots, as the canvas's label tells.
+#[tokio::test(flavor = "multi_thread")]
+async fn game_packets_move_the_cars_on_the_track_map() {
+    let browser = Browser::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (udp, http) = (free_port(), free_port());
+    let data = dir.path().join("data");
+    let args: Vec<String> = ["pitwall-server", "--udp", &format!("127.0.0.1:{udp}")]
+        .iter()
+        .chain(&["--flight-addr", "127.0.0.1:0"])
+        .chain(&["--http-addr", &format!("127.0.0.1:{http}")])
+        .chain(&["--data-dir", data.to_str().unwrap()])
+        .map(|s| s.to_string())
+        .collect();
+    let app = start_server(args).await;
+    browser
+        .page
+        .goto(&format!("http://127.0.0.1:{http}/"))
+        .await
+        .unwrap();
+    let xy = circuit_file(dir.path());
+    let play = std::thread::spawn(move || {
+        let to = format!("127.0.0.1:{udp}");
+        let args = ["udp", "play", "--from-session", "--speed", "2", "--to", &to];
+        run_ok(pitwall().args(args).args(["--file", xy.to_str().unwrap()]))
+    });
+    let positions = || async {
+        let label = browser
+            .js(
+                "return document.querySelector('#map-panel').hidden ? '' : document.querySelector('#track-map').getAttribute('aria-label')",
+                vec![],
+            )
+            .await;
+        let label = label.as_str().unwrap_or_default().to_string();
+        let cars: std::collections::BTreeMap<String, (f64, f64)> = label
+            .strip_prefix("Track map: ")
+            .unwrap_or_default()
+            .split("; ")
+            .filter_map(|car| {
+                let (driver, xy) = car.split_once(' ')?;
+                let (x, y) = xy.split_once(',')?;
+                Some((driver.to_string(), (x.parse().ok()?, y.parse().ok()?)))
+            })
+            .collect();
+        cars
+    };
+    let first = wait_until(Duration::from_secs(30), "both cars on the map", || async {
+        let cars = positions().await;
+        (cars.len() == 2).then_some(cars)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = positions().await;
+    for (driver, (x0, y0)) in &first {
+        let (x1, y1) = second[driver];
+        let moved = (x1 - x0).hypot(y1 - y0);
+        println!("{driver}: ({x0}, {y0}) then ({x1}, {y1}): moved {moved:.0} m in 1.5 s");
+        assert!(moved > 100.0, "{driver} moved {moved:.0} m");
+    }
+    browser.screenshot("dashboard-track-map-udp").await;
+    println!("{}", play.join().unwrap().trim());
+    browser.close().await;
+    app.stop().await;
+}
+
 /// Two cars going round a circle (x/y in the schema's position columns), later than the race:
 /// a session with positions, as the F1 games send.
 fn circuit_file(dir: &Path) -> PathBuf {

@@ -562,3 +562,79 @@ async fn lost_repeated_and_reordered_datagrams_are_counted_not_doubled() {
     assert!(got.len() * 10 > clean_rows.len() * 8, "most rows arrive");
     app.stop().await;
 }
+
+/// 100,000 datagrams that are mostly not game packets (random bytes, real captures with
+/// random edits, real captures under random headers) into the live port: every one is read
+/// and counted, the server stays up, and a lap played afterwards gives all its rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_thousand_random_datagrams_leave_the_port_working() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["pitwall-server", "--udp", &format!("127.0.0.1:{port}")]
+        .iter()
+        .chain(&["--flight-addr", "127.0.0.1:0", "--http-addr", "off"])
+        .chain(&["--data-dir", data.path().to_str().unwrap()])
+        .map(|s| s.to_string())
+        .collect();
+    let app = start_server(args).await;
+    let mut c = client(&app, None).await;
+    let captures: Vec<Vec<u8>> = ["f1-25", "f1-22-23-24"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(testdata(d)).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|e| e == "bin"))
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    let mut r = Faults(100_000);
+    let mut pick = |n: usize| (r.next() * n as f64) as usize;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    const N: u64 = 100_000;
+    for i in 0..N {
+        let d: Vec<u8> = match i % 3 {
+            0 => (0..pick(1500)).map(|_| pick(256) as u8).collect(),
+            1 => {
+                let mut d = captures[pick(captures.len())].clone();
+                for _ in 0..=pick(8) {
+                    let at = pick(d.len());
+                    d[at] = pick(256) as u8;
+                }
+                d.truncate(d.len() - pick(4) * pick(d.len()) / 4);
+                d
+            }
+            _ => {
+                let mut d = captures[pick(captures.len())].clone();
+                let at = pick(29);
+                d[at] = pick(256) as u8;
+                d
+            }
+        };
+        socket.send_to(&d, ("127.0.0.1", port)).unwrap();
+        if i % 500 == 499 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    let s =
+        crate::engine::wait_for(&mut c, "every datagram read", |s| s.messages_ingested == N).await;
+    let refused: u64 = s.bad_messages.iter().map(|b| b.count).sum();
+    println!(
+        "{N} datagrams read: {} rows, {refused} counted by reason {:?}",
+        s.rows_ingested,
+        s.bad_messages
+            .iter()
+            .map(|b| (b.reason.as_str(), b.count))
+            .collect::<Vec<_>>()
+    );
+    let before = s.rows_ingested;
+    let args = ["udp", "play", "--from-session", "--laps", "1-1"];
+    run_ok(
+        pitwall()
+            .args(args)
+            .args(["--speed", "100", "--to", &format!("127.0.0.1:{port}")]),
+    );
+    let lap = session_rows(1).num_rows() as u64;
+    crate::engine::wait_for(&mut c, "the lap's rows", |s| {
+        s.rows_ingested == before + lap
+    })
+    .await;
+    app.stop().await;
+}

@@ -200,6 +200,8 @@ export class TrackMap {
 
   draw(cars, selected) {
     const c = this.canvas;
+    // What the canvas shows, for screen readers: each car and where it is (metres).
+    c.setAttribute("aria-label", "Track map: " + cars.map((k) => `${k.driver} ${Math.round(k.x)},${Math.round(k.y)}`).join("; "));
     const { clientWidth: w, clientHeight: h } = c;
     if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
     const ctx = c.getContext("2d");
