@@ -1,15 +1,19 @@
 //! The UDP source: an EA F1 game (F1 23, 24, 25) sends its telemetry straight to the server
 //! (`--udp 0.0.0.0:20777`), no broker in between. Each datagram is decoded
 //! ([`pitwall_proto::f1udp`]); the packets of a frame become a telemetry row per car
-//! ([`pitwall_proto::f1udp::Frames`]), gathered into micro-batches on the engine's tick and
-//! sent on the same path as Kafka's. A datagram that is not a packet Pitwall reads (too short
-//! or long, another format, an unknown packet id) is counted by reason and dead-lettered with
-//! its bytes, like a bad Kafka message. Frames lost, datagrams that came twice and packets
+//! ([`pitwall_proto::f1udp::Frames`]) and go to the engine as a micro-batch as soon as a frame
+//! completes (with whatever else had arrived), on the same path as Kafka's.
+//!
+//! A datagram that is not a packet Pitwall reads (too short or long, another format, an
+//! unknown packet id, a session time that is not one) is counted by reason and dead-lettered
+//! with its bytes, like a bad Kafka message. Frames lost, datagrams that came twice and packets
 //! that came too late ([`pitwall_proto::f1udp::FrameCounts`]) are counted with them
 //! (`udp_frame_lost`, `udp_duplicate`, `udp_late`), without dead letters: there are no bytes
-//! to keep, or they were kept once. UDP has no offsets: the source numbers datagrams (topic
-//! `udp`, partition 0, going on after a restart from the checkpoint's number), and what was in flight when the server stopped is lost, as
-//! the game does not resend.
+//! to keep, or they were kept once.
+//!
+//! UDP has no offsets: the source numbers datagrams (topic `udp`, partition 0, going on after
+//! a restart from the checkpoint's number), and what was in flight when the server stopped is
+//! lost, as the game does not resend.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,8 +156,10 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Receives datagrams until the engine's channel closes, sending a micro-batch every `tick`
-/// (or sooner, at `max_rows`).
+/// Receives datagrams until the engine's channel closes. Rows go on as soon as a frame
+/// completes, with everything that had arrived by then (read first, up to `max_rows`): one
+/// frame at the game's pace, larger batches when the engine is busy and datagrams queue up.
+/// Every `tick` the frames that waited long enough settle, and refusals without rows go on.
 pub(crate) async fn run(
     socket: UdpSocket,
     start_offset: i64,
@@ -177,12 +183,22 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
-                let (n, _) = received?;
-                pending.take(&mut frames, &buf[..n], &stats);
-                datagrams += 1;
-                bytes += n as u64;
-                let rows: usize = pending.rows.iter().map(RecordBatch::num_rows).sum();
-                if rows < max_rows {
+                let (mut n, _) = received?;
+                loop {
+                    pending.take(&mut frames, &buf[..n], &stats);
+                    datagrams += 1;
+                    bytes += n as u64;
+                    let rows: usize = pending.rows.iter().map(RecordBatch::num_rows).sum();
+                    if rows >= max_rows {
+                        break;
+                    }
+                    match socket.try_recv_from(&mut buf) {
+                        Ok((more, _)) => n = more,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if pending.rows.is_empty() {
                     continue;
                 }
             }
