@@ -3,7 +3,7 @@
 # this machine and commit, so the page's numbers are regenerated, not edited by hand:
 #
 #   scripts/bench-report.sh [ROW...]     rows: latency throughput subscribers slow dashboards
-#                                         micro hours loops fuzz replay archive (default: all)
+#                                         udp micro hours loops fuzz replay archive (default: all)
 #
 # It builds the release binaries and examples, starts a broker as scripts/test.sh does
 # (unless PITWALL_TEST_KAFKA names one), and runs each row's command; a row whose command
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rows=("$@")
-[ ${#rows[@]} -eq 0 ] && rows=(latency throughput subscribers slow dashboards micro hours loops fuzz replay archive)
+[ ${#rows[@]} -eq 0 ] && rows=(latency throughput subscribers slow dashboards udp micro hours loops fuzz replay archive)
 log() { echo "bench-report: $*" >&2; }
 
 machine="$(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//; s/ [0-9]*-Core Processor//; s/(R)//g; s/(TM)//g' | cut -c1-40)"
@@ -93,6 +93,14 @@ dashboards() {
 }
 
 # Criterion's mean throughput of one benchmark, in M elements/s.
+udp() {
+  log "pitwall bench --format f1-udp"
+  "$bin/pitwall" bench --format f1-udp --cars 20 --rate 60 --duration 60 --json > "$work/udp.json"
+  row '`pitwall bench --format f1-udp --cars 20 --rate 60 --duration 60` (game packets to `--udp`)' 'over_rev p99 <= 20 ms, datagram to Flight row' \
+    "p50/p99 $(j udp '"%.0f/%.0f" % (r["latency_ms"]["p50"], r["latency_ms"]["p99"])') ms over $(j udp 'r["sampled_rows_received"]') rows; CPU $(j udp '"%.0f" % r["server_cpu_percent"]')%; RSS $(j udp '"%.0f" % r["server_peak_rss_mb"]') MB" \
+    "$(met "$(j udp 'r["latency_ms"]["p99"] <= 20 and r["sampled_rows_received"] > 0')")"
+}
+
 thrpt() {
   grep -A3 "^$1" "$work/criterion.txt" | grep -m1 'thrpt:' \
     | python3 -c 'import re,sys; s=sys.stdin.read(); v=re.findall(r"([\d.]+) (K|M|G)?elem/s", s)[1]; print(round(float(v[0]) * {"K":1e-3,"M":1,"G":1e3,"":1e-6}[v[1]], 2))'
@@ -108,6 +116,10 @@ micro() {
     "JSON ${json}M rows/s, Protobuf ${pb}M" "$(met "$json >= 1.5 and $pb >= 1.5")"
   row 'same: Parquet archive write (sort, split, zstd)' '>= 1M rows/s' "${arch}M rows/s" "$(met "$arch >= 1.0")"
   row 'same: engine step, all default queries, 10,000 rows' '(none)' "$(thrpt engine_step/default_queries_10000)M rows/s" '-'
+  local udp
+  udp="$(thrpt udp/decode_1000_frames)"
+  row 'same: EA F1 game datagrams (Motion, Lap Data, Car Telemetry of 22 cars), decode / decode and join into rows' '>= 1M datagrams/s per core' \
+    "${udp}M / $(thrpt udp/decode_and_join_1000_frames)M datagrams/s" "$(met "$udp >= 1.0")"
 }
 
 hours() {
@@ -132,15 +144,19 @@ loops() {
 }
 
 fuzz() {
-  local secs="${PITWALL_FUZZ_SECS:-600}" out
-  for f in json protobuf; do
+  local secs="${PITWALL_FUZZ_SECS:-600}" out udp
+  for f in json_decoder protobuf_decoder udp_source; do
     log "fuzz $f for $secs s"
     PITWALL_FUZZ_SECS="$secs" cargo test --locked --workspace --lib -- \
-      "ingest::decode::fuzz::fuzz_${f}_decoder" --nocapture > "$work/fuzz-$f.txt" 2>&1 || true
+      "fuzz_${f}" --nocapture > "$work/fuzz-$f.txt" 2>&1 || true
   done
-  out="$(for f in json protobuf; do grep -hoE '[0-9,]+ batches' "$work/fuzz-$f.txt" | tail -1; done | paste -sd/ -)"
+  out="$(for f in json_decoder protobuf_decoder; do grep -hoE '[0-9,]+ batches' "$work/fuzz-$f.txt" | tail -1; done | paste -sd/ -)"
+  ok() { grep -c 'test result: ok. 1 passed' "$work/fuzz-$1.txt" | awk '{print ($1 == 1) ? "True" : "False"}'; }
   row "\`PITWALL_FUZZ_SECS=$secs cargo test --workspace --lib -- fuzz_json_decoder\` / \`fuzz_protobuf_decoder\`" 'no crash, hang or unbounded allocation' \
-    "JSON / Protobuf: ${out:-no count printed}" "$(met "$(grep -c 'test result: ok. 1 passed' "$work"/fuzz-*.txt | awk -F: '{s+=$2} END {print (s == 2) ? "True" : "False"}')")"
+    "JSON / Protobuf: ${out:-no count printed}" "$(met "$(ok json_decoder) and $(ok protobuf_decoder)")"
+  udp="$(grep -hoE '[0-9]+ datagrams in [^,]*|slowest datagram [^;]*' "$work/fuzz-udp_source.txt" | paste -sd';' -)"
+  row "\`PITWALL_FUZZ_SECS=$secs cargo test --workspace --lib -- fuzz_udp_source\`" 'no crash or hang (10 minutes)' \
+    "${udp:-no count printed}" "$(met "$(ok udp_source)")"
 }
 
 replay() {
