@@ -343,11 +343,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     let suffix = format!("{}-{}", std::process::id(), now_ms() % 1_000_000);
     let topic = format!("bench-{suffix}");
     let udp = format == BenchFormat::F1Udp;
-    let latency_query = if udp {
-        udp::LATENCY_QUERY
-    } else {
-        "bench_latency"
-    };
+    let latency_query = latency_query(format);
     let server = if udp {
         BenchServer::start(args, Source::Udp(free_port()?), &suffix)?
     } else {
@@ -394,7 +390,6 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport> {
     Ok(report(
         args,
         format,
-        latency_query,
         &m,
         latency,
         window_h,
@@ -738,10 +733,17 @@ async fn measure(
     })
 }
 
+/// The query whose rows the latency is measured on.
+fn latency_query(format: BenchFormat) -> &'static str {
+    match format {
+        BenchFormat::F1Udp => udp::LATENCY_QUERY,
+        BenchFormat::Json | BenchFormat::ProtobufBatch => "bench_latency",
+    }
+}
+
 fn report(
     args: &BenchArgs,
     format: BenchFormat,
-    latency_query: &str,
     m: &Measured,
     latency: Option<Latency>,
     window_h: Histogram<u64>,
@@ -754,7 +756,7 @@ fn report(
     let (s0, s1) = (&m.stats_start, &m.stats_end);
     let out0: u64 = s0.queries.iter().map(|q| q.rows_emitted).sum();
     let out1: u64 = s1.queries.iter().map(|q| q.rows_emitted).sum();
-    let emit = s1.queries.iter().find(|q| q.name == latency_query);
+    let emit = s1.queries.iter().find(|q| q.name == latency_query(format));
     BenchReport {
         cars: args.cars,
         rate_per_car: args.rate,

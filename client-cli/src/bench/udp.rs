@@ -71,7 +71,9 @@ pub(super) fn produce(
             crate::udp::update_car(car, &source.rows, row, elapsed.as_millis() as i64);
         }
         let motion: Vec<CarMotion> = cars.iter().map(|(_, c)| c.motion).collect();
-        let info = (frame as u64 % (5 * args.rate.max(1)) == 0).then_some(&participants);
+        let info = u64::from(frame)
+            .is_multiple_of(5 * args.rate.max(1))
+            .then_some(&participants);
         let packets = [
             Packet::Motion(motion),
             Packet::LapData(cars.iter().map(|(_, c)| c.lap).collect()),

@@ -401,7 +401,7 @@ fn row_values(batches: &[RecordBatch]) -> Vec<(RowValues, f64)> {
 /// or is invented, and the rows missing are the lost frames' cars.
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_repeated_and_reordered_datagrams_are_counted_not_doubled() {
-    use pitwall_proto::f1udp::{self, Frames, id};
+    use pitwall_proto::f1udp::{self, Frames};
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
     let args: Vec<String> = ["pitwall-server", "--udp", &format!("127.0.0.1:{port}")]
@@ -425,7 +425,60 @@ async fn lost_repeated_and_reordered_datagrams_are_counted_not_doubled() {
         clean_rows.extend(clean.push(&h, p, *t).unwrap());
     }
     let clean_rows = row_values(&clean_rows);
-    // The network: (due ms, datagram index), in the order they will arrive.
+    let (sends, faults) = bad_network(&packets);
+    let (lost_times, duplicates) = expected_counts(&packets, &sends);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    for (due, i) in &sends {
+        let due = std::time::Duration::from_secs_f64(due / 1000.0);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        socket.send_to(&packets[*i].1, ("127.0.0.1", port)).unwrap();
+    }
+    // Every frame settles half a second after it arrived.
+    let want_lost = lost_times.len() as u64;
+    let s = crate::engine::wait_for(&mut c, "every frame settled", |s| {
+        s.bad_messages
+            .iter()
+            .any(|b| b.reason == "udp_frame_lost" && b.count >= want_lost)
+    })
+    .await;
+    let ingested = s.rows_ingested;
+    wait_until_done(&mut c, ingested).await;
+    let counted: BTreeMap<String, u64> = stats(&mut c)
+        .await
+        .bad_messages
+        .iter()
+        .map(|b| (b.reason.clone(), b.count))
+        .collect();
+    println!("{} datagrams: {faults}; counted {counted:?}", packets.len());
+    let expected: BTreeMap<String, u64> = [
+        ("udp_frame_lost", want_lost),
+        ("udp_duplicate", u64::from(duplicates)),
+    ]
+    .iter()
+    .map(|(r, n)| (r.to_string(), *n))
+    .collect();
+    assert_eq!(counted, expected, "lost frames and repeats, nothing late");
+    // The rows: from the archive once it holds them all.
+    let got = loop {
+        let q = "SELECT arrow_cast(driver, 'Utf8') AS driver, lap, distance, speed, rpm, session_time FROM archive.telemetry";
+        let b = sql(&mut c, q).await;
+        let rows = row_values(&b);
+        if rows.len() as u64 == ingested {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_rows_of_arrived_frames(&got, &clean_rows, &lost_times);
+    assert!(got.len() * 10 > clean_rows.len() * 8, "most rows arrive");
+    app.stop().await;
+}
+
+/// The network: (due ms, datagram index) in the order they arrive, at 10x: 5% dropped, 5%
+/// sent twice, 5% delayed by up to 100 ms; and what it did, in words.
+fn bad_network(packets: &[(i64, Vec<u8>)]) -> (Vec<(f64, usize)>, String) {
     let mut faults = Faults(2026);
     let mut sends: Vec<(f64, usize)> = Vec::new();
     let (mut dropped, mut twice, mut delayed) = (0, 0, 0);
@@ -448,18 +501,25 @@ async fn lost_repeated_and_reordered_datagrams_are_counted_not_doubled() {
         }
     }
     sends.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // What the server should count, from what arrives: per frame, its Lap Data and Car
-    // Telemetry arrivals.
+    let what = format!("{dropped} dropped, {twice} sent twice, {delayed} delayed by up to 100 ms");
+    (sends, what)
+}
+
+/// What the server should count from what arrives: the frames whose Lap Data or Car
+/// Telemetry never came (by their session time, ms), and the Lap Data and Car Telemetry
+/// datagrams that came again.
+fn expected_counts(packets: &[(i64, Vec<u8>)], sends: &[(f64, usize)]) -> (BTreeSet<u32>, u32) {
+    use pitwall_proto::f1udp::{decode, id};
     let mut arrived: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
     let mut frames_sent: BTreeMap<u32, f32> = BTreeMap::new();
-    for (_, d) in &packets {
-        let (h, _) = f1udp::decode(d).unwrap();
+    for (_, d) in packets {
+        let (h, _) = decode(d).unwrap();
         if h.packet_id == id::LAP_DATA || h.packet_id == id::CAR_TELEMETRY {
             frames_sent.insert(h.overall_frame, h.session_time);
         }
     }
-    for (_, i) in &sends {
-        let (h, _) = f1udp::decode(&packets[*i].1).unwrap();
+    for (_, i) in sends {
+        let (h, _) = decode(&packets[*i].1).unwrap();
         let a = arrived.entry(h.overall_frame).or_default();
         match h.packet_id {
             id::LAP_DATA => a.0 += 1,
@@ -467,67 +527,30 @@ async fn lost_repeated_and_reordered_datagrams_are_counted_not_doubled() {
             _ => {}
         }
     }
-    let lost: BTreeSet<u32> = frames_sent
-        .keys()
-        .filter(|f| arrived.get(f).is_none_or(|(l, t)| *l == 0 || *t == 0))
-        .copied()
+    let lost_times = frames_sent
+        .iter()
+        .filter(|(f, _)| arrived.get(f).is_none_or(|(l, t)| *l == 0 || *t == 0))
+        .map(|(_, t)| (f64::from(*t) * 1000.0).round() as u32)
         .collect();
-    let duplicates: u32 = arrived
+    let duplicates = arrived
         .values()
         .map(|(l, t)| l.saturating_sub(1) + t.saturating_sub(1))
         .sum();
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let started = std::time::Instant::now();
-    for (due, i) in &sends {
-        let due = std::time::Duration::from_secs_f64(due / 1000.0);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        socket.send_to(&packets[*i].1, ("127.0.0.1", port)).unwrap();
-    }
-    // Every frame settles half a second after it arrived.
-    let want_lost = lost.len() as u64;
-    let s = crate::engine::wait_for(&mut c, "every frame settled", |s| {
-        s.bad_messages
-            .iter()
-            .any(|b| b.reason == "udp_frame_lost" && b.count >= want_lost)
-    })
-    .await;
-    let ingested = s.rows_ingested;
-    wait_until_done(&mut c, ingested).await;
-    let counted: BTreeMap<String, u64> = stats(&mut c)
-        .await
-        .bad_messages
-        .iter()
-        .map(|b| (b.reason.clone(), b.count))
-        .collect();
-    println!(
-        "{} datagrams: {dropped} dropped, {twice} sent twice, {delayed} delayed by up to 100 ms; counted {counted:?}",
-        packets.len()
-    );
-    let expected: BTreeMap<String, u64> = [
-        ("udp_frame_lost", want_lost),
-        ("udp_duplicate", u64::from(duplicates)),
-    ]
-    .iter()
-    .map(|(r, n)| (r.to_string(), *n))
-    .collect();
-    assert_eq!(counted, expected, "lost frames and repeats, nothing late");
-    // The rows: from the archive once it holds them all.
-    let got = loop {
-        let q = "SELECT arrow_cast(driver, 'Utf8') AS driver, lap, distance, speed, rpm, session_time FROM archive.telemetry";
-        let b = sql(&mut c, q).await;
-        let rows = row_values(&b);
-        if rows.len() as u64 == ingested {
-            break rows;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    };
+    (lost_times, duplicates)
+}
+
+/// Every row the server made is a row of the perfect network's, at most once; the rows
+/// missing are of frames that were lost.
+fn assert_rows_of_arrived_frames(
+    got: &[(RowValues, f64)],
+    clean_rows: &[(RowValues, f64)],
+    lost_times: &BTreeSet<u32>,
+) {
     let mut want: BTreeMap<&RowValues, Vec<f64>> = BTreeMap::new();
-    for (k, t) in &clean_rows {
+    for (k, t) in clean_rows {
         want.entry(k).or_default().push(*t);
     }
-    for (k, t) in &got {
+    for (k, t) in got {
         let left = want
             .get_mut(k)
             .unwrap_or_else(|| panic!("{k:?}: not a row of the race"));
@@ -537,10 +560,6 @@ async fn lost_repeated_and_reordered_datagrams_are_counted_not_doubled() {
             (0..left.len()).min_by(|a, b| (left[*a] - t).abs().total_cmp(&(left[*b] - t).abs()));
         left.remove(nearest.unwrap_or_else(|| panic!("{k:?}: twice")));
     }
-    let lost_times: BTreeSet<u32> = lost
-        .iter()
-        .map(|f| (f64::from(frames_sent[f]) * 1000.0).round() as u32)
-        .collect();
     let missing: Vec<(&RowValues, f64)> = want
         .iter()
         .flat_map(|(k, ts)| ts.iter().map(move |t| (*k, *t)))
@@ -557,10 +576,8 @@ async fn lost_repeated_and_reordered_datagrams_are_counted_not_doubled() {
         got.len(),
         clean_rows.len(),
         missing.len(),
-        lost.len()
+        lost_times.len()
     );
-    assert!(got.len() * 10 > clean_rows.len() * 8, "most rows arrive");
-    app.stop().await;
 }
 
 /// 100,000 datagrams that are mostly not game packets (random bytes, real captures with
