@@ -655,3 +655,99 @@ async fn a_hundred_thousand_random_datagrams_leave_the_port_working() {
     .await;
     app.stop().await;
 }
+
+/// As an operator would: the server on a topic and the game's port, killed with SIGKILL
+/// three times while the game plays laps 1-3 at 10x, each time started again at once with
+/// the same flags. The session goes on under its name, no lap is archived twice, and the laps
+/// that ran wholly after the last restart equal the race's.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_three_times_while_the_game_plays_the_server_goes_on() {
+    use crate::support::ServerProcess;
+    let bootstrap = broker();
+    let topic = unique("udp-restarts");
+    create_topic(&bootstrap, &topic, 1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (port, http, udp) = (free_port(), free_port(), free_port());
+    let to = format!("127.0.0.1:{udp}");
+    let extra = ["--udp", to.as_str()];
+    let group = unique("group");
+    let start = || ServerProcess::start_on(port, http, &bootstrap, &topic, &group, &data, &extra);
+    let mut server = start();
+    server.client().await;
+    let play = std::thread::spawn({
+        let to = to.clone();
+        move || {
+            let args = ["udp", "play", "--from-session", "--laps", "1-3"];
+            run_ok(pitwall().args(args).args(["--speed", "10", "--to", &to]))
+        }
+    });
+    for (kill, at) in [4, 8, 12].iter().enumerate() {
+        let since = if kill == 0 { 0 } else { [4, 8, 12][kill - 1] };
+        tokio::time::sleep(std::time::Duration::from_secs(at - since)).await;
+        let s = stats(&mut server.client().await).await;
+        println!(
+            "kill -9 #{} at {at} s: {} rows since the last start",
+            kill + 1,
+            s.rows_ingested
+        );
+        server.kill9();
+        server = start();
+    }
+    println!("{}", play.join().unwrap().trim());
+    let mut c = server.client().await;
+    let last = session_rows(3);
+    // Everything that came after the last restart is in: every lap closed.
+    crate::engine::wait_for(&mut c, "every lap closed", |s| {
+        s.rows_ingested > 0
+            && s.queries
+                .iter()
+                .all(|q| q.open_windows == 0 && q.pending_rows == 0)
+    })
+    .await;
+    let q = "SELECT arrow_cast(session, 'Utf8') AS session, arrow_cast(driver, 'Utf8') AS driver, lap, samples FROM archive.results_lap_stats";
+    let laps = loop {
+        let b = sql(&mut c, q).await;
+        if b.iter().map(RecordBatch::num_rows).sum::<usize>() > 0 {
+            break b;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let mut seen: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut sessions = BTreeSet::new();
+    for b in &laps {
+        let session = b.column(0).as_string::<i32>();
+        let driver = b.column(1).as_string::<i32>();
+        let lap = b.column(2).as_primitive::<arrow::datatypes::Int32Type>();
+        let samples = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..b.num_rows() {
+            sessions.insert(session.value(i).to_string());
+            let key = (driver.value(i).to_string(), lap.value(i));
+            assert!(
+                seen.insert(key.clone(), samples.value(i)).is_none(),
+                "{key:?} archived twice"
+            );
+        }
+    }
+    assert_eq!(
+        sessions.len(),
+        1,
+        "one session through the restarts: {sessions:?}"
+    );
+    let queries = pitwall_server::initial_queries(None).unwrap();
+    let race = by_lap(&batch_result(&queries, "lap_stats", &last).await.unwrap());
+    let lap3: Vec<_> = race.keys().filter(|(_, l)| *l == 3).collect();
+    for key in &lap3 {
+        assert_eq!(
+            seen.get(key).map(|s| *s as f64),
+            Some(race[key]["samples"]),
+            "{key:?}: ran after the last restart"
+        );
+    }
+    println!(
+        "{} laps archived once each, one session; the {} laps 3 equal the race's",
+        seen.len(),
+        lap3.len()
+    );
+    server.stop();
+}

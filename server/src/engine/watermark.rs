@@ -23,8 +23,9 @@
 //! A server may read two sources at once (a Kafka topic and the game's UDP port): each keeps
 //! its own partitions' clocks ([`Watermarks`]) and the stream's watermark is the minimum over
 //! the sources ([`StreamWatermarks`]) whose input is not idle, as within a source: a topic at
-//! the end of its log does not hold back the game's laps. An in-process source that has
-//! delivered no rows yet (the game is not running) holds nothing back either.
+//! the end of its log does not hold back the game's laps. A source that has delivered no rows
+//! yet holds nothing back when it is in-process (the game is not running) or quiet at the end
+//! of its log (an empty topic).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -316,13 +317,17 @@ impl StreamWatermarks {
 
     /// The minimum over the sources whose input is not idle (the maximum when every one is):
     /// a source that went quiet holds the others back no more than a quiet partition does. It
-    /// waits while a source that may deliver rows has no watermark yet.
+    /// waits while a source that may deliver rows has no watermark yet (an empty topic at its
+    /// end may not, once quiet for the idle timeout).
     pub(crate) fn advance(&mut self, now: Instant) -> Option<i64> {
         let mut marks = Vec::with_capacity(self.sources.len());
         for (topic, s) in self.sources.iter_mut() {
             match s.advance(now) {
                 Some(w) => marks.push((w, s.input_idle(now))),
-                None if in_process(topic) && s.max_event_time().is_none() => {}
+                // Nothing delivered yet: an in-process source (the game not running) or a
+                // topic quiet at its end (empty) holds nothing back.
+                None if s.max_event_time().is_none()
+                    && (in_process(topic) || s.input_idle(now)) => {}
                 None => return self.current,
             }
         }
@@ -718,6 +723,27 @@ mod tests {
             (r.current(), r.max_event_time()),
             (Some(53_000), Some(50_000))
         );
+    }
+
+    /// An empty topic, quiet at its end, does not hold back the game's rows.
+    #[test]
+    fn an_empty_topic_holds_nothing_back() {
+        let mut w = StreamWatermarks::new(WatermarkConfig {
+            lateness_ms: 1_000,
+            idle_timeout: Duration::from_secs(2),
+            require_assignment: true,
+        });
+        let t = Instant::now();
+        w.observe("udp", 0, 50_000, t);
+        w.progress("udp", None, &[], None, t);
+        w.progress("cars", Some(&[0]), &[0], Some(t), t);
+        assert_eq!(w.advance(t), None, "the topic may still deliver old rows");
+        for s in 1..=3 {
+            let at = t + Duration::from_secs(s);
+            w.progress("cars", Some(&[0]), &[0], Some(at), at);
+        }
+        let later = t + Duration::from_secs(3);
+        assert_eq!(w.advance(later), Some(49_000), "empty and quiet");
     }
 
     /// A checkpoint from before `topics` restores its partitions under its offsets' topic.
