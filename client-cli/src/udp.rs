@@ -262,6 +262,25 @@ impl Feed {
     }
 }
 
+/// The header of an F1 25 packet of session `session_uid` (game 1.18, car 0 the player's),
+/// before its packet id, time and frame are set.
+pub(crate) fn f1_25_header(session_uid: u64) -> Header {
+    Header {
+        format: 2025,
+        game_year: 25,
+        game_major: 1,
+        game_minor: 18,
+        packet_version: 1,
+        packet_id: 0,
+        session_uid,
+        session_time: 0.0,
+        frame: 0,
+        overall_frame: 0,
+        player_car: 0,
+        secondary_player_car: 255,
+    }
+}
+
 /// Each car's latest values, as the game would send them for every frame.
 #[derive(Default, Clone)]
 pub(crate) struct Car {
@@ -297,20 +316,7 @@ pub fn session_packets(session: &Session) -> Result<Vec<(i64, Vec<u8>)>> {
         .is_some_and(|x| x.null_count() < x.len());
     let uid = session_uid(&session.name);
     let mut feed = Feed {
-        header: Header {
-            format: 2025,
-            game_year: 25,
-            game_major: 1,
-            game_minor: 18,
-            packet_version: 1,
-            packet_id: 0,
-            session_uid: uid,
-            session_time: 0.0,
-            frame: 0,
-            overall_frame: 0,
-            player_car: 0,
-            secondary_player_car: 255,
-        },
+        header: f1_25_header(uid),
         start_ms: first,
         frame: 0,
         packets: Vec::new(),

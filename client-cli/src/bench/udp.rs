@@ -37,20 +37,7 @@ pub(super) fn produce(
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     socket.connect(("127.0.0.1", port))?;
     let participants = Packet::Participants(crate::udp::participants(&names));
-    let header = Header {
-        format: 2025,
-        game_year: 25,
-        game_major: 1,
-        game_minor: 18,
-        packet_version: 1,
-        packet_id: 0,
-        session_uid: now_ms() as u64,
-        session_time: 0.0,
-        frame: 0,
-        overall_frame: 0,
-        player_car: 0,
-        secondary_player_car: 255,
-    };
+    let header = crate::udp::f1_25_header(now_ms() as u64);
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let mut frame = 0u32;

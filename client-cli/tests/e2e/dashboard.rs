@@ -430,14 +430,8 @@ async fn game_packets_move_the_cars_on_the_track_map() {
     let dir = tempfile::tempdir().unwrap();
     let (udp, http) = (free_port(), free_port());
     let data = dir.path().join("data");
-    let args: Vec<String> = ["pitwall-server", "--udp", &format!("127.0.0.1:{udp}")]
-        .iter()
-        .chain(&["--flight-addr", "127.0.0.1:0"])
-        .chain(&["--http-addr", &format!("127.0.0.1:{http}")])
-        .chain(&["--data-dir", data.to_str().unwrap()])
-        .map(|s| s.to_string())
-        .collect();
-    let app = start_server(args).await;
+    let http_addr = format!("127.0.0.1:{http}");
+    let app = start_server(crate::udp::udp_server_args(udp, &http_addr, &data)).await;
     browser
         .page
         .goto(&format!("http://127.0.0.1:{http}/"))

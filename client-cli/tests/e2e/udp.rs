@@ -20,6 +20,23 @@ fn testdata(file: &str) -> std::path::PathBuf {
         .join(file)
 }
 
+/// A server on the game's port only (no broker): Flight on a free port, HTTP on `http`
+/// (`off`, or an address).
+pub(crate) fn udp_server_args(udp: u16, http: &str, data: &std::path::Path) -> Vec<String> {
+    let udp = format!("127.0.0.1:{udp}");
+    [
+        "pitwall-server",
+        "--udp",
+        &udp,
+        "--flight-addr",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .chain(&["--http-addr", http, "--data-dir", data.to_str().unwrap()])
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Per (driver, lap): every other column of a result, by name.
 type ByLap = BTreeMap<(String, i32), BTreeMap<String, f64>>;
 
@@ -96,21 +113,7 @@ async fn a_race_played_as_game_packets_gives_the_races_laps_and_scores() {
     let speed = env("PITWALL_UDP_SPEED", "50");
     let port = free_port();
     let data = std::env::temp_dir().join(unique("udp"));
-    let args: Vec<String> = [
-        "pitwall-server",
-        "--udp",
-        &format!("127.0.0.1:{port}"),
-        "--flight-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "off",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let app = start_server(args).await;
+    let app = start_server(udp_server_args(port, "off", &data)).await;
     let mut c = client(&app, None).await;
     // What is not a packet of F1 23-25 is counted by reason, and nothing else changes.
     let real_2025 = std::fs::read(testdata("f1-25/Motion.bin")).unwrap();
@@ -404,13 +407,7 @@ async fn lost_repeated_and_reordered_datagrams_are_counted_not_doubled() {
     use pitwall_proto::f1udp::{self, Frames};
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["pitwall-server", "--udp", &format!("127.0.0.1:{port}")]
-        .iter()
-        .chain(&["--flight-addr", "127.0.0.1:0", "--http-addr", "off"])
-        .chain(&["--data-dir", data.path().to_str().unwrap()])
-        .map(|s| s.to_string())
-        .collect();
-    let app = start_server(args).await;
+    let app = start_server(udp_server_args(port, "off", data.path())).await;
     let mut c = client(&app, None).await;
     let session = pitwall_cli::session::Session::bundled()
         .unwrap()
@@ -587,13 +584,7 @@ fn assert_rows_of_arrived_frames(
 async fn a_hundred_thousand_random_datagrams_leave_the_port_working() {
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["pitwall-server", "--udp", &format!("127.0.0.1:{port}")]
-        .iter()
-        .chain(&["--flight-addr", "127.0.0.1:0", "--http-addr", "off"])
-        .chain(&["--data-dir", data.path().to_str().unwrap()])
-        .map(|s| s.to_string())
-        .collect();
-    let app = start_server(args).await;
+    let app = start_server(udp_server_args(port, "off", data.path())).await;
     let mut c = client(&app, None).await;
     let captures: Vec<Vec<u8>> = ["f1-25", "f1-22-23-24"]
         .iter()

@@ -292,9 +292,11 @@ impl StreamWatermarks {
             require_assignment: self.config.require_assignment && !in_process(topic),
             ..self.config
         };
-        self.sources
-            .entry(topic.to_string())
-            .or_insert_with(|| Watermarks::new(config))
+        if !self.sources.contains_key(topic) {
+            self.sources
+                .insert(topic.to_string(), Watermarks::new(config));
+        }
+        self.sources.get_mut(topic).expect("just inserted")
     }
 
     /// See [`Watermarks::observe`].
@@ -669,15 +671,20 @@ mod tests {
         assert_eq!(w.advance(t + Duration::from_secs(10)), Some(20_000));
     }
 
+    /// A server on a Kafka topic (`cars`) and the game's UDP port.
+    fn kafka_and_udp() -> StreamWatermarks {
+        StreamWatermarks::new(WatermarkConfig {
+            lateness_ms: 1_000,
+            idle_timeout: Duration::from_secs(2),
+            require_assignment: true,
+        })
+    }
+
     /// Kafka and the game's UDP port in one server: partition 0 of each is its own clock, the
     /// stream waits for the slower, and a UDP port that never received rows holds nothing back.
     #[test]
     fn two_sources_each_keep_their_partitions() {
-        let mut w = StreamWatermarks::new(WatermarkConfig {
-            lateness_ms: 1_000,
-            idle_timeout: Duration::from_secs(2),
-            require_assignment: true,
-        });
+        let mut w = kafka_and_udp();
         let t = Instant::now();
         w.progress("udp", None, &[0], None, t);
         assert_eq!(w.advance(t), None, "Kafka has not been assigned yet");
@@ -728,11 +735,7 @@ mod tests {
     /// An empty topic, quiet at its end, does not hold back the game's rows.
     #[test]
     fn an_empty_topic_holds_nothing_back() {
-        let mut w = StreamWatermarks::new(WatermarkConfig {
-            lateness_ms: 1_000,
-            idle_timeout: Duration::from_secs(2),
-            require_assignment: true,
-        });
+        let mut w = kafka_and_udp();
         let t = Instant::now();
         w.observe("udp", 0, 50_000, t);
         w.progress("udp", None, &[], None, t);

@@ -247,26 +247,46 @@ fn check(decoder: &mut Decoder, batch: &Batch) -> std::result::Result<Duration, 
     Ok(took)
 }
 
+/// How long a fuzz target runs: `PITWALL_FUZZ_SECS` seconds, or 300 batches in the suite.
+pub(crate) struct Budget {
+    secs: Option<u64>,
+    started: Instant,
+}
+
+impl Budget {
+    pub(crate) fn from_env() -> Self {
+        let secs = std::env::var("PITWALL_FUZZ_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok());
+        Self {
+            secs,
+            started: Instant::now(),
+        }
+    }
+
+    /// Spent after `runs` batches.
+    pub(crate) fn spent(&self, runs: u64) -> bool {
+        match self.secs {
+            Some(s) => self.started.elapsed() >= Duration::from_secs(s),
+            None => runs >= 300,
+        }
+    }
+
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
 /// Runs `payload` batches through one decoder for `PITWALL_FUZZ_SECS` (or 300 batches).
 fn fuzz(name: &str, payload: impl Strategy<Value = Vec<u8>>) {
-    let secs: Option<u64> = std::env::var("PITWALL_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok());
     let key = prop::option::of(prop::collection::vec(any::<u8>(), 0..8));
     let batch = prop::collection::vec((payload, header(), key), 1..8);
     let mut runner = TestRunner::new(Config::default());
     // One decoder throughout, as ingest keeps one (it learns session starts).
     let decoder = std::cell::RefCell::new(Decoder::new(DecodeConfig::default()).expect("decoder"));
-    let started = Instant::now();
+    let budget = Budget::from_env();
     let (mut runs, mut slowest) = (0u64, Duration::ZERO);
-    loop {
-        let done = match secs {
-            Some(s) => started.elapsed() >= Duration::from_secs(s),
-            None => runs >= 300,
-        };
-        if done {
-            break;
-        }
+    while !budget.spent(runs) {
         let took = std::cell::Cell::new(Duration::ZERO);
         let tree = batch.new_tree(&mut runner).expect("a batch");
         let outcome = runner.run_one(tree, |b| {
@@ -281,7 +301,7 @@ fn fuzz(name: &str, payload: impl Strategy<Value = Vec<u8>>) {
     }
     println!(
         "{name}: {runs} batches in {:.0?}, none failed; slowest decode {slowest:?}",
-        started.elapsed()
+        budget.elapsed()
     );
 }
 

@@ -275,6 +275,6 @@ impl Decoder {
 }
 
 #[cfg(test)]
-mod fuzz;
+pub(crate) mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -180,9 +180,6 @@ fn check(
 
 #[test]
 fn fuzz_udp_source() {
-    let secs: Option<u64> = std::env::var("PITWALL_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok());
     let seeds = std::sync::Arc::new(captures());
     let batch = prop::collection::vec((datagrams(seeds), 0u16..50), 1..32);
     let mut runner = TestRunner::new(Config::default());
@@ -194,16 +191,9 @@ fn fuzz_udp_source() {
         first_offset: None,
         next_offset: 0,
     };
-    let started = Instant::now();
+    let budget = crate::ingest::decode::fuzz::Budget::from_env();
     let (mut runs, mut datagrams, mut rows, mut slowest) = (0u64, 0u64, 0usize, Duration::ZERO);
-    loop {
-        let done = match secs {
-            Some(s) => started.elapsed() >= Duration::from_secs(s),
-            None => runs >= 300,
-        };
-        if done {
-            break;
-        }
+    while !budget.spent(runs) {
         let tree = batch.new_tree(&mut runner).expect("a batch");
         let b = tree.current();
         datagrams += b.iter().map(|(d, _)| d.len() as u64).sum::<u64>();
@@ -215,7 +205,7 @@ fn fuzz_udp_source() {
     }
     println!(
         "udp: {runs} batches, {datagrams} datagrams in {:.0?} ({rows} rows), none failed; slowest datagram {slowest:?}; counted {:?}",
-        started.elapsed(),
+        budget.elapsed(),
         stats.bad_by_reason()
     );
 }
