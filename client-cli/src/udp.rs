@@ -173,7 +173,7 @@ fn send_paced(
 const MAGIC: &[u8] = b"PWUDP1\n";
 
 fn record(listen: SocketAddr, out: &PathBuf, seconds: Option<f64>) -> Result<String> {
-    let socket = UdpSocket::bind(listen).with_context(|| format!("--listen {listen}"))?;
+    let socket = listen_on(listen)?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut file = BufWriter::new(
         std::fs::File::create(out).with_context(|| format!("--out {}", out.display()))?,
@@ -260,6 +260,19 @@ impl Feed {
         self.packets.push((t, f1udp::encode(&header, packet)?));
         Ok(())
     }
+}
+
+/// A socket listening for game datagrams on `addr`, with a 4 MB receive buffer (as the
+/// server's `--udp`): the kernel's default (about 208 kB) overflows while this process waits
+/// for the CPU. The kernel caps it at `net.core.rmem_max`.
+pub fn listen_on(addr: SocketAddr) -> Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_recv_buffer_size(4 << 20)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("--listen {addr}"))?;
+    Ok(socket.into())
 }
 
 /// The header of an F1 25 packet of session `session_uid` (game 1.18, car 0 the player's),
@@ -495,7 +508,7 @@ fn bridge(listen: SocketAddr, args: &BridgeArgs) -> Result<String> {
     use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-    let socket = UdpSocket::bind(listen).with_context(|| format!("--listen {listen}"))?;
+    let socket = listen_on(listen)?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut config = crate::replay::client_config(&args.brokers, &[])?;
     config

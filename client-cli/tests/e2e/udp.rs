@@ -230,7 +230,7 @@ fn a_recording_plays_back_the_datagrams_it_recorded() {
     run_ok(pitwall().args(args).args(["--to", &to]));
     assert!(recorder.wait().unwrap().success());
     // Play the recording to a socket of this test's and read it all.
-    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let receiver = pitwall_cli::udp::listen_on("127.0.0.1:0".parse().unwrap()).unwrap();
     receiver
         .set_read_timeout(Some(std::time::Duration::from_secs(2)))
         .unwrap();
