@@ -3,7 +3,8 @@
 # this machine and commit, so the page's numbers are regenerated, not edited by hand:
 #
 #   scripts/bench-report.sh [ROW...]     rows: latency throughput subscribers slow dashboards
-#                                         udp micro hours loops fuzz replay archive (default: all)
+#                                         udp micro hours loops fuzz replay archive faults
+#                                         (default: all)
 #
 # It builds the release binaries and examples, starts a broker as scripts/test.sh does
 # (unless PITWALL_TEST_KAFKA names one), and runs each row's command; a row whose command
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rows=("$@")
-[ ${#rows[@]} -eq 0 ] && rows=(latency throughput subscribers slow dashboards udp micro hours loops fuzz replay archive)
+[ ${#rows[@]} -eq 0 ] && rows=(latency throughput subscribers slow dashboards udp micro hours loops fuzz replay archive faults)
 log() { echo "bench-report: $*" >&2; }
 
 machine="$(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//; s/ [0-9]*-Core Processor//; s/(R)//g; s/(TM)//g' | cut -c1-40)"
@@ -182,6 +183,37 @@ archive() {
   row '`scripts/archive-bench.sh` (per-lap stats over the archived race, as written / merged)' 'no slower than DuckDB' \
     "Pitwall ${ours} ms vs DuckDB ${duck} ms" \
     "$(met "all(float(a) <= float(b) for a, b in zip('$ours'.split('/'), '$duck'.split('/')))")"
+}
+
+faults() {
+  log "scripts/faults-eval.sh 1 2 3 (and the clean race)"
+  scripts/faults-eval.sh 1 2 3 > "$work/faults.txt"
+  local out
+  out="$(python3 - target/faults-eval <<'PY'
+import json, sys, os
+d = sys.argv[1]
+runs = [json.load(open(os.path.join(d, f"seed-{s}.json"))) for s in (1, 2, 3)]
+clean = json.load(open(os.path.join(d, "clean.json")))
+lap_level = {"power_loss", "drs_fault"}
+parts, ok = [], True
+for k in ["over_rev", "lock_up", "flat_line", "dropout", "spike", "gearbox", "power_loss", "drs_fault"]:
+    ks = [x for r in runs for x in r["kinds"] if x["kind"] == k]
+    found, faults = sum(x["found"] for x in ks), sum(x["faults"] for x in ks)
+    good, alerts = sum(x["matching_alerts"] for x in ks), sum(x["alerts"] for x in ks)
+    delay = max((x["median_delay_s"] or 0) for x in ks)
+    ok &= found >= 0.9 * faults and good >= 0.9 * alerts and (k in lap_level or delay < 5)
+    parts.append(f"`{k}` {found}/{faults}, {good}/{alerts}, {delay:.1f} s")
+base = [r["baseline"]["precision"] or 0 for r in runs]
+ok &= clean["false_per_car_hour"] <= 1
+print(f"recall, precision, worst median delay pooled over seeds 1-3: {'; '.join(parts)}. "
+      f"Clean race: {clean['false_alerts']} alerts ({clean['false_per_car_hour']:.2f} per car-hour). "
+      f"Old score's precision at its best threshold: {min(base):.2f}-{max(base):.2f}")
+print("met" if ok else "**missed**")
+PY
+)"
+  row '`scripts/faults-eval.sh` (the bundled race, 4 faults of each kind at seeds 1-3, and clean)' \
+    'per kind recall >= 0.9 at precision >= 0.9; median delay < 5 s (sample-level); clean race <= 1 false alert per car-hour' \
+    "$(head -n 1 <<< "$out")" "$(tail -n 1 <<< "$out")"
 }
 
 # The broker is started here, not in a row: each row runs in a subshell (`$(...)`), and what

@@ -46,14 +46,7 @@ pub fn run(args: &ConvertArgs) -> Result<String> {
         None => session,
     };
     let rows = &session.rows;
-    let file = std::fs::File::create(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(19)?))
-        .build();
-    let mut writer = ArrowWriter::try_new(file, rows.schema(), Some(props))?;
-    writer.write(rows)?;
-    writer.close()?;
+    write_parquet(rows, &args.out)?;
     let size = std::fs::metadata(&args.out)?.len();
     Ok(format!(
         "wrote {} rows of session {} ({} drivers) to {} ({} bytes)",
@@ -63,4 +56,17 @@ pub fn run(args: &ConvertArgs) -> Result<String> {
         args.out.display(),
         size
     ))
+}
+
+/// Writes `rows` as one Parquet file (zstd level 19: a race is ~1.6 MB).
+pub fn write_parquet(rows: &arrow::array::RecordBatch, out: &std::path::Path) -> Result<()> {
+    let file =
+        std::fs::File::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(19)?))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, rows.schema(), Some(props))?;
+    writer.write(rows)?;
+    writer.close()?;
+    Ok(())
 }

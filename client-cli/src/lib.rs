@@ -18,6 +18,7 @@ pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod convert;
+pub mod faults;
 pub mod fleet;
 pub mod output;
 pub mod process;

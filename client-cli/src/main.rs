@@ -76,6 +76,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert a FastF1 export into a Parquet file in the Pitwall schema.
     Convert(convert::ConvertArgs),
+    /// Labelled faults: `inject` them into a session, `score` a server's alerts against them.
+    #[command(subcommand)]
+    Faults(pitwall_cli::faults::FaultsCommand),
     /// EA F1 game telemetry (UDP): a bridge to Kafka (`--listen`), `record`, `play`.
     Udp(pitwall_cli::udp::UdpArgs),
 }
@@ -107,6 +110,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 s.elapsed.as_secs_f64(),
                 s.rate()
             );
+            Ok(())
+        }
+        Command::Faults(pitwall_cli::faults::FaultsCommand::Inject(args)) => {
+            println!("{}", pitwall_cli::faults::inject(&args)?);
             Ok(())
         }
         Command::Convert(args) => {
@@ -144,7 +151,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Sql { query, format } => commands::sql(&mut c, &query, format).await,
                 Command::Stats => commands::stats(&mut c).await,
                 Command::Sessions { format } => commands::sessions(&mut c, format).await,
-                Command::Replay(_) | Command::Convert(_) | Command::Bench(_) | Command::Udp(_) => {
+                Command::Faults(pitwall_cli::faults::FaultsCommand::Score(args)) => {
+                    let report = pitwall_cli::faults::score_cmd(&mut c, &args).await?;
+                    if args.json {
+                        println!("{}", serde_json::to_string(&report)?);
+                    } else {
+                        pitwall_cli::faults::print(&report);
+                    }
+                    Ok(())
+                }
+                Command::Replay(_)
+                | Command::Convert(_)
+                | Command::Bench(_)
+                | Command::Udp(_)
+                | Command::Faults(pitwall_cli::faults::FaultsCommand::Inject(_)) => {
                     unreachable!("handled above")
                 }
             }

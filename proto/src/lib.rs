@@ -15,6 +15,7 @@ use zerofrom as _;
 
 pub mod bundled;
 pub mod f1udp;
+pub mod faults;
 pub mod schema;
 pub mod timedelta;
 

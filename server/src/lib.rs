@@ -49,6 +49,19 @@ pub const BUILTIN_QUERIES: &[(&str, &str)] = &[
     ("over_rev", include_str!("../../queries/over_rev.sql")),
     ("lock_up", include_str!("../../queries/lock_up.sql")),
     ("speed_1s", include_str!("../../queries/speed_1s.sql")),
+    (
+        "sample_checks",
+        include_str!("../../queries/sample_checks.sql"),
+    ),
+    ("gear_checks", include_str!("../../queries/gear_checks.sql")),
+    ("checks", include_str!("../../queries/checks.sql")),
+    (
+        "sample_alerts",
+        include_str!("../../queries/sample_alerts.sql"),
+    ),
+    ("lap_health", include_str!("../../queries/lap_health.sql")),
+    ("lap_alerts", include_str!("../../queries/lap_alerts.sql")),
+    ("alerts", include_str!("../../queries/alerts.sql")),
 ];
 
 /// The query definitions to start with: the directory's files, or the built-in ones.

@@ -207,9 +207,10 @@ async fn dashboard_in_chromium_follows_a_race_through_a_restart() {
             "slider at {value}: {flagged} of {total} laps flagged, as many as lap_anomaly rows above it"
         );
     }
+    // 3. `pitwall set over_rev threshold=...` makes over-rev alerts appear (the rows of the
+    //    over_rev query are listed when the box says so; the `alerts` stream always is).
+    browser.click("#alerts-routine").await;
     assert_eq!(browser.count("#alerts li[data-kind=over_rev]").await, 0);
-
-    // 3. `pitwall set over_rev threshold=...` makes over-rev alerts appear.
     set_param(port, "over_rev", "threshold=11000");
     replay(&bootstrap, &topic, &["--file", parts[1].to_str().unwrap()]);
     let alerts = wait_until(Duration::from_secs(30), "an over-rev alert", || async {

@@ -6,6 +6,7 @@ mod support;
 mod archive;
 mod dashboard;
 mod engine;
+mod faults;
 mod flight;
 mod replay;
 mod udp;

@@ -13,8 +13,15 @@
 //!   partition as context and runs the window operator over context + new rows, emitting only
 //!   the new rows.
 //!
+//! A `UNION ALL` whose branches are each row-local over one stream (`telemetry` or a query,
+//! the same or different ones) compiles to one bottom stage per branch; each micro-batch's
+//! rows of the branches are concatenated and go through the row-local operators above the
+//! union, if any. It holds no state: aggregates and window functions go in the queries it
+//! reads, or in a query reading it.
+//!
 //! Anything that would need the whole unbounded history (a `GROUP BY` with no window, `ORDER
-//! BY` on the stream, `LIMIT`, joins, unbounded frames) is refused here with one short line.
+//! BY` on the stream, `LIMIT`, joins, unbounded frames, `UNION` without `ALL`, a stateful
+//! branch of a union or a stateful operator over one) is refused here with one short line.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,7 +37,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::expr::{Unnest as UnnestExpr, WindowFunction};
 use datafusion::logical_expr::{
-    Aggregate, Expr, LogicalPlan, Window, WindowFrameBound, WindowFrameUnits,
+    Aggregate, Expr, LogicalPlan, Union, Window, WindowFrameBound, WindowFrameUnits,
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
@@ -175,6 +182,11 @@ pub(crate) struct WindowFnPlan {
     /// Event time of input rows, when rows must be released in event-time order (the input
     /// is a raw stream, not windows closed by the watermark).
     pub gate_ts: Option<Arc<dyn PhysicalExpr>>,
+    /// The input is another query's output. Its rows behind the watermark are not late: the
+    /// query released them when the watermark passed them (a window function's rows wait for
+    /// their following rows and the watermark), so they are taken at once, in the order they
+    /// come, instead of dropped.
+    pub from_query: bool,
     /// Index of the `SEQ` column in the window operator's input and output.
     pub seq_index: usize,
     pub upper_input_schema: SchemaRef,
@@ -186,18 +198,48 @@ pub(crate) enum StagePlan {
     WindowFn(WindowFnPlan),
 }
 
+/// One stream a query reads, and the row-local operators its rows go through first.
+#[derive(Debug, Clone)]
+pub(crate) struct Branch {
+    /// `telemetry` or the name of the query it reads.
+    pub input: String,
+    /// Columns of the input the branch uses (None = all).
+    pub input_projection: Option<Vec<usize>>,
+    pub bottom: Option<Template>,
+}
+
+/// A `UNION ALL`: the branches' rows concatenated as `schema`, then through `top` (the
+/// row-local operators above the union), if any.
+#[derive(Debug, Clone)]
+pub(crate) struct UnionPlan {
+    pub schema: SchemaRef,
+    pub top: Option<Template>,
+}
+
 /// A query ready to run: what it reads, its stages bottom-up, and what it emits.
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledQuery {
-    /// `telemetry` or the name of the query it reads.
-    pub input: String,
-    /// Columns of the input the query uses (None = all).
-    pub input_projection: Option<Vec<usize>>,
-    pub bottom: Option<Template>,
+    /// What the query reads: one branch, or one per branch of a `UNION ALL`.
+    pub branches: Vec<Branch>,
+    /// Set when the query is a `UNION ALL` of its branches (it then has no stages).
+    pub union: Option<UnionPlan>,
     pub stages: Vec<StagePlan>,
     pub output_schema: SchemaRef,
     /// How the engine runs it, for people.
     pub kind: String,
+}
+
+impl CompiledQuery {
+    /// The streams the query reads, each once, in branch order.
+    pub(crate) fn inputs(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for b in &self.branches {
+            if !names.contains(&b.input.as_str()) {
+                names.push(&b.input);
+            }
+        }
+        names
+    }
 }
 
 /// Compiles continuous queries against the stream `telemetry` and the other queries' outputs.
@@ -243,30 +285,17 @@ impl Compiler {
             .await
             .map_err(|e| refuse(short_error(&e)))?;
         let plan = bind_params(plan, def)?;
+        refuse_union_distinct(&plan)?;
         let plan = state.optimize(&plan).map_err(|e| refuse(short_error(&e)))?;
         let segments = spine(&plan)?;
         let bottom_nodes = segments.last().expect("spine has a bottom");
-        let LogicalPlan::TableScan(scan) = bottom_nodes.last().expect("segment") else {
-            unreachable!("the spine ends at a table scan")
+        let scan = match bottom_nodes.last().expect("segment") {
+            LogicalPlan::Union(u) => return self.union(&state, bottom_nodes, u).await,
+            LogicalPlan::TableScan(scan) => scan,
+            _ => unreachable!("the spine ends at a table scan or a union"),
         };
-        let input = scan.table_name.table().to_string();
-        if !self.is_stream(&input) {
-            return Err(refuse(format!(
-                "{input} is not a stream: a continuous query reads telemetry or another query"
-            )));
-        }
-        let scan_schema = scan.projected_schema.clone();
         let stream_schema: SchemaRef = scan.source.schema();
-        let bottom = if bottom_nodes.len() > 1 {
-            let p = replace_at(
-                bottom_nodes[0],
-                bottom_nodes.len() - 1,
-                SpliceNode::plan(scan_schema),
-            )?;
-            Some(Template::new(splice::physical_plan(&p, &state).await?)?)
-        } else {
-            None
-        };
+        let (branch, branch_schema) = self.branch(&state, bottom_nodes).await?;
         let mut stages = Vec::new();
         let mut kinds = Vec::new();
         for seg in segments.iter().rev().skip(1) {
@@ -285,7 +314,8 @@ impl Compiler {
                     stages.push(StagePlan::Aggregate(stage));
                 }
                 LogicalPlan::Window(w) => {
-                    let stage = window_stage(&state, seg, w, lowest_stateful).await?;
+                    let from_query = branch.input != "telemetry";
+                    let stage = window_stage(&state, seg, w, lowest_stateful, from_query).await?;
                     kinds.push(format!(
                         "window functions ({} preceding, {} following rows)",
                         stage.preceding, stage.following
@@ -301,10 +331,7 @@ impl Compiler {
                 Some(u) => u.schema(),
                 None => w.upper_input_schema.clone(),
             },
-            None => match &bottom {
-                Some(b) => b.schema(),
-                None => Arc::new(scan.projected_schema.as_arrow().clone()),
-            },
+            None => branch_schema,
         };
         let kind = if kinds.is_empty() {
             "row-local (filters and projections)".to_string()
@@ -312,12 +339,93 @@ impl Compiler {
             kinds.join(", then ")
         };
         Ok(CompiledQuery {
-            input,
-            input_projection: scan.projection.clone(),
-            bottom,
+            branches: vec![branch],
+            union: None,
             stages,
             output_schema,
             kind,
+        })
+    }
+
+    /// The branch reading the stream at the bottom of `nodes` (top first, the table scan
+    /// last, all row-local), and the schema of the rows it emits.
+    async fn branch(
+        &self,
+        state: &SessionState,
+        nodes: &[&LogicalPlan],
+    ) -> Result<(Branch, SchemaRef)> {
+        let LogicalPlan::TableScan(scan) = nodes.last().expect("segment") else {
+            unreachable!("a branch ends at a table scan")
+        };
+        let input = scan.table_name.table().to_string();
+        if !self.is_stream(&input) {
+            return Err(Error::Refused(format!(
+                "{input} is not a stream: a continuous query reads telemetry or another query"
+            )));
+        }
+        let bottom = if nodes.len() > 1 {
+            let splice = SpliceNode::plan(scan.projected_schema.clone());
+            let p = replace_at(nodes[0], nodes.len() - 1, splice)?;
+            Some(Template::new(splice::physical_plan(&p, state).await?)?)
+        } else {
+            None
+        };
+        let schema = match &bottom {
+            Some(b) => b.schema(),
+            None => Arc::new(scan.projected_schema.as_arrow().clone()),
+        };
+        let branch = Branch {
+            input,
+            input_projection: scan.projection.clone(),
+            bottom,
+        };
+        Ok((branch, schema))
+    }
+
+    /// A `UNION ALL` of row-local branches, under the row-local operators `nodes` (top
+    /// first, the union last).
+    async fn union(
+        &self,
+        state: &SessionState,
+        nodes: &[&LogicalPlan],
+        union: &Union,
+    ) -> Result<CompiledQuery> {
+        let mut branches = Vec::new();
+        for input in &union.inputs {
+            let segments = spine(input)?;
+            let [branch_nodes] = segments.as_slice() else {
+                return Err(Error::Refused(
+                    "each branch of a UNION must be row-local (filters and projections) over one \
+                     stream: put aggregates and window functions in the queries it reads"
+                        .into(),
+                ));
+            };
+            if let Some(LogicalPlan::Union(_)) = branch_nodes.last() {
+                return Err(Error::Refused(
+                    "a UNION inside a branch of a UNION is not supported: list the branches side \
+                     by side (a UNION ALL b UNION ALL c)"
+                        .into(),
+                ));
+            }
+            branches.push(self.branch(state, branch_nodes).await?.0);
+        }
+        let schema: SchemaRef = Arc::new(union.schema.as_arrow().clone());
+        let top = if nodes.len() > 1 {
+            let splice = SpliceNode::plan(union.schema.clone());
+            let p = replace_at(nodes[0], nodes.len() - 1, splice)?;
+            Some(Template::new(splice::physical_plan(&p, state).await?)?)
+        } else {
+            None
+        };
+        let output_schema = top
+            .as_ref()
+            .map_or_else(|| schema.clone(), Template::schema);
+        Ok(CompiledQuery {
+            kind: format!("UNION ALL of {} row-local branches", branches.len()),
+            branches,
+            union: Some(UnionPlan { schema, top }),
+            stages: Vec::new(),
+            output_schema,
         })
     }
 
@@ -563,8 +671,31 @@ fn bind_params(plan: LogicalPlan, def: &QueryDef) -> Result<LogicalPlan> {
         .map_err(|e| Error::Refused(short_error(&e)))
 }
 
+/// `UNION` without `ALL`, planned as a `Distinct` over the union, before the optimizer turns
+/// it into an aggregate.
+fn refuse_union_distinct(plan: &LogicalPlan) -> Result<()> {
+    let mut found = false;
+    plan.apply(|n| {
+        found = match n {
+            LogicalPlan::Distinct(d) => matches!(d.input().as_ref(), LogicalPlan::Union(_)),
+            _ => false,
+        };
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    if found {
+        return Err(Error::Refused(
+            "UNION (distinct) needs the whole stream: use UNION ALL".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The plan's spine cut into segments, top first; each segment ends with a stateful node,
-/// the last one with the table scan.
+/// the last one with the table scan, or with a `UNION` (its branches are cut separately).
 fn spine(plan: &LogicalPlan) -> Result<Vec<Vec<&LogicalPlan>>> {
     let mut segments: Vec<Vec<&LogicalPlan>> = vec![vec![]];
     let mut node = plan;
@@ -605,11 +736,14 @@ fn spine(plan: &LogicalPlan) -> Result<Vec<Vec<&LogicalPlan>>> {
                     "joins are not supported on streams: chain queries instead (FROM another query)".into(),
                 ));
             }
-            LogicalPlan::Union(_) => {
+            LogicalPlan::Union(_) if segments.len() > 1 => {
                 return Err(Error::Refused(
-                    "UNION of streams is not supported: submit one query per input".into(),
+                    "an aggregate or window function over a UNION is not supported: make the \
+                     UNION ALL a query of its own and aggregate in a query that reads it"
+                        .into(),
                 ));
             }
+            LogicalPlan::Union(_) => break,
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
                 return Err(Error::Refused(
                     "a continuous query must read a stream: FROM telemetry or FROM another query"
@@ -857,6 +991,7 @@ async fn window_stage(
     seg: &[&LogicalPlan],
     w: &Window,
     lowest_stateful: bool,
+    from_query: bool,
 ) -> Result<WindowFnPlan> {
     let input = w.input.as_ref();
     let seq_field = Field::new(SEQ, DataType::UInt64, false);
@@ -920,6 +1055,7 @@ async fn window_stage(
         preceding,
         following,
         gate_ts,
+        from_query,
         seq_index: input.schema().fields().len(),
         upper_input_schema: Arc::new(w.schema.as_arrow().clone()),
     })

@@ -20,7 +20,7 @@ pub(crate) mod traces;
 pub(crate) mod watermark;
 pub(crate) mod windows;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -87,7 +87,10 @@ pub struct QueryInfo {
     pub batches_emitted: u64,
     pub last_error: Option<String>,
     pub params: Vec<(String, String)>,
+    /// The streams it reads joined by ", " (`telemetry`, or queries' names).
     pub input: String,
+    /// The streams it reads, each once: one, or several for a `UNION ALL`.
+    pub inputs: Vec<String>,
     pub kind: String,
     pub late_rows_dropped: u64,
     pub open_windows: u64,
@@ -137,6 +140,13 @@ impl RunningQuery {
                 lat[((lat.len() - 1) as f64 * p).round() as usize]
             }
         };
+        let inputs: Vec<String> = self
+            .pipeline
+            .compiled()
+            .inputs()
+            .into_iter()
+            .map(String::from)
+            .collect();
         QueryInfo {
             name: self.def.name.clone(),
             sql: self.def.sql.clone(),
@@ -151,7 +161,8 @@ impl RunningQuery {
                 .iter()
                 .map(|(k, v)| (k.clone(), literal_text(v)))
                 .collect(),
-            input: self.pipeline.compiled().input.clone(),
+            input: inputs.join(", "),
+            inputs,
             kind: self.pipeline.compiled().kind.clone(),
             late_rows_dropped: self.pipeline.late_rows(),
             open_windows: self.pipeline.open_windows() as u64,
@@ -307,10 +318,13 @@ impl Engine {
             def.params.entry(k.clone()).or_insert_with(|| v.clone());
         }
         let compiled = self.compiler.compile(&def).await?;
-        if self.reads_transitively(&compiled.input, name) {
+        let cycle = compiled
+            .inputs()
+            .into_iter()
+            .find(|i| self.reads_transitively(i, name));
+        if let Some(input) = cycle {
             return Err(Error::Refused(format!(
-                "{name} cannot read {}: that would be a cycle",
-                compiled.input
+                "{name} cannot read {input}: that would be a cycle"
             )));
         }
         let schema = compiled.output_schema.clone();
@@ -327,28 +341,38 @@ impl Engine {
         self.info(name)
     }
 
+    /// Whether `input` is `target` or reads it, directly or through other queries.
     fn reads_transitively(&self, input: &str, target: &str) -> bool {
-        let mut cur = input.to_string();
-        for _ in 0..=self.queries.len() {
+        let mut todo = vec![input];
+        let mut seen = HashSet::new();
+        while let Some(cur) = todo.pop() {
             if cur == target {
                 return true;
             }
-            match self.queries.get(&cur) {
-                Some(q) => cur = q.pipeline.compiled().input.clone(),
-                None => return false,
+            if let (true, Some(q)) = (seen.insert(cur), self.queries.get(cur)) {
+                todo.extend(q.pipeline.compiled().inputs());
             }
         }
-        true
+        false
+    }
+
+    /// The queries that read `name`.
+    fn readers(&self, name: &str) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|n| {
+                self.queries[*n]
+                    .pipeline
+                    .compiled()
+                    .inputs()
+                    .contains(&name)
+            })
+            .cloned()
+            .collect()
     }
 
     async fn recompile_readers(&mut self, upstream: &str) {
-        let readers: Vec<String> = self
-            .order
-            .iter()
-            .filter(|n| self.queries[*n].pipeline.compiled().input == upstream)
-            .cloned()
-            .collect();
-        for reader in readers {
+        for reader in self.readers(upstream) {
             let def = self.queries[&reader].def.clone();
             match self.compiler.compile(&def).await {
                 Ok(compiled) => {
@@ -370,12 +394,7 @@ impl Engine {
 
     pub fn drop_query(&mut self, name: &str) -> Result<()> {
         self.get(name)?;
-        let readers: Vec<&str> = self
-            .queries
-            .values()
-            .filter(|q| q.pipeline.compiled().input == name)
-            .map(|q| q.def.name.as_str())
-            .collect();
+        let readers = self.readers(name);
         if !readers.is_empty() {
             return Err(Error::Refused(format!(
                 "{} reads {name}: drop it first",
@@ -446,8 +465,11 @@ impl Engine {
         while !remaining.is_empty() {
             let before = remaining.len();
             remaining.retain(|n| {
-                let input = &self.queries[n].pipeline.compiled().input;
-                if input == "telemetry" || order.contains(input) {
+                let inputs = self.queries[n].pipeline.compiled().inputs();
+                if inputs
+                    .iter()
+                    .all(|i| *i == "telemetry" || order.iter().any(|o| o == i))
+                {
                     order.push(n.clone());
                     false
                 } else {
@@ -529,13 +551,15 @@ impl Engine {
             if q.status != QueryStatus::Running {
                 continue;
             }
-            let source = q.pipeline.compiled().input.clone();
-            let rows: &[RecordBatch] = if source == "telemetry" {
-                &input
-            } else {
-                emitted.get(&source).map(Vec::as_slice).unwrap_or(&[])
-            };
-            match q.pipeline.process(rows, wm, idle, &self.task_ctx).await {
+            let branches = &q.pipeline.compiled().branches;
+            let rows: Vec<&[RecordBatch]> = branches
+                .iter()
+                .map(|b| match b.input.as_str() {
+                    "telemetry" => input.as_slice(),
+                    source => emitted.get(source).map(Vec::as_slice).unwrap_or_default(),
+                })
+                .collect();
+            match q.pipeline.process(&rows, wm, idle, &self.task_ctx).await {
                 Ok(out) => {
                     for b in &out {
                         q.rows_emitted += b.num_rows() as u64;

@@ -144,6 +144,20 @@ pub fn shuffle(rows: &RecordBatch, within_ms: i64) -> Result<RecordBatch> {
     Ok(datafusion::arrow::compute::take_record_batch(rows, &idx)?)
 }
 
+/// The engine settings [`stream`] runs with: 1 s of lateness, idle after 500 ms.
+pub fn engine_config() -> crate::engine::EngineConfig {
+    use crate::engine::{EngineConfig, WatermarkConfig};
+    EngineConfig {
+        watermark: WatermarkConfig {
+            lateness_ms: 1_000,
+            idle_timeout: std::time::Duration::from_millis(500),
+            require_assignment: false,
+        },
+        lap_gap_ms: 10_000,
+        ..EngineConfig::default()
+    }
+}
+
 /// Streams `rows` (in their order) through a fresh engine running `queries`, in micro-batches
 /// of `batch_ms` of event time, then lets the input go idle until every window has closed.
 /// Returns what each query emitted.
@@ -167,19 +181,9 @@ pub async fn stream_observed(
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::TimestampMillisecondType;
 
-    use crate::engine::{Engine, EngineConfig, WatermarkConfig};
-    use crate::ingest::{MicroBatch, PartitionSlice};
+    use crate::engine::Engine;
 
-    let config = EngineConfig {
-        watermark: WatermarkConfig {
-            lateness_ms: 1_000,
-            idle_timeout: Duration::from_millis(500),
-            require_assignment: false,
-        },
-        lap_gap_ms: 10_000,
-        ..EngineConfig::default()
-    };
-    let mut engine = Engine::new(config)?;
+    let mut engine = Engine::new(engine_config())?;
     for q in queries {
         engine.submit(q.clone()).await?;
     }
@@ -198,21 +202,7 @@ pub async fn stream_observed(
         while end < rows.num_rows() && ts.value(end) < start + batch_ms {
             end += 1;
         }
-        let b = MicroBatch {
-            topic: "oracle".into(),
-            rows: rows.slice(pos, end - pos),
-            partitions: vec![PartitionSlice {
-                partition: 0,
-                first_offset: pos as i64,
-                last_offset: end as i64 - 1,
-                max_ts: ts.values()[pos..end].iter().copied().max(),
-            }],
-            assigned: None,
-            caught_up: vec![0],
-            caught_up_confirmed: None,
-            dead_letters: Vec::new(),
-            ready_at: now,
-        };
+        let b = micro_batch(rows, pos, end, now);
         now += Duration::from_millis(batch_ms as u64);
         for (name, batches) in engine.step(Some(&b), now).await {
             out.entry(name).or_default().extend(batches);
@@ -228,4 +218,34 @@ pub async fn stream_observed(
         }
     }
     Ok(out)
+}
+
+/// `rows[pos..end]` as one micro-batch of partition 0 of topic `oracle` (offsets: row indices).
+pub fn micro_batch(
+    rows: &RecordBatch,
+    pos: usize,
+    end: usize,
+    ready_at: std::time::Instant,
+) -> crate::ingest::MicroBatch {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampMillisecondType;
+    let ts = rows
+        .column_by_name("ts")
+        .expect("canonical")
+        .as_primitive::<TimestampMillisecondType>();
+    crate::ingest::MicroBatch {
+        topic: "oracle".into(),
+        rows: rows.slice(pos, end - pos),
+        partitions: vec![crate::ingest::PartitionSlice {
+            partition: 0,
+            first_offset: pos as i64,
+            last_offset: end as i64 - 1,
+            max_ts: ts.values()[pos..end].iter().copied().max(),
+        }],
+        assigned: None,
+        caught_up: vec![0],
+        caught_up_confirmed: None,
+        dead_letters: Vec::new(),
+        ready_at,
+    }
 }

@@ -16,7 +16,8 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::compile::{
-    AggregatePlan, CompiledQuery, LapProgress, StagePlan, WindowFnPlan, WindowKey,
+    AggregatePlan, Branch, CompiledQuery, LapProgress, StagePlan, UnionPlan, WindowFnPlan,
+    WindowKey,
 };
 use super::windows::{LapWindows, RELEASE_IDLE_MS, TimeWindows, WindowKind};
 use crate::error::{Error, Result};
@@ -168,25 +169,25 @@ impl Pipeline {
     }
 
     /// Feeds new input rows (any may be empty), closes what the watermark allows, and returns
-    /// the rows to emit. `idle` says the whole input has gone quiet.
+    /// the rows to emit. `inputs` holds the rows of each branch's input, in branch order
+    /// (one for most queries, one per branch of a `UNION ALL`); `idle` says the whole input
+    /// has gone quiet.
     pub(crate) async fn process(
         &mut self,
-        input: &[RecordBatch],
+        inputs: &[&[RecordBatch]],
         watermark: Option<i64>,
         idle: bool,
         ctx: &Arc<TaskContext>,
     ) -> Result<Vec<RecordBatch>> {
-        let mut rows: Vec<RecordBatch> = input
-            .iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| match &self.compiled.input_projection {
-                Some(p) => b.project(p),
-                None => Ok(b.clone()),
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        if let (Some(bottom), false) = (&self.compiled.bottom, rows.is_empty()) {
-            rows = bottom.run(rows, ctx.clone()).await?;
+        let mut rows = Vec::new();
+        for (branch, input) in self.compiled.branches.iter().zip(inputs) {
+            rows.extend(branch_rows(branch, input, ctx).await?);
         }
+        if let Some(union) = &self.compiled.union {
+            rows = union_rows(union, rows, ctx).await?;
+        }
+        // Only a query of one branch has stages: its lap windows follow that stream.
+        let input = inputs.first().copied().unwrap_or_default();
         for (stage, state) in self.compiled.stages.iter().zip(self.states.iter_mut()) {
             rows.retain(|b| b.num_rows() > 0);
             rows = match (stage, state) {
@@ -214,11 +215,78 @@ impl Pipeline {
     }
 }
 
+/// A branch's new rows: the columns it uses, through its row-local operators.
+async fn branch_rows(
+    branch: &Branch,
+    input: &[RecordBatch],
+    ctx: &Arc<TaskContext>,
+) -> Result<Vec<RecordBatch>> {
+    let rows: Vec<RecordBatch> = input
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| match &branch.input_projection {
+            Some(p) => b.project(p),
+            None => Ok(b.clone()),
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    match (&branch.bottom, rows.is_empty()) {
+        (Some(bottom), false) => bottom.run(rows, ctx.clone()).await,
+        _ => Ok(rows),
+    }
+}
+
+/// The branches' rows as the union's rows, through the row-local operators above it.
+async fn union_rows(
+    union: &UnionPlan,
+    rows: Vec<RecordBatch>,
+    ctx: &Arc<TaskContext>,
+) -> Result<Vec<RecordBatch>> {
+    let rows: Vec<RecordBatch> = rows
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| conform(b, &union.schema))
+        .collect::<Result<_>>()?;
+    match (&union.top, rows.is_empty()) {
+        (Some(top), false) => top.run(rows, ctx.clone()).await,
+        _ => Ok(rows),
+    }
+}
+
+/// A branch's rows under the union's schema: its column names and nullability, and its
+/// types (DataFusion's coercion makes them equal already; a cast where it did not).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.num_columns() != schema.fields().len() {
+        return Err(Error::QueryFailed {
+            query: String::new(),
+            message: format!(
+                "a UNION branch emitted {} columns instead of {}",
+                batch.num_columns(),
+                schema.fields().len()
+            ),
+        });
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                cast(c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
 impl WindowFnState {
-    /// Whether the partition `key`, whose rows this step has the sequence numbers `seqs`, is
-    /// finished: no new row for [`RELEASE_IDLE_MS`] of watermark progress and none waiting
-    /// to be emitted. A finished partition is forgotten (its context is not retained).
-    fn finished(
+    /// Whether the partition `key`, whose rows this step has the sequence numbers `seqs`, has
+    /// gone silent: no new row for [`RELEASE_IDLE_MS`] of watermark progress (a finished car).
+    /// Its rows still waiting for following rows are emitted as they are (those rows will not
+    /// come: a batch run gives them no following rows either), then it is forgotten (its context
+    /// is not retained).
+    fn silent(
         &mut self,
         key: &[u8],
         mut seqs: impl Iterator<Item = u64>,
@@ -228,11 +296,7 @@ impl WindowFnState {
         let Some(wm) = watermark else {
             return false;
         };
-        let (mut new, mut waiting) = (false, false);
-        for seq in seqs.by_ref() {
-            new |= seq >= first_new;
-            waiting |= !self.pending.is_empty() && self.pending.contains(&seq);
-        }
+        let new = seqs.any(|seq| seq >= first_new);
         let last = match self.last_active.get_mut(key) {
             Some(last) => last,
             None => self.last_active.entry(key.to_vec()).or_insert(wm),
@@ -240,11 +304,11 @@ impl WindowFnState {
         if new {
             *last = wm;
         }
-        let finished = !new && !waiting && last.saturating_add(RELEASE_IDLE_MS) <= wm;
-        if finished {
+        let silent = !new && last.saturating_add(RELEASE_IDLE_MS) <= wm;
+        if silent {
             self.last_active.remove(key);
         }
-        finished
+        silent
     }
 }
 
@@ -523,7 +587,7 @@ async fn window_step(
 ) -> Result<Vec<RecordBatch>> {
     let released = match &plan.gate_ts {
         None => rows,
-        Some(gate) => match release_in_order(gate, state, rows, watermark, late_rows)? {
+        Some(gate) => match release_in_order(plan, gate, state, rows, watermark, late_rows)? {
             Some(released) => released,
             None => return Ok(Vec::new()),
         },
@@ -536,9 +600,8 @@ async fn window_step(
     let first_new = state.next_seq;
     let window_input: SchemaRef = plan.window.input_schema();
     let mut input = Vec::new();
-    if let Some(r) = state.retained.take() {
-        input.push(r);
-    }
+    let (context, aside) = split_context(plan, state, &released, watermark, flush)?;
+    input.extend(context);
     for batch in released {
         let n = batch.num_rows() as u64;
         let seq = UInt64Array::from_iter_values(state.next_seq..state.next_seq + n);
@@ -551,9 +614,16 @@ async fn window_step(
     let out = concat_batches(&plan.window.schema(), &out)?;
     let (emit, retain) = emit_and_retain(plan, state, &out, first_new, watermark, flush)?;
     let context_cols: Vec<usize> = (0..=plan.seq_index).collect();
+    let mut kept: Vec<RecordBatch> = aside.into_iter().collect();
     if !retain.is_empty() {
         let r = take_record_batch(&out.project(&context_cols)?, &UInt32Array::from(retain))?;
-        state.retained = Some(RecordBatch::try_new(window_input, r.columns().to_vec())?);
+        kept.push(RecordBatch::try_new(
+            window_input.clone(),
+            r.columns().to_vec(),
+        )?);
+    }
+    if !kept.is_empty() {
+        state.retained = Some(concat_batches(&window_input, &kept)?);
     }
     if emit.is_empty() {
         return Ok(Vec::new());
@@ -577,24 +647,32 @@ async fn window_step(
 /// below what was released already are late (counted); the held rows the watermark passed are
 /// released. None without a watermark yet.
 fn release_in_order(
+    plan: &WindowFnPlan,
     gate: &Arc<dyn PhysicalExpr>,
     state: &mut WindowFnState,
     rows: Vec<RecordBatch>,
     watermark: Option<i64>,
     late_rows: &mut u64,
 ) -> Result<Option<Vec<RecordBatch>>> {
+    let mut behind = Vec::new();
     for batch in rows {
         let ts = ms_values(&eval(gate, &batch)?)?;
+        let is_behind: BooleanArray = ts
+            .iter()
+            .map(|t| Some(matches!((t, state.released_through), (Some(t), Some(r)) if *t <= r)))
+            .collect();
+        if plan.from_query {
+            let b = filter_record_batch(&batch, &is_behind)?;
+            if b.num_rows() > 0 {
+                behind.push(b);
+            }
+        } else {
+            *late_rows += is_behind.true_count() as u64;
+        }
         let keep: BooleanArray = ts
             .iter()
-            .map(|t| match (t, state.released_through) {
-                (Some(t), Some(r)) if *t <= r => {
-                    *late_rows += 1;
-                    Some(false)
-                }
-                (None, _) => Some(false),
-                _ => Some(true),
-            })
+            .zip(is_behind.iter())
+            .map(|(t, b)| Some(t.is_some() && b != Some(true)))
             .collect();
         let batch = filter_record_batch(&batch, &keep)?;
         if batch.num_rows() > 0 {
@@ -602,9 +680,9 @@ fn release_in_order(
         }
     }
     let Some(wm) = watermark else {
-        return Ok(None);
+        return Ok((!behind.is_empty()).then_some(behind));
     };
-    let mut released = Vec::new();
+    let mut released = behind;
     let mut still = Vec::new();
     for batch in std::mem::take(&mut state.held) {
         let ts = ms_values(&eval(gate, &batch)?)?;
@@ -632,6 +710,53 @@ fn release_in_order(
 /// Over the window operator's output (sorted by partition, then order): the rows to emit
 /// (those with enough following context, or all pending ones on `flush`) and the rows to keep
 /// as the next step's context (the last rows of each partition not finished).
+/// The retained context split into what this step's window run needs and what it does not:
+/// the context of partitions with new rows (all of it when flushing), and of partitions that
+/// may be finished (silent for [`RELEASE_IDLE_MS`], or not seen since a restart) so that they
+/// are let go; the rest is set aside untouched. Running the window operator over every
+/// partition's context on every micro-batch made a query with many partitions (a car and a
+/// gear, say) cost its whole context per step.
+fn split_context(
+    plan: &WindowFnPlan,
+    state: &mut WindowFnState,
+    released: &[RecordBatch],
+    watermark: Option<i64>,
+    flush: bool,
+) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
+    let Some(retained) = state.retained.take() else {
+        return Ok((None, None));
+    };
+    if flush || plan.partition_by.is_empty() {
+        return Ok((Some(retained), None));
+    }
+    let keys_of = |b: &RecordBatch| -> Result<Vec<Vec<u8>>> {
+        row_keys(
+            &plan
+                .partition_by
+                .iter()
+                .map(|e| eval(e, b))
+                .collect::<Result<Vec<_>>>()?,
+        )
+    };
+    let mut fresh: HashSet<Vec<u8>> = HashSet::new();
+    for b in released {
+        fresh.extend(keys_of(b)?);
+    }
+    let due = |k: &Vec<u8>| match (state.last_active.get(k), watermark) {
+        (None, _) => true,
+        (Some(last), Some(wm)) => last.saturating_add(RELEASE_IDLE_MS) <= wm,
+        (Some(_), None) => false,
+    };
+    let take: BooleanArray = keys_of(&retained)?
+        .iter()
+        .map(|k| Some(fresh.contains(k) || due(k)))
+        .collect();
+    let context = filter_record_batch(&retained, &take)?;
+    let aside = filter_record_batch(&retained, &datafusion::arrow::compute::not(&take)?)?;
+    let some = |b: RecordBatch| (b.num_rows() > 0).then_some(b);
+    Ok((some(context), some(aside)))
+}
+
 fn emit_and_retain(
     plan: &WindowFnPlan,
     state: &mut WindowFnState,
@@ -664,7 +789,7 @@ fn emit_and_retain(
             end = n;
         }
         let finished = !parts.is_empty()
-            && state.finished(
+            && state.silent(
                 &parts[start],
                 (start..end).map(|i| seqs.value(i)),
                 first_new,
@@ -672,7 +797,7 @@ fn emit_and_retain(
             );
         for i in start..end {
             let seq = seqs.value(i);
-            let ready = end - 1 - i >= plan.following || flush;
+            let ready = end - 1 - i >= plan.following || flush || finished;
             let new = seq >= first_new;
             if ready && (new || state.pending.remove(&seq)) {
                 emit.push(i as u32);

@@ -270,7 +270,7 @@ pub(crate) fn to_proto(q: &QueryInfo) -> pb::QueryInfo {
                 value: v.clone(),
             })
             .collect(),
-        inputs: vec![q.input.clone()],
+        inputs: q.inputs.clone(),
         kind: q.kind.clone(),
     }
 }

@@ -36,6 +36,7 @@ fn info_json(q: &QueryInfo) -> Value {
         "name": q.name,
         "kind": q.kind,
         "input": q.input,
+        "inputs": q.inputs,
         "status": match q.status {
             QueryStatus::Running => "running",
             QueryStatus::Paused => "paused",

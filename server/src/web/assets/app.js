@@ -16,6 +16,7 @@ class Store {
     this.laps = new Map(); // session|driver|lap -> lap_stats row
     this.scores = new Map(); // session|driver|lap -> lap_anomaly row
     this.events = new Map(); // kind|session|driver|lap -> {kind, session, driver, lap, t, n, peak}
+    this.alerts = new Map(); // session|driver|kind|ts -> alerts row
     this.generic = new Map(); // query -> newest rows
     this.sessions = new Map(); // session -> newest event time seen
   }
@@ -38,6 +39,8 @@ class Store {
       for (const r of rows) { this.laps.set(key(r), r); this.seen(r.session, Date.parse(r.last_sample)); }
     } else if (q === "lap_anomaly") {
       for (const r of rows) this.scores.set(key(r), r);
+    } else if (q === "alerts") {
+      for (const r of rows) this.alerts.set(`${r.session}|${r.driver}|${r.kind}|${r.ts}`, r);
     } else if (q === "over_rev" || q === "lock_up") {
       const value = q === "over_rev" ? "rpm" : "decel_g";
       for (const r of rows) {
@@ -195,26 +198,42 @@ function renderAnomaly(st, session) {
   anomalyChart.draw(cars, lapNums, byCar, S.threshold);
 }
 
+/** What the alert list calls each kind; a kind of the user's own detectors shows as it is. */
+const KIND_LABEL = {
+  over_rev: "over-rev", lock_up: "lock-up", anomaly: "anomaly", flat_line: "flat-line", dropout: "dropout",
+  spike: "spike", gearbox: "gearbox", power_loss: "power loss", drs_fault: "DRS fault", engine_off: "engine off",
+};
+
+/** The `alerts` stream and the laps over the slider; with the box ticked, also the over-rev and
+ * lock-up events per lap of the `over_rev` and `lock_up` queries. */
 function renderAlerts(st, session) {
-  const items = [...st.events.values()].filter((e) => e.session === session);
+  const routine = $("#alerts-routine").checked;
+  const items = routine ? [...st.events.values()].filter((e) => e.session === session) : [];
+  for (const r of st.alerts.values()) {
+    if (r.session !== session) continue;
+    items.push({ kind: r.kind, driver: r.driver, lap: r.lap, t: Date.parse(r.ts), severity: r.severity, text: r.detail });
+  }
   for (const r of scoresOf(st, session)) {
     if (!(r.anomaly_score > S.threshold)) continue;
     const lap = st.laps.get(`${r.session}|${r.driver}|${r.lap}`);
     items.push({ kind: "anomaly", driver: r.driver, lap: r.lap, t: lap ? Date.parse(lap.last_sample) : 0, n: 1, peak: r.anomaly_score });
   }
   items.sort((a, b) => b.t - a.t);
-  const label = { over_rev: "over-rev", lock_up: "lock-up", anomaly: "anomaly" };
-  const detail = (e) => e.kind === "over_rev" ? `${fmt(e.peak)} rpm ×${e.n}`
+  const detail = (e) => e.text !== undefined ? e.text ?? ""
+    : e.kind === "over_rev" ? `${fmt(e.peak)} rpm ×${e.n}`
     : e.kind === "lock_up" ? `${fmt(e.peak, 1)} g ×${e.n}` : `score ${fmt(e.peak, 1)} > ${fmt(S.threshold, 1)}`;
+  $("#alerts-count").textContent = items.length ? `· ${items.length}` : "";
   $("#alerts").replaceChildren(...items.slice(0, MAX_ROWS_SHOWN).map((e) => {
     const li = document.createElement("li");
     li.dataset.kind = e.kind;
     li.dataset.driver = e.driver;
-    for (const [cls, text] of [["kind", label[e.kind]], ["car", e.driver], ["lap", `L${e.lap ?? "–"}`],
+    if (e.severity) li.dataset.severity = e.severity;
+    for (const [cls, text] of [["kind", KIND_LABEL[e.kind] ?? e.kind], ["car", e.driver], ["lap", `L${e.lap ?? "–"}`],
       ["detail", detail(e)], ["time", e.t ? clock(e.t) : ""]]) {
       const span = document.createElement("span");
       span.className = cls;
       span.textContent = text;
+      if (cls === "detail") span.title = text;
       li.append(span);
     }
     return li;
@@ -380,7 +399,7 @@ setInterval(() => {
 
 // ---- queries, parameters, sessions ----
 /** What the race view shows; the Queries tab adds the query it shows. */
-const RACE_QUERIES = ["lap_stats", "lap_anomaly", "over_rev", "lock_up"];
+const RACE_QUERIES = ["lap_stats", "lap_anomaly", "over_rev", "lock_up", "alerts"];
 
 /** Streams only what the page shows (a pit screen on the race view takes no other rows). */
 function followQueries() {
@@ -485,6 +504,7 @@ $("#threshold").addEventListener("input", (e) => {
   render();
 });
 $("#threshold-apply").addEventListener("click", applyThreshold);
+$("#alerts-routine").addEventListener("change", render);
 $("#session-select").addEventListener("change", (e) => openSession(e.target.value));
 $("#session-select").addEventListener("focus", refreshSessions);
 $("#query-select").addEventListener("change", (e) => {
