@@ -64,6 +64,17 @@ pub const BUILTIN_QUERIES: &[(&str, &str)] = &[
     ("alerts", include_str!("../../queries/alerts.sql")),
 ];
 
+/// The shipped queries that emit only when something is wrong (the fault detectors): on a clean
+/// stretch of the race they are empty.
+pub const FAULT_DETECTORS: &[&str] = &[
+    "sample_checks",
+    "gear_checks",
+    "checks",
+    "sample_alerts",
+    "lap_alerts",
+    "alerts",
+];
+
 /// The query definitions to start with: the directory's files, or the built-in ones.
 pub fn initial_queries(dir: Option<&Path>) -> Result<Vec<QueryDef>> {
     match dir {

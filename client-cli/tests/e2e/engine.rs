@@ -60,7 +60,10 @@ pub(crate) async fn assert_streaming_equals_batch(client: &mut Client, rows: &Re
         let streamed = sql(client, &format!("SELECT * FROM {}", q.name)).await;
         let batch = batch_result(&queries, &q.name, rows).await.unwrap();
         let (s, b) = (canonical_rows(&streamed), canonical_rows(&batch));
-        assert!(!b.is_empty(), "{}: the batch result is empty", q.name);
+        // The fault detectors find nothing on a clean race.
+        if !pitwall_server::FAULT_DETECTORS.contains(&q.name.as_str()) {
+            assert!(!b.is_empty(), "{}: the batch result is empty", q.name);
+        }
         assert_same_rows(&q.name, &s, &b);
         println!("{}: {} rows, streamed = batch", q.name, s.len());
     }

@@ -51,15 +51,7 @@ async fn streaming_equals_batch_for_every_shipped_query() {
     }
 }
 
-/// The shipped queries that emit only when something is wrong.
-const DETECTORS: &[&str] = &[
-    "sample_checks",
-    "gear_checks",
-    "checks",
-    "sample_alerts",
-    "lap_alerts",
-    "alerts",
-];
+use crate::FAULT_DETECTORS as DETECTORS;
 
 /// Laps 1-16 of the race with faults of every kind injected (seed 5): every detector streams
 /// what it finds in batch, in order and with rows out of order within the lateness.
