@@ -192,26 +192,39 @@ fn kind_score(labels: &Labels, alerts: &[Alert], kind: String) -> KindScore {
         .filter(|f| f.kind.name() == kind)
         .collect();
     let own: Vec<&Alert> = alerts.iter().filter(|a| a.kind == kind).collect();
-    let mut delays = Vec::new();
-    let mut timely = 0;
-    for f in &faults {
-        if let Some(first) = own.iter().filter(|a| matches(f, a)).map(|a| a.ts_ms).min() {
-            let delay = (first - f.start_ms).max(0);
-            delays.push(delay as f64 / 1000.0);
-            timely += usize::from(in_time(f, delay));
-        }
-    }
     let matching = own
         .iter()
         .filter(|a| faults.iter().any(|f| matches(f, a)))
         .count();
+    let first = |f: &Fault| own.iter().filter(|a| matches(f, a)).map(|a| a.ts_ms).min();
+    tally(kind, &faults, first, own.len(), matching)
+}
+
+/// A kind's figures from when each of its faults was first found (if it was) and the count of
+/// alerts (or flagged laps) and of those matching a fault.
+fn tally(
+    kind: String,
+    faults: &[&Fault],
+    first: impl Fn(&Fault) -> Option<i64>,
+    alerts: usize,
+    matching: usize,
+) -> KindScore {
+    let mut delays = Vec::new();
+    let mut timely = 0;
+    for f in faults {
+        if let Some(t) = first(f) {
+            let delay = (t - f.start_ms).max(0);
+            delays.push(delay as f64 / 1000.0);
+            timely += usize::from(in_time(f, delay));
+        }
+    }
     KindScore {
         faults: faults.len(),
         found: delays.len(),
         recall: ratio(delays.len(), faults.len()).unwrap_or(0.0),
-        alerts: own.len(),
+        alerts,
         matching_alerts: matching,
-        precision: ratio(matching, own.len()),
+        precision: ratio(matching, alerts),
         median_delay_s: median(delays),
         in_time: timely,
         kind,
@@ -270,27 +283,8 @@ fn baseline(labels: &Labels, laps: &[LapScore], car_hours: f64) -> Baseline {
     let kinds = by_kind
         .into_iter()
         .map(|(kind, faults)| {
-            let mut delays = Vec::new();
-            let mut timely = 0;
-            for f in &faults {
-                let first = flagged.iter().filter(|l| hit(l, f)).map(|l| l.end_ms).min();
-                if let Some(t) = first {
-                    let delay = (t - f.start_ms).max(0);
-                    delays.push(delay as f64 / 1000.0);
-                    timely += usize::from(in_time(f, delay));
-                }
-            }
-            KindScore {
-                kind: kind.name().to_string(),
-                faults: faults.len(),
-                found: delays.len(),
-                recall: ratio(delays.len(), faults.len()).unwrap_or(0.0),
-                alerts: flagged.len(),
-                matching_alerts: good,
-                precision: ratio(good, flagged.len()),
-                median_delay_s: median(delays),
-                in_time: timely,
-            }
+            let first = |f: &Fault| flagged.iter().filter(|l| hit(l, f)).map(|l| l.end_ms).min();
+            tally(kind.name().to_string(), &faults, first, flagged.len(), good)
         })
         .collect();
     let false_flags = flagged.iter().filter(|l| !matching(l)).count();
