@@ -275,6 +275,7 @@ fn micro_batch(rows: RecordBatch, offset: i64) -> MicroBatch {
         caught_up_confirmed: None,
         dead_letters: vec![],
         ready_at: Instant::now(),
+        handover: None,
     }
 }
 

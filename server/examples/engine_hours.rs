@@ -154,6 +154,7 @@ fn micro_batch(rows: RecordBatch, offset: i64, max_ts: i64, now: Instant) -> Mic
         caught_up_confirmed: None,
         dead_letters: vec![],
         ready_at: now,
+        handover: None,
     }
 }
 

@@ -22,12 +22,12 @@ use crate::support::*;
 /// load does not stretch another's broker past its timeouts.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+pub(crate) async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().await
 }
 
 /// Prints the end of the servers' log when the test fails: CI keeps nothing else.
-struct LogOnPanic(Vec<std::path::PathBuf>);
+pub(crate) struct LogOnPanic(pub(crate) Vec<std::path::PathBuf>);
 
 impl Drop for LogOnPanic {
     fn drop(&mut self) {
@@ -45,7 +45,7 @@ impl Drop for LogOnPanic {
 }
 
 /// Reads an archived table straight from its Parquet files (as DuckDB or pyarrow would).
-async fn read_archive(data: &Path, dir: &str, partitions: &[&str]) -> Vec<RecordBatch> {
+pub(crate) async fn read_archive(data: &Path, dir: &str, partitions: &[&str]) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
     let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
@@ -115,7 +115,7 @@ fn by_driver(batches: &[RecordBatch]) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-fn assert_archive_holds_exactly(archived: &[RecordBatch], source: &RecordBatch) {
+pub(crate) fn assert_archive_holds_exactly(archived: &[RecordBatch], source: &RecordBatch) {
     let (got, want) = (by_driver(archived), by_driver(std::slice::from_ref(source)));
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
@@ -574,7 +574,7 @@ async fn an_unwritable_data_dir_commits_no_offsets_and_loses_nothing() {
 }
 
 /// Offsets the consumer group has committed (partition -> offset), valid ones only.
-fn committed_offsets(
+pub(crate) fn committed_offsets(
     bootstrap: &str,
     topic: &str,
     group: &str,

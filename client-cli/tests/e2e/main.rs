@@ -8,6 +8,7 @@ mod dashboard;
 mod engine;
 mod faults;
 mod flight;
+mod group;
 mod replay;
 mod udp;
 mod web;

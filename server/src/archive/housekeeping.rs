@@ -329,6 +329,7 @@ mod tests {
             state: Bytes::from(bytes),
             consumed: state.consumed.clone(),
             watermark_ms: None,
+            acks: Vec::new(),
         };
         (seg, cp)
     }

@@ -233,6 +233,9 @@ enum Message {
         state: Bytes,
         consumed: BTreeMap<String, i64>,
         watermark_ms: Option<i64>,
+        /// Told the Kafka offsets once this checkpoint (or a later one) is committed: the
+        /// consumer waits for it to hand partitions over (`ingest::kafka::handover`).
+        acks: Vec<std::sync::mpsc::SyncSender<Offsets>>,
     },
     Stop,
 }
@@ -436,11 +439,18 @@ impl WriterState {
                     }
                     self.open.rows += rows;
                 }
-                Some(cp @ Message::Checkpoint { .. }) => {
+                Some(mut cp @ Message::Checkpoint { .. }) => {
                     let seg = std::mem::take(&mut self.open);
                     self.pending = Some(match self.pending.take() {
-                        Some((mut s, _older)) => {
+                        Some((mut s, older)) => {
                             s.absorb(seg);
+                            if let (
+                                Message::Checkpoint { acks: waiting, .. },
+                                Message::Checkpoint { acks, .. },
+                            ) = (older, &mut cp)
+                            {
+                                acks.extend(waiting);
+                            }
                             (s, cp)
                         }
                         None => (seg, cp),
@@ -500,6 +510,7 @@ impl WriterState {
                 state,
                 consumed,
                 watermark_ms,
+                acks,
             },
         )) = self.pending.as_ref()
         else {
@@ -581,14 +592,17 @@ impl WriterState {
         self.stats
             .last_commit_ms
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        let offsets: Offsets = consumed
+            .iter()
+            .filter_map(|(k, v)| snapshot::parse_offset_key(k).map(|tp| (tp, *v)))
+            .filter(|((t, _), _)| {
+                t != crate::ingest::embedded::TOPIC && t != crate::ingest::udp::TOPIC
+            })
+            .collect();
+        for ack in acks {
+            let _ = ack.try_send(offsets.clone());
+        }
         if let Some(c) = &self.committer {
-            let offsets: Offsets = consumed
-                .iter()
-                .filter_map(|(k, v)| snapshot::parse_offset_key(k).map(|tp| (tp, *v)))
-                .filter(|((t, _), _)| {
-                    t != crate::ingest::embedded::TOPIC && t != crate::ingest::udp::TOPIC
-                })
-                .collect();
             c.commit(offsets);
         }
         self.next_seq = seq + 1;
@@ -718,13 +732,14 @@ impl ArchiveSink {
         let _ = tokio::task::block_in_place(|| self.tx.send(m));
     }
 
-    fn checkpoint(&mut self, engine: &Engine) {
+    fn checkpoint(&mut self, engine: &Engine, acks: Vec<std::sync::mpsc::SyncSender<Offsets>>) {
         let (state, batches) = engine.snapshot();
         match snapshot::encode(&state, &batches) {
             Ok(bytes) => self.send(Message::Checkpoint {
                 state: Bytes::from(bytes),
                 consumed: state.consumed.clone(),
                 watermark_ms: engine.watermark(),
+                acks,
             }),
             Err(e) => tracing::error!(error = %e, "cannot encode a checkpoint"),
         }
@@ -748,15 +763,19 @@ impl StepSink for ArchiveSink {
                 results: outputs.clone(),
             });
         }
-        if self.dirty && (self.last.elapsed() >= self.interval || self.rows_since >= self.max_rows)
+        // Partitions handed over: a checkpoint now, whose commit the consumer waits for.
+        if let Some(reply) = batch.and_then(|b| b.handover.as_ref()?.reply.clone()) {
+            self.checkpoint(engine, vec![reply]);
+        } else if self.dirty
+            && (self.last.elapsed() >= self.interval || self.rows_since >= self.max_rows)
         {
-            self.checkpoint(engine);
+            self.checkpoint(engine, Vec::new());
         }
     }
 
     fn on_shutdown(&mut self, engine: &Engine) {
         if self.dirty {
-            self.checkpoint(engine);
+            self.checkpoint(engine, Vec::new());
         }
     }
 }

@@ -647,6 +647,14 @@ impl Engine {
         &self.consumed
     }
 
+    /// Partitions handed to another server: their offsets leave the next checkpoints (see
+    /// `ingest::kafka::handover`). Their cars' open windows stay until released as silent.
+    fn forget_partitions(&mut self, topic: &str, partitions: &[i32]) {
+        for p in partitions {
+            self.consumed.remove(&snapshot::offset_key(topic, *p));
+        }
+    }
+
     /// Resumes from a checkpoint: window state of queries whose SQL is unchanged, the
     /// watermark, and the offsets already processed.
     pub(crate) fn restore(
@@ -823,6 +831,9 @@ impl Engine {
                         let out = self.step(Some(&b), Instant::now()).await;
                         if let Some(s) = sink.as_mut() {
                             s.on_step(&self, Some(&b), &out);
+                        }
+                        if let Some(h) = &b.handover {
+                            self.forget_partitions(&b.topic, &h.partitions);
                         }
                     }
                     None => {

@@ -247,5 +247,6 @@ pub fn micro_batch(
         caught_up_confirmed: None,
         dead_letters: Vec::new(),
         ready_at,
+        handover: None,
     }
 }

@@ -311,6 +311,7 @@ async fn behind_the_watermark_is_not_dropped_until_its_window_closed() {
             caught_up_confirmed: None,
             dead_letters: vec![],
             ready_at: now,
+            handover: None,
         }
     };
     // Lap 1 but for its 10th sample, then that sample: behind the watermark, lap still open.

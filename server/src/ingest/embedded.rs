@@ -115,6 +115,7 @@ pub(crate) async fn run(
                 caught_up_confirmed: None,
                 dead_letters: Vec::new(),
                 ready_at: Instant::now(),
+                handover: None,
             };
             offset += (end - pos) as i64;
             pos = end;

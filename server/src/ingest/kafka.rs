@@ -11,8 +11,8 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use pitwall_proto::schema::col;
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer as RdBaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer as RdBaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -23,12 +23,19 @@ use super::decode::{Decoder, RawMessage};
 use super::{GroupStatus, IngestStats, MicroBatch, PartitionSlice};
 use crate::error::Result;
 
+pub(crate) mod handover;
+mod orphans;
+pub use handover::HandoverRequest;
+use handover::{CommitGate, Handover};
+
 /// The consumer's librdkafka context: reaching the end of a partition is how the watermark
 /// learns the input is caught up, not an error worth a log line. The consumer's own context
 /// also takes librdkafka's statistics (every second) for the consumer lag per partition.
 #[derive(Default)]
 pub(crate) struct Quiet {
     stats: Option<(Arc<IngestStats>, String)>,
+    /// The consumer's: what a rebalance does with the partitions it takes away.
+    handover: Option<Arc<Handover>>,
 }
 
 impl ClientContext for Quiet {
@@ -60,7 +67,13 @@ impl ClientContext for Quiet {
     }
 }
 
-impl ConsumerContext for Quiet {}
+impl ConsumerContext for Quiet {
+    fn pre_rebalance(&self, consumer: &RdBaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Some(h) = &self.handover {
+            h.before(consumer, rebalance);
+        }
+    }
+}
 
 type BaseConsumer = RdBaseConsumer<Quiet>;
 
@@ -71,6 +84,7 @@ type BaseConsumer = RdBaseConsumer<Quiet>;
 /// reports their outcome: fede1024/rust-rdkafka#856.)
 fn spawn_committer(
     consumer: Arc<BaseConsumer>,
+    gate: Arc<CommitGate>,
     rx: std::sync::mpsc::Receiver<Offsets>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -98,7 +112,7 @@ fn spawn_committer(
                     add(o);
                 }
                 if !pending.is_empty() {
-                    match commit(&consumer, &pending) {
+                    match gate.commit(&consumer, &pending) {
                         Ok(()) => pending.clear(),
                         Err(e) => {
                             tracing::warn!(error = %e, "offset commit failed; will retry");
@@ -122,16 +136,6 @@ fn spawn_committer(
                 tracing::warn!(offsets = ?pending, "stopping with offsets not committed: they will be read again and skipped");
             }
         })
-}
-
-fn commit(consumer: &BaseConsumer, offsets: &Offsets) -> KafkaResult<()> {
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in offsets {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-    }
-    consumer.commit(&tpl, CommitMode::Sync)?;
-    tracing::debug!(?offsets, "offsets committed");
-    Ok(())
 }
 
 /// Makes sure consumption resumes at or before the last checkpoint's offsets.
@@ -236,9 +240,16 @@ impl ResumeGuard {
     /// Checks `partition`'s first message again: it was (re)assigned after a rebalance, and
     /// everything before `next` has been processed already.
     fn arm(&mut self, partition: i32, next: i64) {
-        self.pending
+        let r = self
+            .pending
             .entry(partition)
             .or_insert_with(|| Resume::new(next));
+        r.target = r.target.max(next);
+    }
+
+    /// `partition` was revoked: nothing of it is awaited any more.
+    fn disarm(&mut self, partition: i32) {
+        self.pending.remove(&partition);
     }
 
     /// A partition at the end of its log has nothing left to miss, unless the end is past
@@ -396,11 +407,18 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
     skip_below: BTreeMap<i32, i64>,
 ) -> Result<KafkaSource> {
+    let gate = Arc::new(CommitGate::default());
+    let handover = Arc::new(Handover::new(
+        config.topic.clone(),
+        tx.clone(),
+        gate.clone(),
+    ));
     let consumer: Arc<BaseConsumer> = Arc::new(
         consumer_config(&config)
             .set("statistics.interval.ms", "1000")
             .create_with_context(Quiet {
                 stats: Some((stats.clone(), config.topic.clone())),
+                handover: Some(handover.clone()),
             })?,
     );
     consumer.subscribe(&[&config.topic])?;
@@ -425,6 +443,15 @@ pub fn spawn(
         config.topic.clone(),
         stop.clone(),
     )?;
+    let watch = AssignmentWatch::new(&config.options);
+    orphans::spawn(
+        consumer.clone(),
+        probe_config.create_with_context(Quiet::default())?,
+        config.topic.clone(),
+        watch.limit,
+        watch.orphaned.clone(),
+        stop.clone(),
+    )?;
     let dlq: Option<(BaseProducer, String)> = match &config.dead_letter_topic {
         Some(t) => {
             let mut pc = ClientConfig::new();
@@ -434,7 +461,7 @@ pub fn spawn(
         None => None,
     };
     let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Offsets>();
-    let committer = spawn_committer(consumer.clone(), commit_rx, stop.clone())?;
+    let committer = spawn_committer(consumer.clone(), gate, commit_rx, stop.clone())?;
     tracing::info!(
         brokers = %config.brokers,
         topic = %config.topic,
@@ -443,7 +470,7 @@ pub fn spawn(
     );
     let ingest = IngestLoop {
         guard: ResumeGuard::new(&config.topic, &skip_below),
-        watch: AssignmentWatch::new(&config.options),
+        watch,
         processed: skip_below,
         config,
         consumer,
@@ -458,6 +485,7 @@ pub fn spawn(
         last_probe: Instant::now(),
         last_message: BTreeMap::new(),
         new_assignment: true,
+        handover,
     };
     let thread = std::thread::Builder::new()
         .name("pitwall-ingest".into())
@@ -501,6 +529,7 @@ struct IngestLoop {
     /// The assignment changed since the last probe was asked.
     new_assignment: bool,
     watch: AssignmentWatch,
+    handover: Arc<Handover>,
 }
 
 impl IngestLoop {
@@ -519,7 +548,7 @@ impl IngestLoop {
         // While a probe is out, come back soon to hand its answer to the engine.
         let max_idle_wait = self.prober.busy.then_some(Duration::from_millis(2));
         let consumer = self.consumer.clone();
-        let (messages, ends_changed) = poll_batch(
+        let (mut messages, ends_changed) = poll_batch(
             &consumer,
             &self.config,
             &self.stop,
@@ -527,6 +556,7 @@ impl IngestLoop {
             &mut self.guard,
             max_idle_wait,
         );
+        self.forget_revoked(&mut messages);
         let now = Instant::now();
         for m in &messages {
             self.last_message.insert(m.partition(), now);
@@ -566,16 +596,50 @@ impl IngestLoop {
         }
     }
 
-    /// Arms the resume guard for partitions newly assigned; whether the assignment changed.
+    /// Partitions a rebalance took away (see [`handover`]): their messages polled but not
+    /// sent are dropped, and what this consumer knew of them forgotten, so that the next time
+    /// one is assigned it resumes where its last owner's commit says.
+    fn forget_revoked(&mut self, messages: &mut Vec<BorrowedMessage<'_>>) {
+        let revoked = self.handover.take_revoked();
+        if revoked.is_empty() {
+            return;
+        }
+        messages.retain(|m| !revoked.contains(&m.partition()));
+        for p in &revoked {
+            self.processed.remove(p);
+            self.at_end.remove(p);
+            self.last_message.remove(p);
+            self.guard.disarm(*p);
+        }
+        if let Some(a) = self.last_assigned.as_mut() {
+            a.retain(|p| !revoked.contains(p));
+        }
+    }
+
+    /// Arms the resume guard for partitions newly assigned, at the later of the group's
+    /// committed offset and this consumer's own progress; whether the assignment changed.
     fn follow_assignment(&mut self, assigned: &Option<Vec<i32>>) -> bool {
         if *assigned == self.last_assigned {
             return false;
         }
         self.new_assignment = true;
         let before = self.last_assigned.as_deref().unwrap_or(&[]);
-        for p in assigned.as_deref().unwrap_or(&[]) {
-            if let (false, Some(next)) = (before.contains(p), self.processed.get(p)) {
-                self.guard.arm(*p, *next);
+        let new: Vec<i32> = assigned
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .filter(|p| !before.contains(p))
+            .copied()
+            .collect();
+        if !new.is_empty() {
+            let points = handover::resume_points(
+                &self.consumer,
+                &self.config.topic,
+                &new,
+                &mut self.processed,
+            );
+            for (p, next) in points {
+                self.guard.arm(p, next);
             }
         }
         true
@@ -661,6 +725,9 @@ struct AssignmentWatch {
     since: Option<Instant>,
     next_rejoin: Duration,
     status: GroupStatus,
+    /// Raised by the `orphans` watch: a partition has no live owner in the group.
+    orphaned: Arc<AtomicBool>,
+    last_rejoin: Option<Instant>,
 }
 
 impl AssignmentWatch {
@@ -686,7 +753,19 @@ impl AssignmentWatch {
                 kafka: true,
                 ..GroupStatus::default()
             },
+            orphaned: Arc::default(),
+            last_rejoin: None,
         }
+    }
+
+    /// Leaves the group and joins it again (a new member, a fresh assignment).
+    fn rejoin(&mut self, consumer: &BaseConsumer, config: &KafkaConfig) {
+        consumer.unsubscribe();
+        if let Err(e) = consumer.subscribe(&[&config.topic]) {
+            tracing::warn!(error = %e, "rejoining the group failed; will retry");
+        }
+        self.status.rejoins += 1;
+        self.last_rejoin = Some(Instant::now());
     }
 
     fn observe(
@@ -699,6 +778,13 @@ impl AssignmentWatch {
         let assigned = assigned.unwrap_or_default();
         let before = self.status.clone();
         self.status.assigned = assigned.to_vec();
+        // At most one rejoin per limit for orphaned partitions (the watch already waited one).
+        if self.orphaned.load(Ordering::Relaxed)
+            && self.last_rejoin.is_none_or(|t| t.elapsed() > self.limit)
+        {
+            self.rejoin(consumer, config);
+            self.orphaned.store(false, Ordering::Relaxed);
+        }
         if !assigned.is_empty() {
             if self.status.stuck {
                 tracing::info!(partitions = ?assigned, "partitions assigned again");
@@ -717,11 +803,7 @@ impl AssignmentWatch {
                     "no partitions assigned for {} s (more servers than partitions, or a stuck group): leaving and rejoining the group",
                     idle.as_secs()
                 );
-                consumer.unsubscribe();
-                if let Err(e) = consumer.subscribe(&[&config.topic]) {
-                    tracing::warn!(error = %e, "rejoining the group failed; will retry");
-                }
-                self.status.rejoins += 1;
+                self.rejoin(consumer, config);
                 self.next_rejoin = (self.next_rejoin * 2).min(idle + Self::MAX_BACKOFF);
             }
         }
@@ -1053,6 +1135,7 @@ fn decode_batch(
         caught_up_confirmed: None,
         dead_letters: letters,
         ready_at: Instant::now(),
+        handover: None,
     })
 }
 

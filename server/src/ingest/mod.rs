@@ -47,6 +47,25 @@ pub struct MicroBatch {
     pub dead_letters: Vec<dead_letter::DeadLetter>,
     /// When the batch was complete (decoded and ready for the engine).
     pub ready_at: Instant,
+    /// Partitions the consumer is giving up (a marker with no rows; see `kafka::handover`).
+    pub handover: Option<kafka::HandoverRequest>,
+}
+
+impl MicroBatch {
+    /// The marker of a revoke: no rows, only the partitions going away.
+    pub(crate) fn handover(topic: &str, request: kafka::HandoverRequest) -> Self {
+        Self {
+            topic: topic.to_string(),
+            rows: RecordBatch::new_empty(pitwall_proto::schema::telemetry_schema()),
+            partitions: Vec::new(),
+            assigned: None,
+            caught_up: Vec::new(),
+            caught_up_confirmed: None,
+            dead_letters: Vec::new(),
+            ready_at: Instant::now(),
+            handover: Some(request),
+        }
+    }
 }
 
 /// Counters of what ingest has seen, shared with the stats endpoint.

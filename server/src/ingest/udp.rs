@@ -131,6 +131,7 @@ impl Pending {
             caught_up_confirmed: None,
             dead_letters: std::mem::take(&mut self.dead_letters),
             ready_at: Instant::now(),
+            handover: None,
         }))
     }
 }

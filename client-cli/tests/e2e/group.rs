@@ -1,0 +1,212 @@
+//! Several servers in one consumer group: partitions handed over between them as they join,
+//! are killed and come back, with each row archived once across their archives and the
+//! group's offsets at the end of every log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+
+use crate::archive::{
+    LogOnPanic, assert_archive_holds_exactly, committed_offsets, one_at_a_time, read_archive,
+};
+use crate::engine::stats;
+use crate::support::*;
+
+/// Group settings for servers that come and go: dynamic members (tansu 0.6.0 keeps a killed
+/// static member's partitions until it returns), a killed one gone after 6 s, and a rebalance
+/// that waits at most 12 s for members that do not rejoin.
+const GROUP_SETTINGS: [&str; 8] = [
+    "--instance-id",
+    "off",
+    "--kafka-opt",
+    "session.timeout.ms=6000",
+    "--kafka-opt",
+    "heartbeat.interval.ms=500",
+    "--kafka-opt",
+    "max.poll.interval.ms=12000",
+];
+
+/// Where each log of `topic` ends (partition -> offset after its last message), read to
+/// the end: tansu 0.6 reports a high watermark at the start of the last record batch.
+fn log_ends(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("ends"))
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut ends: BTreeMap<i32, i64> = (0..partitions).map(|p| (p, 0)).collect();
+    let mut done = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    while done.len() < partitions as usize {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "logs not read to their end"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let e = ends.get_mut(&m.partition()).unwrap();
+                *e = (*e).max(m.offset() + 1);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            _ => {}
+        }
+    }
+    ends
+}
+
+/// Rows in a server's `archive.telemetry` (0 before its first checkpoint).
+async fn archived_rows(server: &ServerProcess) -> i64 {
+    let mut c = server.client().await;
+    match c.sql("SELECT count(*) FROM archive.telemetry").await {
+        Ok(b) => b.first().map_or(0, |b| {
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0)
+        }),
+        Err(_) => 0,
+    }
+}
+
+/// Waits until `server` owns at least one partition; returns them.
+async fn owns_some(server: &ServerProcess, what: &str) -> Vec<i32> {
+    let mut c = server.client().await;
+    let started = Instant::now();
+    loop {
+        let s = stats(&mut c).await;
+        if !s.partitions.is_empty() {
+            return s.partitions;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{what}: no partition after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Lines of a server's log that contain `needle`.
+fn log_lines(data: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(data.with_extension("log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Two servers in one group on a 6-partition topic while the race is replayed: B joins (A
+/// hands half the partitions over), B is killed with SIGKILL (A takes them back from B's last
+/// commit once the session times out), B starts again at once on its data dir (A hands them
+/// over again). Afterwards the two archives together hold each produced row exactly once,
+/// and the group's committed offset of every partition is the end of its log.
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_in_one_group_hand_partitions_over_and_archive_each_row_once() {
+    let _serial = one_at_a_time().await;
+    let bootstrap = broker();
+    let topic = unique("group");
+    let group = unique("group");
+    create_topic(&bootstrap, &topic, 6).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir): (PathBuf, PathBuf) = (dir.path().join("a"), dir.path().join("b"));
+    let _log = LogOnPanic(vec![
+        a_dir.with_extension("log"),
+        b_dir.with_extension("log"),
+    ]);
+    let start =
+        |data: &Path| ServerProcess::start(&bootstrap, &topic, &group, data, &GROUP_SETTINGS);
+    let a = start(&a_dir);
+    println!("A owns {:?}", owns_some(&a, "A alone").await);
+    let replay = {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        std::thread::spawn(move || replay_paced(&bootstrap, &topic))
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let b = start(&b_dir);
+    println!(
+        "B joined and owns {:?}",
+        owns_some(&b, "B after joining").await
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    b.kill9();
+    println!("B killed with SIGKILL");
+    // A takes B's partitions back once B's session times out.
+    let mut ca = a.client().await;
+    let started = Instant::now();
+    loop {
+        let s = stats(&mut ca).await;
+        if s.partitions.len() == 6 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "A did not take B's partitions back: {:?}, {s:?}",
+            s.partitions
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("A owns all 6 again after {:?}", started.elapsed());
+    let b = start(&b_dir);
+    println!(
+        "B restarted and owns {:?}",
+        owns_some(&b, "B restarted").await
+    );
+    let produced = replay.join().unwrap();
+    let rows = produced.num_rows() as i64;
+    // Both caught up and every row archived by one of them.
+    let started = Instant::now();
+    loop {
+        let (na, nb) = (archived_rows(&a).await, archived_rows(&b).await);
+        if na + nb >= rows {
+            println!("archived: A {na}, B {nb}, produced {rows}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "archived A {na} + B {nb} < {rows} produced after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    a.stop();
+    b.stop();
+    let handed =
+        log_lines(&a_dir, "partitions handed over") + log_lines(&b_dir, "partitions handed over");
+    println!("clean handovers logged: {handed}");
+    assert!(handed >= 2, "A to B twice: {handed} handovers logged");
+    let mut archived = read_archive(&a_dir, "telemetry", &["session", "driver"]).await;
+    archived.extend(read_archive(&b_dir, "telemetry", &["session", "driver"]).await);
+    assert_archive_holds_exactly(&archived, &produced);
+    let ends = log_ends(&bootstrap, &topic, 6);
+    let mut committed = committed_offsets(&bootstrap, &topic, &group, 6);
+    // An empty partition has nothing to commit.
+    for (p, end) in &ends {
+        if *end == 0 {
+            committed.entry(*p).or_insert(0);
+        }
+    }
+    println!("log ends {ends:?}, committed {committed:?}");
+    assert_eq!(
+        committed, ends,
+        "committed offsets are the ends of the logs"
+    );
+}
+
+/// The race's laps 1-12 at 60x into `topic` (about 20 s); returns the rows published.
+fn replay_paced(bootstrap: &str, topic: &str) -> RecordBatch {
+    let mut cmd = pitwall();
+    cmd.args(["replay", "--brokers", bootstrap, "--topic", topic])
+        .args(["--laps", "1-12", "--speed", "60", "--quiet"]);
+    run_ok(&mut cmd);
+    session_rows(12)
+}

@@ -1,0 +1,238 @@
+//! Handing partitions over in a consumer group. When several servers share a topic (the same
+//! `--group`), a rebalance moves partitions between them. The server giving a partition up
+//! must leave exactly where its archive stops, so that the next owner neither reads again what
+//! is archived here nor misses what is not:
+//!
+//! 1. On revoke (librdkafka's rebalance callback, on the consumer thread, before the partition
+//!    goes), the engine gets a marker behind every batch already sent. It takes a checkpoint
+//!    at once; the archive commits it and answers with the offsets it covers; those of the
+//!    revoked partitions are committed to Kafka, synchronously, still inside the callback. The
+//!    wait is bounded ([`HANDOVER_TIMEOUT`]): past it the partition goes with its last
+//!    committed offset (the archive still commits the rows later, so the next owner archives
+//!    the rows since that offset a second time; the warning says so).
+//! 2. Messages polled for a revoked partition but not yet sent are dropped, and the engine and
+//!    the consumer forget the partition's offsets: a later checkpoint or commit never carries
+//!    them, so an old offset cannot overwrite the new owner's progress.
+//! 3. A lost assignment (the session timed out: another member may own the partition already)
+//!    is dropped the same way, without a checkpoint or a commit.
+//! 4. On assign, the resume point is the later of the group's committed offset and what this
+//!    server processed itself (`IngestLoop::follow_assignment`).
+//!
+//! Every commit goes through [`CommitGate`]: only partitions assigned at that moment, and never
+//! below an offset committed before, whichever thread commits.
+//!
+//! What is not handed over: window state. The cars of a moved partition start their open
+//! windows afresh on the new owner (see README, "Running several servers").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::{Offsets, Quiet};
+use crate::ingest::MicroBatch;
+
+/// How long a revoke waits for the archive to commit the final checkpoint.
+pub(crate) const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The engine's part of a revoke: take a checkpoint now (when `reply` is set) and answer
+/// with the Kafka offsets it committed, then forget `partitions`.
+#[derive(Debug, Clone)]
+pub struct HandoverRequest {
+    pub(crate) partitions: Vec<i32>,
+    pub(crate) reply: Option<std::sync::mpsc::SyncSender<Offsets>>,
+}
+
+/// Serialises every offset commit of one consumer and keeps them owned and monotonic.
+#[derive(Default)]
+pub(crate) struct CommitGate {
+    /// (topic, partition) -> the highest offset committed by this consumer.
+    floor: Mutex<Offsets>,
+}
+
+impl CommitGate {
+    /// Commits what of `offsets` is for partitions assigned now and above the last commit.
+    pub(crate) fn commit<C: ConsumerContext>(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<C>,
+        offsets: &Offsets,
+    ) -> KafkaResult<()> {
+        let mut floor = self.floor.lock().expect("commit gate");
+        let assigned = consumer.assignment()?;
+        let mut tpl = TopicPartitionList::new();
+        let mut taken = Offsets::new();
+        for ((topic, partition), offset) in offsets {
+            let owned = assigned.find_partition(topic, *partition).is_some();
+            let above = floor
+                .get(&(topic.clone(), *partition))
+                .is_none_or(|f| offset > f);
+            if owned && above {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+                taken.insert((topic.clone(), *partition), *offset);
+            }
+        }
+        if taken.is_empty() {
+            return Ok(());
+        }
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        tracing::debug!(offsets = ?taken, "offsets committed");
+        floor.extend(taken);
+        Ok(())
+    }
+}
+
+/// The consumer context's side of a rebalance.
+pub(crate) struct Handover {
+    pub(crate) topic: String,
+    pub(crate) engine: mpsc::Sender<MicroBatch>,
+    pub(crate) gate: std::sync::Arc<CommitGate>,
+    /// Partitions given up since the consumer loop last looked.
+    revoked: Mutex<BTreeSet<i32>>,
+    /// Revokes whose checkpoint did not commit in time, and lost assignments.
+    pub(crate) unclean: std::sync::atomic::AtomicU64,
+}
+
+impl Handover {
+    pub(crate) fn new(
+        topic: String,
+        engine: mpsc::Sender<MicroBatch>,
+        gate: std::sync::Arc<CommitGate>,
+    ) -> Self {
+        Self {
+            topic,
+            engine,
+            gate,
+            revoked: Mutex::default(),
+            unclean: Default::default(),
+        }
+    }
+
+    /// Partitions revoked since the last call.
+    pub(crate) fn take_revoked(&self) -> BTreeSet<i32> {
+        std::mem::take(&mut *self.revoked.lock().expect("revoked"))
+    }
+
+    /// librdkafka is about to take `rebalance`'s partitions away (see the module doc).
+    pub(crate) fn before(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Quiet>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        if partitions.is_empty() {
+            return;
+        }
+        self.revoked
+            .lock()
+            .expect("revoked")
+            .extend(partitions.iter().copied());
+        let lost = consumer.assignment_lost();
+        let (reply, answer) = if lost {
+            (None, None)
+        } else {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            (Some(tx), Some(rx))
+        };
+        let marker = MicroBatch::handover(
+            &self.topic,
+            HandoverRequest {
+                partitions: partitions.clone(),
+                reply,
+            },
+        );
+        if self.engine.blocking_send(marker).is_err() {
+            return;
+        }
+        let Some(answer) = answer else {
+            self.unclean
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                ?partitions,
+                "assignment lost (session timed out): partitions dropped without a final checkpoint; rows processed since the last one are archived here and by the next owner"
+            );
+            return;
+        };
+        match answer.recv_timeout(HANDOVER_TIMEOUT) {
+            Ok(offsets) => {
+                let revoked: Offsets = offsets
+                    .into_iter()
+                    .filter(|((t, p), _)| *t == self.topic && partitions.contains(p))
+                    .collect();
+                match self.gate.commit(consumer, &revoked) {
+                    Ok(()) => tracing::info!(offsets = ?revoked, "partitions handed over"),
+                    Err(e) => {
+                        self.unclean
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(error = %e, ?partitions, "handover commit failed: the next owner starts at the previous commit");
+                    }
+                }
+            }
+            Err(_) => {
+                self.unclean
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    ?partitions,
+                    timeout_s = HANDOVER_TIMEOUT.as_secs(),
+                    "no checkpoint committed in time for the revoked partitions: the next owner starts at the previous commit"
+                );
+            }
+        }
+    }
+}
+
+/// Where newly assigned partitions resume: the later of the group's committed offset and
+/// what this consumer processed itself (`processed`, which it updates).
+pub(crate) fn resume_points<C: ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    processed: &mut BTreeMap<i32, i64>,
+) -> BTreeMap<i32, i64> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "committed offsets unknown; resuming from this server's own progress");
+            TopicPartitionList::new()
+        }
+    };
+    let mut points = BTreeMap::new();
+    for p in partitions {
+        let group = committed
+            .find_partition(topic, *p)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        let own = processed.get(p).copied();
+        if let (Some(g), Some(o)) = (group, own)
+            && g > o
+        {
+            tracing::info!(
+                partition = p,
+                own = o,
+                group = g,
+                "another server went on with this partition; resuming at its commit"
+            );
+        }
+        if let Some(next) = group.into_iter().chain(own).max() {
+            processed.insert(*p, next);
+            points.insert(*p, next);
+        }
+    }
+    points
+}
