@@ -25,6 +25,7 @@ pub struct ServerAddress {
 pub struct Client {
     flight: FlightClient,
     sql: FlightSqlServiceClient<Channel>,
+    addr: ServerAddress,
 }
 
 /// One line for a failed call: the gRPC status code and message, no debug dump.
@@ -90,7 +91,47 @@ impl Client {
                 .map_err(|e| anyhow!(describe(&e)))?;
             sql.set_token(t.clone());
         }
-        Ok(Self { flight, sql })
+        Ok(Self {
+            flight,
+            sql,
+            addr: addr.clone(),
+        })
+    }
+
+    /// The same server address with another location (a Flight endpoint's `grpc://` or
+    /// `grpc+tls://` URI), token and CA certificate kept.
+    pub fn address_of(&self, location: &str) -> ServerAddress {
+        let url = if let Some(rest) = location.strip_prefix("grpc+tls://") {
+            format!("https://{rest}")
+        } else if let Some(rest) = location.strip_prefix("grpc+tcp://") {
+            format!("http://{rest}")
+        } else if let Some(rest) = location.strip_prefix("grpc://") {
+            format!("http://{rest}")
+        } else {
+            location.to_string()
+        };
+        ServerAddress {
+            url,
+            ..self.addr.clone()
+        }
+    }
+
+    /// The locations of a query's endpoints on other servers (of a consumer group; see
+    /// `--members-dir`), from its `GetFlightInfo`.
+    pub async fn other_endpoints(&mut self, query: &str) -> Result<Vec<String>> {
+        let info = self
+            .flight
+            .get_flight_info(arrow_flight::FlightDescriptor::new_path(vec![
+                query.to_string(),
+            ]))
+            .await
+            .map_err(|e| anyhow!(describe(&e)))?;
+        Ok(info
+            .endpoint
+            .iter()
+            .flat_map(|e| e.location.iter().map(|l| l.uri.clone()))
+            .filter(|uri| !uri.is_empty() && !uri.starts_with("arrow-flight-reuse-connection:"))
+            .collect())
     }
 
     /// Runs a control action and decodes its single answer.

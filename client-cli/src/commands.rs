@@ -181,19 +181,110 @@ pub async fn set(client: &mut Client, name: &str, assignments: &[String]) -> Res
     Ok(())
 }
 
+/// How often `watch` asks for the query's endpoints again (servers joining the group).
+const RESOLVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One subscription's items, tagged with the other server's location (None: the server
+/// asked), and a last `None` item when it ends.
+type Tagged = futures::stream::BoxStream<
+    'static,
+    (
+        Option<String>,
+        Option<
+            std::result::Result<
+                arrow_flight::decode::DecodedFlightData,
+                arrow_flight::error::FlightError,
+            >,
+        >,
+    ),
+>;
+
+fn tagged(origin: Option<String>, s: arrow_flight::decode::FlightRecordBatchStream) -> Tagged {
+    let end = origin.clone();
+    s.into_inner()
+        .map(move |item| (origin.clone(), Some(item)))
+        .chain(futures::stream::once(async move { (end, None) }))
+        .boxed()
+}
+
+/// Subscribes to the query on each server of the group not followed yet (their endpoints in
+/// `GetFlightInfo`); a server that cannot be reached now is tried again at the next look.
+async fn follow_others(
+    client: &mut Client,
+    ticket: &pb::SubscribeTicket,
+    followed: &mut std::collections::BTreeSet<String>,
+    streams: &mut futures::stream::SelectAll<Tagged>,
+) {
+    let Ok(locations) = client.other_endpoints(&ticket.query).await else {
+        return;
+    };
+    for location in locations {
+        if followed.contains(&location) {
+            continue;
+        }
+        let sub = async {
+            let mut other = Client::connect(&client.address_of(&location)).await?;
+            other.subscribe(ticket).await
+        };
+        match sub.await {
+            Ok(s) => {
+                eprintln!("following {} on {location} too", ticket.query);
+                streams.push(tagged(Some(location.clone()), s));
+                followed.insert(location);
+            }
+            Err(e) => eprintln!("{location}: {e:#}; trying again"),
+        }
+    }
+}
+
+/// Prints a query's rows as they come, from the server asked and from every other server of
+/// its consumer group that it lists as an endpoint (each serves its own partitions' cars).
 pub async fn watch(client: &mut Client, args: &WatchArgs) -> Result<()> {
-    let ticket = pb::SubscribeTicket {
+    let mut ticket = pb::SubscribeTicket {
         query: args.name.clone(),
         from_buffer_start: args.from_start,
         driver: args.driver.clone().unwrap_or_default(),
     };
-    let mut decoder = client.subscribe(&ticket).await?.into_inner();
+    // The others first: a subscription's buffer fills while nothing reads it.
+    let mut streams = futures::stream::SelectAll::new();
+    let mut followed = std::collections::BTreeSet::new();
+    follow_others(client, &ticket, &mut followed, &mut streams).await;
+    streams.push(tagged(None, client.subscribe(&ticket).await?));
+    // Servers found later are read from their buffer's start: their rows are new to us.
+    ticket.from_buffer_start = true;
     let mut printer = Printer::new(args.format);
+    let mut schema_printed = false;
     let mut rows = 0usize;
-    while let Some(item) = decoder.next().await {
-        let item = item.map_err(|e| anyhow!(describe(&e)))?;
+    let mut resolve = tokio::time::interval(RESOLVE_EVERY);
+    resolve.tick().await;
+    loop {
+        let (origin, item) = tokio::select! {
+            next = streams.next() => match next {
+                Some(n) => n,
+                None => break,
+            },
+            _ = resolve.tick() => {
+                follow_others(client, &ticket, &mut followed, &mut streams).await;
+                continue;
+            }
+        };
+        let item = match (item, &origin) {
+            (Some(Ok(item)), _) => item,
+            (None, None) => break,
+            (Some(Err(e)), None) => return Err(anyhow!(describe(&e))),
+            (end, Some(location)) => {
+                if let Some(Err(e)) = end {
+                    eprintln!("{location}: {}; following the others", describe(&e));
+                }
+                followed.remove(location);
+                continue;
+            }
+        };
         match item.payload {
-            DecodedPayload::Schema(schema) => printer.schema(&schema)?,
+            DecodedPayload::Schema(schema) if !schema_printed => {
+                schema_printed = true;
+                printer.schema(&schema)?;
+            }
             DecodedPayload::RecordBatch(mut batch) => {
                 if let Some(limit) = args.limit {
                     batch = batch.slice(0, batch.num_rows().min(limit - rows));
@@ -204,7 +295,7 @@ pub async fn watch(client: &mut Client, args: &WatchArgs) -> Result<()> {
                     return Ok(());
                 }
             }
-            DecodedPayload::None => {}
+            _ => {}
         }
     }
     Err(anyhow!(

@@ -189,6 +189,14 @@ pub struct FlightArgs {
     /// Most dashboard streams open at once; more are refused with 503.
     #[arg(long, default_value_t = 256)]
     pub max_dashboards: usize,
+    /// The Flight location other servers and clients are given for this one (default:
+    /// grpc://ADDRESS as bound, grpc+tls:// with TLS).
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// A directory all servers of a consumer group see: each lists itself there, so that
+    /// any of them returns every server's endpoint for a query.
+    #[arg(long)]
+    pub members_dir: Option<PathBuf>,
 }
 
 /// `[storage]`: the archive, checkpoints and housekeeping.
@@ -315,6 +323,10 @@ pub struct Config {
     pub token: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub subscriber_buffer: usize,
+    /// `--advertise-addr`; None = the bound address.
+    pub advertise_addr: Option<String>,
+    /// `--members-dir`; None = this server lists only itself.
+    pub members_dir: Option<PathBuf>,
     pub data_dir: String,
     pub archive: ArchiveConfig,
     /// Where to listen for F1 game telemetry (UDP); None = not.
@@ -358,6 +370,8 @@ impl Config {
             flight_addr: f.flight_addr,
             http_addr: http_addr(&f.http_addr)?,
             max_dashboards: f.max_dashboards,
+            advertise_addr: f.advertise_addr,
+            members_dir: f.members_dir,
             token: f.token,
             tls,
             subscriber_buffer: f.subscriber_buffer,
@@ -763,6 +777,8 @@ mod tests {
             (&["--subscriber-buffer", "7"], &[], "[flight]\nsubscriber_buffer = 7"),
             (&["--http-addr", "off"], &[], "[flight]\nhttp_addr = 'off'"),
             (&["--max-dashboards", "7"], &[], "[flight]\nmax_dashboards = 7"),
+            (&["--advertise-addr", "grpc://h:7"], &[], "[flight]\nadvertise_addr = 'grpc://h:7'"),
+            (&["--members-dir", "/m7"], &[], "[flight]\nmembers_dir = '/m7'"),
             (&["--data-dir", "/d7"], &[], "[storage]\ndata_dir = '/d7'"),
             (&["--checkpoint-ms", "70"], &[], "[storage]\ncheckpoint_ms = 70"),
             (&["--retention-days", "7"], &[], "[storage]\nretention_days = 7.0"),

@@ -234,6 +234,15 @@ impl App {
             archive: Some(Arc::new(ArchiveCatalog::written_here(store)?)),
             archive_stats: Some(archive_stats.clone()),
             started: std::time::Instant::now(),
+            members: match (&config.members_dir, &config.kafka) {
+                (Some(dir), Some(k)) => Some(Arc::new(flight::members::Members::new(
+                    dir,
+                    &k.topic,
+                    &k.group_id,
+                    ingest_stats.clone(),
+                ))),
+                _ => None,
+            },
         });
         let (flight_addr, flight_task) = flight::serve(
             config.flight_addr,
@@ -244,6 +253,20 @@ impl App {
         )
         .await?;
         tasks.push(flight_task);
+        if let Some(members) = &state.members {
+            let scheme = if config.tls.is_some() {
+                "grpc+tls"
+            } else {
+                "grpc"
+            };
+            members.set_location(
+                config
+                    .advertise_addr
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{flight_addr}")),
+            );
+            tasks.push(members.clone().spawn(shutdown_rx.clone()));
+        }
         let http_addr = match config.http_addr {
             Some(addr) => {
                 let (addr, task) = serve_dashboard(addr, &config, state, &shutdown_rx).await?;

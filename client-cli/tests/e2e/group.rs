@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 
 use crate::archive::{
     LogOnPanic, assert_archive_holds_exactly, committed_offsets, one_at_a_time, read_archive,
@@ -124,8 +124,10 @@ async fn servers_in_one_group_hand_partitions_over_and_archive_each_row_once() {
         a_dir.with_extension("log"),
         b_dir.with_extension("log"),
     ]);
-    let start =
-        |data: &Path| ServerProcess::start(&bootstrap, &topic, &group, data, &GROUP_SETTINGS);
+    let members = dir.path().join("members");
+    let members_arg = ["--members-dir", members.to_str().unwrap()];
+    let settings: Vec<&str> = GROUP_SETTINGS.iter().chain(&members_arg).copied().collect();
+    let start = |data: &Path| ServerProcess::start(&bootstrap, &topic, &group, data, &settings);
     let a = start(&a_dir);
     println!("A owns {:?}", owns_some(&a, "A alone").await);
     let replay = {
@@ -178,6 +180,7 @@ async fn servers_in_one_group_hand_partitions_over_and_archive_each_row_once() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    watch_follows_every_server(&a, &b).await;
     a.stop();
     b.stop();
     let handed =
@@ -202,11 +205,102 @@ async fn servers_in_one_group_hand_partitions_over_and_archive_each_row_once() {
     );
 }
 
-/// The race's laps 1-12 at 60x into `topic` (about 20 s); returns the rows published.
+/// The race's laps 1-12 at 20x into `topic` (about a minute: servers join and die meanwhile); returns the rows published.
 fn replay_paced(bootstrap: &str, topic: &str) -> RecordBatch {
     let mut cmd = pitwall();
     cmd.args(["replay", "--brokers", bootstrap, "--topic", topic])
-        .args(["--laps", "1-12", "--speed", "60", "--quiet"]);
+        .args(["--laps", "1-12", "--speed", "20", "--quiet"]);
     run_ok(&mut cmd);
     session_rows(12)
+}
+
+/// Either server lists both as endpoints of a query (`GetFlightInfo`), and `pitwall watch` on
+/// one prints the other's rows too: every `over_rev` row in either server's replay buffer.
+/// (`over_rev` is row by row: a server that took partitions over with its watermark past
+/// their rows still emits them, where its windows drop them as late.)
+async fn watch_follows_every_server(a: &ServerProcess, b: &ServerProcess) {
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let location = |s: &ServerProcess| format!("grpc://127.0.0.1:{}", s.port);
+    // Records are rewritten every second: both own partitions by now.
+    let started = Instant::now();
+    loop {
+        let (of_a, of_b) = (
+            ca.other_endpoints("over_rev").await.unwrap(),
+            cb.other_endpoints("over_rev").await.unwrap(),
+        );
+        if of_a == [location(b)] && of_b == [location(a)] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "endpoints: A lists {of_a:?}, B lists {of_b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let keys = |batches: Vec<RecordBatch>| -> Vec<String> {
+        let mut v: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                let d = b.column(0).as_string::<i32>().clone();
+                let l = b
+                    .column(1)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .clone();
+                let r = b
+                    .column(2)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .clone();
+                (0..b.num_rows()).map(move |i| {
+                    // A null lap prints as nothing in CSV.
+                    let lap = if l.is_null(i) {
+                        String::new()
+                    } else {
+                        l.value(i).to_string()
+                    };
+                    format!("{},{lap},{}", d.value(i), r.value(i))
+                })
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let q = "SELECT driver, CAST(lap AS BIGINT), CAST(rpm AS BIGINT) FROM over_rev";
+    let (in_a, in_b) = (keys(sql(&mut ca, q).await), keys(sql(&mut cb, q).await));
+    assert!(
+        !in_a.is_empty() && !in_b.is_empty(),
+        "{} and {} rows",
+        in_a.len(),
+        in_b.len()
+    );
+    let out = run_ok(pitwall().args([
+        "--server",
+        &format!("http://127.0.0.1:{}", a.port),
+        "watch",
+        "over_rev",
+        "--from-start",
+        "--format",
+        "csv",
+        "--limit",
+        &(in_a.len() + in_b.len()).to_string(),
+    ]));
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|c| *c == name).unwrap();
+    let (d, l, r) = (column("driver"), column("lap"), column("rpm"));
+    let mut watched: Vec<String> = lines
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let rpm = f[r].parse::<f64>().unwrap() as i64;
+            format!("{},{},{rpm}", f[d], f[l])
+        })
+        .collect();
+    watched.sort();
+    let mut both: Vec<String> = in_a.iter().chain(&in_b).cloned().collect();
+    both.sort();
+    assert_eq!(watched, both, "pitwall watch on A prints A's and B's rows");
+    println!(
+        "pitwall watch over_rev on A: {} rows, {} of them B's",
+        watched.len(),
+        in_b.len()
+    );
 }

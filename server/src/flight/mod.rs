@@ -12,6 +12,7 @@
 //! credentials whose password is the token, for the Flight SQL handshake).
 
 pub mod adhoc;
+pub(crate) mod members;
 pub(crate) mod service;
 pub(crate) mod small_aggregate;
 pub(crate) mod sql;
@@ -44,6 +45,8 @@ pub(crate) struct FlightState {
     pub archive: Option<Arc<crate::archive::ArchiveCatalog>>,
     pub archive_stats: Option<Arc<crate::archive::ArchiveStats>>,
     pub started: Instant,
+    /// The other servers of the consumer group (`--members-dir`).
+    pub members: Option<Arc<members::Members>>,
 }
 
 /// Maps a server error to a gRPC status with a one-line message.

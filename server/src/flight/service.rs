@@ -50,18 +50,48 @@ pub(crate) fn subscribe_ticket(query: &str) -> Ticket {
     Ticket::new(any.encode_to_vec())
 }
 
-pub(crate) fn query_flight_info(q: &QueryInfo) -> Result<FlightInfo, Status> {
-    let endpoint = FlightEndpoint::new().with_ticket(subscribe_ticket(&q.name));
-    FlightInfo::new()
+/// A continuous query's flight: one endpoint on this server and, with `--members-dir`, one on
+/// each other live server of the group that owns partitions (each serves its own cars).
+pub(crate) fn query_flight_info(
+    q: &QueryInfo,
+    others: &[super::members::Member],
+) -> Result<FlightInfo, Status> {
+    let ticket = subscribe_ticket(&q.name);
+    let mut here = FlightEndpoint::new().with_ticket(ticket.clone());
+    if !others.is_empty() {
+        here = here.with_location(super::members::REUSE);
+    }
+    let mut info = FlightInfo::new()
         .try_with_schema(&q.schema)
-        .map_err(|e| Status::internal(e.to_string()))
-        .map(|i| {
-            i.with_descriptor(FlightDescriptor::new_path(vec![q.name.clone()]))
-                .with_endpoint(endpoint)
-                .with_total_records(-1)
-                .with_total_bytes(-1)
-                .with_ordered(true)
-        })
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_descriptor(FlightDescriptor::new_path(vec![q.name.clone()]))
+        .with_endpoint(here)
+        .with_total_records(-1)
+        .with_total_bytes(-1)
+        .with_ordered(others.is_empty());
+    for m in others {
+        info = info.with_endpoint(
+            FlightEndpoint::new()
+                .with_ticket(ticket.clone())
+                .with_location(&m.location),
+        );
+    }
+    Ok(info)
+}
+
+impl PitwallFlight {
+    /// The other servers to list as endpoints (none without `--members-dir`).
+    async fn other_members(&self) -> Vec<super::members::Member> {
+        match &self.sql.state.members {
+            Some(m) => {
+                let m = m.clone();
+                tokio::task::spawn_blocking(move || m.others())
+                    .await
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        }
+    }
 }
 
 fn path_query(d: &FlightDescriptor) -> Option<&str> {
@@ -90,8 +120,11 @@ impl FlightService for PitwallFlight {
         _request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
         let queries = self.sql.state.engine.list().await.map_err(super::status)?;
-        let infos: Vec<Result<FlightInfo, Status>> =
-            queries.iter().map(query_flight_info).collect();
+        let others = self.other_members().await;
+        let infos: Vec<Result<FlightInfo, Status>> = queries
+            .iter()
+            .map(|q| query_flight_info(q, &others))
+            .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(infos))))
     }
 
@@ -107,7 +140,8 @@ impl FlightService for PitwallFlight {
                 .show(name)
                 .await
                 .map_err(super::status)?;
-            return Ok(Response::new(query_flight_info(&q)?));
+            let others = self.other_members().await;
+            return Ok(Response::new(query_flight_info(&q, &others)?));
         }
         FlightService::get_flight_info(&self.sql, request).await
     }

@@ -30,6 +30,9 @@ use crate::engine::ResultBatch;
 pub(crate) type FlightDataStream =
     Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
+/// How long the replay of a query's buffer waits for a subscriber to read.
+const REPLAY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest number of rows per Flight message (bigger batches are sliced).
 const MAX_ROWS_PER_MESSAGE: usize = 8192;
 
@@ -173,8 +176,11 @@ impl Forwarder {
                 return;
             }
         }
+        // The buffer's batches are sent as fast as the client reads them (the buffer is
+        // bounded and may hold more batches than a subscriber may have waiting); a client that
+        // reads nothing for REPLAY_PATIENCE is dropped.
         for item in replay {
-            if !self.forward(&item) {
+            if !self.forward(&item, true).await {
                 return;
             }
         }
@@ -183,7 +189,7 @@ impl Forwarder {
                 _ = self.tx.closed() => return,
                 r = rx.recv() => match r {
                     Ok(item) => {
-                        if !self.forward(&item) {
+                        if !self.forward(&item, false).await {
                             return;
                         }
                     }
@@ -200,8 +206,9 @@ impl Forwarder {
     }
 
     /// Queues one result batch (its schema first when it changed); false when the
-    /// subscription is over.
-    fn forward(&mut self, item: &ResultBatch) -> bool {
+    /// subscription is over. A live batch that finds the buffer full drops the subscriber;
+    /// a replayed one waits for room, up to [`REPLAY_PATIENCE`].
+    async fn forward(&mut self, item: &ResultBatch, replaying: bool) -> bool {
         let mut msgs = Vec::new();
         if self.schema.as_ref() != Some(item.batch.schema_ref()) {
             match schema_message(item.batch.schema_ref()) {
@@ -221,9 +228,21 @@ impl Forwarder {
             }
         }
         for m in msgs {
-            match self.tx.try_send(Ok(m)) {
+            let sent = if replaying {
+                match tokio::time::timeout(REPLAY_PATIENCE, self.tx.send(Ok(m))).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => return false,
+                    Err(_) => Err(mpsc::error::TrySendError::Full(())),
+                }
+            } else {
+                self.tx.try_send(Ok(m)).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                    mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+                })
+            };
+            match sent {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(mpsc::error::TrySendError::Full(())) => {
                     let capacity = self.state.subscriber_buffer;
                     self.drop_with(Status::resource_exhausted(format!(
                         "subscriber too slow: {capacity} messages were waiting to be read; dropped (resubscribe to continue)"

@@ -634,6 +634,7 @@ impl IngestLoop {
         if !new.is_empty() {
             let points = handover::resume_points(
                 &self.consumer,
+                &self.handover.gate,
                 &self.config.topic,
                 &new,
                 &mut self.processed,

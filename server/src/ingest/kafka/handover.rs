@@ -83,6 +83,16 @@ impl CommitGate {
         floor.extend(taken);
         Ok(())
     }
+
+    /// The group has committed `offset` for a partition (another server's progress): this
+    /// consumer never commits below it, whatever its own older checkpoints say.
+    pub(crate) fn raise_floor(&self, topic: &str, partition: i32, offset: i64) {
+        let mut floor = self.floor.lock().expect("commit gate");
+        let f = floor
+            .entry((topic.to_string(), partition))
+            .or_insert(offset);
+        *f = (*f).max(offset);
+    }
 }
 
 /// The consumer context's side of a rebalance.
@@ -192,9 +202,12 @@ impl Handover {
 }
 
 /// Where newly assigned partitions resume: the later of the group's committed offset and
-/// what this consumer processed itself (`processed`, which it updates).
+/// what this consumer processed itself (`processed`, which it updates). The group's offset
+/// also becomes the gate's floor: a checkpoint restored from before another server went on
+/// with the partition still carries the older offset, which must never be committed.
 pub(crate) fn resume_points<C: ConsumerContext>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
+    gate: &CommitGate,
     topic: &str,
     partitions: &[i32],
     processed: &mut BTreeMap<i32, i64>,
@@ -219,6 +232,9 @@ pub(crate) fn resume_points<C: ConsumerContext>(
                 _ => None,
             });
         let own = processed.get(p).copied();
+        if let Some(g) = group {
+            gate.raise_floor(topic, *p, g);
+        }
         if let (Some(g), Some(o)) = (group, own)
             && g > o
         {
