@@ -359,6 +359,10 @@ pub async fn stats(client: &mut Client) -> Result<()> {
     if s.kafka {
         println!("partitions:    {}", partitions_line(&s));
     }
+    for m in &s.members {
+        let list: Vec<String> = m.partitions.iter().map(|p| p.to_string()).collect();
+        println!("member:        {} owns {}", m.location, list.join(", "));
+    }
     println!(
         "behind wm:     {} rows below the watermark on arrival (dropped as late: see \"late dropped\")",
         s.late_rows

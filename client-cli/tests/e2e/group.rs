@@ -237,6 +237,17 @@ async fn watch_follows_every_server(a: &ServerProcess, b: &ServerProcess) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // `pitwall stats` on A names B and B's partitions.
+    let (sa, sb) = (stats(&mut ca).await, stats(&mut cb).await);
+    assert_eq!(sa.members.len(), 1, "{:?}", sa.members);
+    assert_eq!(
+        (&sa.members[0].location, &sa.members[0].partitions),
+        (&location(b), &sb.partitions)
+    );
+    let printed =
+        run_ok(pitwall().args(["--server", &format!("http://127.0.0.1:{}", a.port), "stats"]));
+    let member = printed.lines().find(|l| l.starts_with("member:")).unwrap();
+    println!("pitwall stats on A: {member}");
     let keys = |batches: Vec<RecordBatch>| -> Vec<String> {
         let mut v: Vec<String> = batches
             .iter()

@@ -116,6 +116,16 @@ impl Members {
         members
     }
 
+    /// [`Self::others`] off the async threads; none without `--members-dir`.
+    pub(crate) async fn others_of(members: Option<&Arc<Self>>) -> Vec<Member> {
+        let Some(m) = members.cloned() else {
+            return Vec::new();
+        };
+        tokio::task::spawn_blocking(move || m.others())
+            .await
+            .unwrap_or_default()
+    }
+
     /// Rewrites the record every second until `shutdown`, then removes it.
     pub(crate) fn spawn(
         self: Arc<Self>,

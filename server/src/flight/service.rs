@@ -82,15 +82,7 @@ pub(crate) fn query_flight_info(
 impl PitwallFlight {
     /// The other servers to list as endpoints (none without `--members-dir`).
     async fn other_members(&self) -> Vec<super::members::Member> {
-        match &self.sql.state.members {
-            Some(m) => {
-                let m = m.clone();
-                tokio::task::spawn_blocking(move || m.others())
-                    .await
-                    .unwrap_or_default()
-            }
-            None => Vec::new(),
-        }
+        super::members::Members::others_of(self.sql.state.members.as_ref()).await
     }
 }
 

@@ -309,6 +309,14 @@ impl PitwallSql {
                 .map_or(0.0, |t| t.elapsed().as_secs_f64()),
             group_stuck: group.stuck,
             group_rejoins: group.rejoins,
+            members: super::members::Members::others_of(self.state.members.as_ref())
+                .await
+                .into_iter()
+                .map(|m| pb::GroupMember {
+                    location: m.location,
+                    partitions: m.partitions,
+                })
+                .collect(),
             rows_ingested: ingest.rows.load(Ordering::Relaxed),
             messages_ingested: ingest.messages.load(Ordering::Relaxed),
             bytes_ingested: ingest.bytes.load(Ordering::Relaxed),
