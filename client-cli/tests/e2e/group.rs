@@ -106,73 +106,112 @@ fn log_lines(data: &Path, needle: &str) -> usize {
         .count()
 }
 
-/// Two servers in one group on a 6-partition topic while the race is replayed: B joins (A
-/// hands half the partitions over), B is killed with SIGKILL (A takes them back from B's last
-/// commit once the session times out), B starts again at once on its data dir (A hands them
-/// over again). Afterwards the two archives together hold each produced row exactly once,
-/// and the group's committed offset of every partition is the end of its log.
+/// Two servers, A and B, in one group on a 6-partition topic (both listed in one members
+/// directory), while the race is replayed at 20x: A alone, then B joined.
+struct Pair {
+    bootstrap: String,
+    topic: String,
+    group: String,
+    a_dir: PathBuf,
+    b_dir: PathBuf,
+    settings: Vec<String>,
+    replay: Option<std::thread::JoinHandle<RecordBatch>>,
+    _log: LogOnPanic,
+    _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    async fn start() -> (Self, ServerProcess, ServerProcess) {
+        let bootstrap = broker();
+        let (topic, group) = (unique("group"), unique("group"));
+        create_topic(&bootstrap, &topic, 6).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+        let members = dir.path().join("members");
+        let mut settings: Vec<String> = GROUP_SETTINGS.iter().map(|s| s.to_string()).collect();
+        settings.extend(["--members-dir".into(), members.display().to_string()]);
+        let mut pair = Self {
+            _log: LogOnPanic(vec![
+                a_dir.with_extension("log"),
+                b_dir.with_extension("log"),
+            ]),
+            bootstrap,
+            topic,
+            group,
+            a_dir,
+            b_dir,
+            settings,
+            replay: None,
+            _dir: dir,
+        };
+        let a = pair.server(&pair.a_dir);
+        println!("A owns {:?}", owns_some(&a, "A alone").await);
+        pair.replay = Some({
+            let (bootstrap, topic) = (pair.bootstrap.clone(), pair.topic.clone());
+            std::thread::spawn(move || replay_paced(&bootstrap, &topic))
+        });
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let b = pair.restart_b("B joined").await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        (pair, a, b)
+    }
+
+    fn server(&self, data: &Path) -> ServerProcess {
+        let settings: Vec<&str> = self.settings.iter().map(String::as_str).collect();
+        ServerProcess::start(&self.bootstrap, &self.topic, &self.group, data, &settings)
+    }
+
+    /// Starts B (again) on its data dir, once it owns partitions.
+    async fn restart_b(&self, what: &str) -> ServerProcess {
+        let b = self.server(&self.b_dir);
+        println!("{what} and owns {:?}", owns_some(&b, what).await);
+        b
+    }
+
+    /// After the replay: both archived it all; stopped, their archives hold each row once
+    /// and the offsets are at the ends of the logs.
+    async fn finish(&mut self, a: ServerProcess, b: ServerProcess, check: bool) {
+        let produced = self.replay.take().unwrap().join().unwrap();
+        wait_archived(&a, &b, produced.num_rows() as i64).await;
+        if check {
+            watch_follows_every_server(&a, &b).await;
+        }
+        a.stop();
+        b.stop();
+        let dirs = [self.a_dir.as_path(), self.b_dir.as_path()];
+        assert_each_row_once(&dirs, &produced, &self.bootstrap, &self.topic, &self.group).await;
+    }
+}
+
+/// B joins (A hands half the partitions over), B is killed with SIGKILL (A takes them back
+/// from B's last commit once the session times out), B starts again at once on its data dir
+/// (A hands them over again). Afterwards each server lists the other, `pitwall watch` on A
+/// prints B's rows too, the two archives together hold each produced row exactly once, and
+/// the group's committed offset of every partition is the end of its log.
 #[tokio::test(flavor = "multi_thread")]
 async fn servers_in_one_group_hand_partitions_over_and_archive_each_row_once() {
     let _serial = one_at_a_time().await;
-    let bootstrap = broker();
-    let topic = unique("group");
-    let group = unique("group");
-    create_topic(&bootstrap, &topic, 6).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (a_dir, b_dir): (PathBuf, PathBuf) = (dir.path().join("a"), dir.path().join("b"));
-    let _log = LogOnPanic(vec![
-        a_dir.with_extension("log"),
-        b_dir.with_extension("log"),
-    ]);
-    let members = dir.path().join("members");
-    let members_arg = ["--members-dir", members.to_str().unwrap()];
-    let settings: Vec<&str> = GROUP_SETTINGS.iter().chain(&members_arg).copied().collect();
-    let start = |data: &Path| ServerProcess::start(&bootstrap, &topic, &group, data, &settings);
-    let a = start(&a_dir);
-    println!("A owns {:?}", owns_some(&a, "A alone").await);
-    let replay = {
-        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
-        std::thread::spawn(move || replay_paced(&bootstrap, &topic))
-    };
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let b = start(&b_dir);
-    println!(
-        "B joined and owns {:?}",
-        owns_some(&b, "B after joining").await
-    );
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (mut pair, a, b) = Pair::start().await;
     b.kill9();
     println!("B killed with SIGKILL");
     // A takes B's partitions back once B's session times out.
-    let mut ca = a.client().await;
+    println!("A owns all 6 again after {:?}", owns_all(&a).await);
+    let b = pair.restart_b("B restarted").await;
+    pair.finish(a, b, true).await;
+    let handed = log_lines(&pair.a_dir, "partitions handed over")
+        + log_lines(&pair.b_dir, "partitions handed over");
+    println!("clean handovers logged: {handed}");
+    assert!(handed >= 2, "A to B twice: {handed} handovers logged");
+}
+
+/// Until the two servers' archives hold `rows` rows together.
+async fn wait_archived(a: &ServerProcess, b: &ServerProcess, rows: i64) {
     let started = Instant::now();
     loop {
-        let s = stats(&mut ca).await;
-        if s.partitions.len() == 6 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "A did not take B's partitions back: {:?}, {s:?}",
-            s.partitions
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    println!("A owns all 6 again after {:?}", started.elapsed());
-    let b = start(&b_dir);
-    println!(
-        "B restarted and owns {:?}",
-        owns_some(&b, "B restarted").await
-    );
-    let produced = replay.join().unwrap();
-    let rows = produced.num_rows() as i64;
-    // Both caught up and every row archived by one of them.
-    let started = Instant::now();
-    loop {
-        let (na, nb) = (archived_rows(&a).await, archived_rows(&b).await);
+        let (na, nb) = (archived_rows(a).await, archived_rows(b).await);
         if na + nb >= rows {
             println!("archived: A {na}, B {nb}, produced {rows}");
-            break;
+            return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),
@@ -180,18 +219,24 @@ async fn servers_in_one_group_hand_partitions_over_and_archive_each_row_once() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    watch_follows_every_server(&a, &b).await;
-    a.stop();
-    b.stop();
-    let handed =
-        log_lines(&a_dir, "partitions handed over") + log_lines(&b_dir, "partitions handed over");
-    println!("clean handovers logged: {handed}");
-    assert!(handed >= 2, "A to B twice: {handed} handovers logged");
-    let mut archived = read_archive(&a_dir, "telemetry", &["session", "driver"]).await;
-    archived.extend(read_archive(&b_dir, "telemetry", &["session", "driver"]).await);
-    assert_archive_holds_exactly(&archived, &produced);
-    let ends = log_ends(&bootstrap, &topic, 6);
-    let mut committed = committed_offsets(&bootstrap, &topic, &group, 6);
+}
+
+/// The servers' archives (stopped) hold each produced row once, and the group's committed
+/// offset of every partition is the end of its log.
+async fn assert_each_row_once(
+    dirs: &[&Path],
+    produced: &RecordBatch,
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+) {
+    let mut archived = Vec::new();
+    for d in dirs {
+        archived.extend(read_archive(d, "telemetry", &["session", "driver"]).await);
+    }
+    assert_archive_holds_exactly(&archived, produced);
+    let ends = log_ends(bootstrap, topic, 6);
+    let mut committed = committed_offsets(bootstrap, topic, group, 6);
     // An empty partition has nothing to commit.
     for (p, end) in &ends {
         if *end == 0 {
@@ -203,6 +248,52 @@ async fn servers_in_one_group_hand_partitions_over_and_archive_each_row_once() {
         committed, ends,
         "committed offsets are the ends of the logs"
     );
+}
+
+/// B paused with SIGSTOP past the session timeout while it owns partitions: A takes them
+/// over; continued with SIGCONT, B stops at once (exit status 75) without committing what it
+/// processed before the pause, which A reads again. Started again, it resumes from its last
+/// checkpoint: each row archived once, offsets at the ends of the logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_paused_past_its_session_timeout_stops_instead_of_committing() {
+    let _serial = one_at_a_time().await;
+    let (mut pair, a, mut b) = Pair::start().await;
+    b.signal(rustix::process::Signal::STOP);
+    let paused = Instant::now();
+    let took = owns_all(&a).await;
+    println!("B paused; A owns all 6 after {took:?}");
+    b.signal(rustix::process::Signal::CONT);
+    let status = b
+        .exited(Duration::from_secs(20))
+        .expect("B goes on after the pause");
+    println!(
+        "B continued after {:.1} s: exit status {:?}",
+        paused.elapsed().as_secs_f64(),
+        status.code()
+    );
+    assert_eq!(status.code(), Some(75));
+    let reason = "longer than the consumer group's session timeout";
+    assert_eq!(log_lines(&pair.b_dir, reason), 1);
+    let b = pair.restart_b("B restarted").await;
+    pair.finish(a, b, false).await;
+}
+
+/// Until `server` owns all 6 partitions; how long that took.
+async fn owns_all(server: &ServerProcess) -> Duration {
+    let mut c = server.client().await;
+    let started = Instant::now();
+    loop {
+        let s = stats(&mut c).await;
+        if s.partitions.len() == 6 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "not all partitions after 90 s: {:?}",
+            s.partitions
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The race's laps 1-12 at 20x into `topic` (about a minute: servers join and die meanwhile); returns the rows published.

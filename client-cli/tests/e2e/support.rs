@@ -408,6 +408,24 @@ impl ServerProcess {
         self.child.wait().unwrap();
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT...).
+    pub(crate) fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Its exit status once it has exited on its own, within `within`.
+    pub(crate) fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGTERM: a clean stop writes a last checkpoint.
     pub(crate) fn stop(mut self) {
         assert!(

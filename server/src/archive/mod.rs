@@ -558,6 +558,10 @@ impl WriterState {
             };
             let json =
                 serde_json::to_vec_pretty(&record).map_err(|e| Error::Archive(e.to_string()))?;
+            // A server paused past its group's session timeout commits nothing (it stops).
+            if let Some(c) = &self.committer {
+                c.wait_alive();
+            }
             put_commit_record(&self.store, seq, Bytes::from(json))
                 .await
                 .map_err(|f| {

@@ -25,6 +25,7 @@ use crate::error::Result;
 
 pub(crate) mod handover;
 mod orphans;
+mod paused;
 pub use handover::HandoverRequest;
 use handover::{CommitGate, Handover};
 
@@ -85,6 +86,7 @@ type BaseConsumer = RdBaseConsumer<Quiet>;
 fn spawn_committer(
     consumer: Arc<BaseConsumer>,
     gate: Arc<CommitGate>,
+    fence: Arc<paused::PauseFence>,
     rx: std::sync::mpsc::Receiver<Offsets>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -112,6 +114,7 @@ fn spawn_committer(
                     add(o);
                 }
                 if !pending.is_empty() {
+                    fence.wait_alive();
                     match gate.commit(&consumer, &pending) {
                         Ok(()) => pending.clear(),
                         Err(e) => {
@@ -346,11 +349,18 @@ pub(crate) type Offsets = BTreeMap<(String, i32), i64>;
 #[derive(Clone)]
 pub(crate) struct Committer {
     tx: std::sync::mpsc::Sender<Offsets>,
+    fence: Arc<paused::PauseFence>,
 }
 
 impl Committer {
     pub(crate) fn commit(&self, offsets: Offsets) {
         let _ = self.tx.send(offsets);
+    }
+
+    /// Before a checkpoint commits: returns once the process is known not to have been
+    /// paused past the session timeout (see `paused`).
+    pub(crate) fn wait_alive(&self) {
+        self.fence.wait_alive();
     }
 }
 
@@ -408,10 +418,15 @@ pub fn spawn(
     skip_below: BTreeMap<i32, i64>,
 ) -> Result<KafkaSource> {
     let gate = Arc::new(CommitGate::default());
+    let fence = paused::PauseFence::spawn(
+        AssignmentWatch::session_timeout(&config.options),
+        stop.clone(),
+    )?;
     let handover = Arc::new(Handover::new(
         config.topic.clone(),
         tx.clone(),
         gate.clone(),
+        fence.clone(),
     ));
     let consumer: Arc<BaseConsumer> = Arc::new(
         consumer_config(&config)
@@ -461,7 +476,13 @@ pub fn spawn(
         None => None,
     };
     let (commit_tx, commit_rx) = std::sync::mpsc::channel::<Offsets>();
-    let committer = spawn_committer(consumer.clone(), gate, commit_rx, stop.clone())?;
+    let committer = spawn_committer(
+        consumer.clone(),
+        gate,
+        fence.clone(),
+        commit_rx,
+        stop.clone(),
+    )?;
     tracing::info!(
         brokers = %config.brokers,
         topic = %config.topic,
@@ -497,7 +518,10 @@ pub fn spawn(
             tracing::info!("consumer stopped");
         })?;
     Ok(KafkaSource {
-        committer: Committer { tx: commit_tx },
+        committer: Committer {
+            tx: commit_tx,
+            fence,
+        },
         thread,
     })
 }
@@ -539,6 +563,7 @@ impl IngestLoop {
                 break;
             }
         }
+        self.handover.close();
     }
 
     /// One round: poll a micro-batch, follow the assignment, send what changed, ask or read
@@ -735,17 +760,28 @@ impl AssignmentWatch {
     const GRACE: Duration = Duration::from_secs(15);
     const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
+    /// A librdkafka setting in milliseconds from `options`, or `default`.
+    fn ms(options: &[(String, String)], key: &str, default: u64) -> u64 {
+        options
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(default)
+    }
+
+    /// The group's session timeout (librdkafka's default unless set).
+    fn session_timeout(options: &[(String, String)]) -> Duration {
+        Duration::from_millis(Self::ms(options, "session.timeout.ms", 45_000))
+    }
+
     fn new(options: &[(String, String)]) -> Self {
-        let ms = |key: &str, default: u64| {
-            options
-                .iter()
-                .find(|(k, _)| k == key)
-                .and_then(|(_, v)| v.parse::<u64>().ok())
-                .unwrap_or(default)
-        };
-        let session = ms("session.timeout.ms", 45_000);
-        let rebalance = ms("max.poll.interval.ms", MAX_POLL_INTERVAL_MS);
-        let limit = Duration::from_millis(session.max(rebalance)) + Self::GRACE;
+        let session = Self::session_timeout(options);
+        let rebalance = Duration::from_millis(Self::ms(
+            options,
+            "max.poll.interval.ms",
+            MAX_POLL_INTERVAL_MS,
+        ));
+        let limit = session.max(rebalance) + Self::GRACE;
         Self {
             limit,
             since: Some(Instant::now()),

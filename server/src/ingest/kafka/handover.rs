@@ -98,8 +98,10 @@ impl CommitGate {
 /// The consumer context's side of a rebalance.
 pub(crate) struct Handover {
     pub(crate) topic: String,
-    pub(crate) engine: mpsc::Sender<MicroBatch>,
+    /// None once the consumer loop ended: the engine then sees its input end.
+    engine: Mutex<Option<mpsc::Sender<MicroBatch>>>,
     pub(crate) gate: std::sync::Arc<CommitGate>,
+    fence: std::sync::Arc<super::paused::PauseFence>,
     /// Partitions given up since the consumer loop last looked.
     revoked: Mutex<BTreeSet<i32>>,
     /// Revokes whose checkpoint did not commit in time, and lost assignments.
@@ -111,14 +113,21 @@ impl Handover {
         topic: String,
         engine: mpsc::Sender<MicroBatch>,
         gate: std::sync::Arc<CommitGate>,
+        fence: std::sync::Arc<super::paused::PauseFence>,
     ) -> Self {
         Self {
+            fence,
             topic,
-            engine,
+            engine: Mutex::new(Some(engine)),
             gate,
             revoked: Mutex::default(),
             unclean: Default::default(),
         }
+    }
+
+    /// The consumer loop ended: no more markers (and the engine's input can end).
+    pub(crate) fn close(&self) {
+        self.engine.lock().expect("engine sender").take();
     }
 
     /// Partitions revoked since the last call.
@@ -161,7 +170,8 @@ impl Handover {
                 reply,
             },
         );
-        if self.engine.blocking_send(marker).is_err() {
+        let engine = self.engine.lock().expect("engine sender").clone();
+        if engine.is_none_or(|e| e.blocking_send(marker).is_err()) {
             return;
         }
         let Some(answer) = answer else {
@@ -175,6 +185,7 @@ impl Handover {
         };
         match answer.recv_timeout(HANDOVER_TIMEOUT) {
             Ok(offsets) => {
+                self.fence.wait_alive();
                 let revoked: Offsets = offsets
                     .into_iter()
                     .filter(|((t, p), _)| *t == self.topic && partitions.contains(p))
