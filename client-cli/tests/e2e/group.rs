@@ -1,6 +1,7 @@
 //! Several servers in one consumer group: partitions handed over between them as they join,
-//! are killed and come back, with each row archived once across their archives and the
-//! group's offsets at the end of every log.
+//! are killed or paused and come back, with each row archived once across their archives and
+//! the group's offsets at the end of every log; and each server listing the other's endpoint,
+//! so that `pitwall watch` on one prints the rows of both.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -213,10 +214,11 @@ async fn wait_archived(a: &ServerProcess, b: &ServerProcess, rows: i64) {
             println!("archived: A {na}, B {nb}, produced {rows}");
             return;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "archived A {na} + B {nb} < {rows} produced after 120 s"
-        );
+        if started.elapsed() > Duration::from_secs(120) {
+            // The comparison that follows says which rows.
+            println!("archived A {na} + B {nb} < {rows} produced after 120 s");
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
