@@ -74,6 +74,12 @@ impl ConsumerContext for Quiet {
             h.before(consumer, rebalance);
         }
     }
+
+    fn post_rebalance(&self, _consumer: &RdBaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Some(h) = &self.handover {
+            h.after(rebalance);
+        }
+    }
 }
 
 type BaseConsumer = RdBaseConsumer<Quiet>;
@@ -573,15 +579,27 @@ impl IngestLoop {
         // While a probe is out, come back soon to hand its answer to the engine.
         let max_idle_wait = self.prober.busy.then_some(Duration::from_millis(2));
         let consumer = self.consumer.clone();
-        let (mut messages, ends_changed) = poll_batch(
+        let handover = self.handover.clone();
+        let (mut messages, ends_changed, held) = poll_batch(
             &consumer,
             &self.config,
             &self.stop,
             &mut self.at_end,
             &mut self.guard,
             max_idle_wait,
+            &|| handover.rebalanced(),
         );
+        // A rebalance ended the batch: what was polled before it is settled first, then the
+        // new partitions' resume points are armed, and only then is the message that came
+        // after it admitted (it may be past the resume point).
         self.forget_revoked(&mut messages);
+        self.arm_assigned();
+        if let Some(m) = held
+            && self.guard.admit(&consumer, &m)
+        {
+            self.at_end.remove(&m.partition());
+            messages.push(m);
+        }
         let now = Instant::now();
         for m in &messages {
             self.last_message.insert(m.partition(), now);
@@ -641,33 +659,31 @@ impl IngestLoop {
         }
     }
 
-    /// Arms the resume guard for partitions newly assigned, at the later of the group's
-    /// committed offset and this consumer's own progress; whether the assignment changed.
+    /// Arms the resume guard for the partitions just assigned (before any of their messages
+    /// is admitted), at the later of the group's committed offset and this consumer's own
+    /// progress.
+    fn arm_assigned(&mut self) {
+        let Some(new) = self.handover.take_assigned() else {
+            return;
+        };
+        let points = handover::resume_points(
+            &self.consumer,
+            &self.handover.gate,
+            &self.config.topic,
+            &new,
+            &mut self.processed,
+        );
+        for (p, next) in points {
+            self.guard.arm(p, next);
+        }
+    }
+
+    /// Whether the assignment changed since the last batch sent.
     fn follow_assignment(&mut self, assigned: &Option<Vec<i32>>) -> bool {
         if *assigned == self.last_assigned {
             return false;
         }
         self.new_assignment = true;
-        let before = self.last_assigned.as_deref().unwrap_or(&[]);
-        let new: Vec<i32> = assigned
-            .as_deref()
-            .unwrap_or(&[])
-            .iter()
-            .filter(|p| !before.contains(p))
-            .copied()
-            .collect();
-        if !new.is_empty() {
-            let points = handover::resume_points(
-                &self.consumer,
-                &self.handover.gate,
-                &self.config.topic,
-                &new,
-                &mut self.processed,
-            );
-            for (p, next) in points {
-                self.guard.arm(p, next);
-            }
-        }
         true
     }
 
@@ -988,7 +1004,8 @@ impl Prober {
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Polls up to a micro-batch of messages; keeps `at_end` (partitions at the end of their log,
-/// and when the broker said so) current and says whether its set changed.
+/// and when the broker said so) current and says whether its set changed. A rebalance
+/// (`rebalanced`) ends the batch; a message polled after it is handed back unadmitted.
 fn poll_batch<'c>(
     consumer: &'c BaseConsumer,
     config: &KafkaConfig,
@@ -996,7 +1013,8 @@ fn poll_batch<'c>(
     at_end: &mut BTreeMap<i32, Instant>,
     guard: &mut ResumeGuard,
     max_idle_wait: Option<Duration>,
-) -> (Vec<BorrowedMessage<'c>>, bool) {
+    rebalanced: &dyn Fn() -> bool,
+) -> (Vec<BorrowedMessage<'c>>, bool, Option<BorrowedMessage<'c>>) {
     let mut messages = Vec::new();
     let mut changed = false;
     let started = Instant::now();
@@ -1017,7 +1035,15 @@ fn poll_batch<'c>(
                 None => break,
             },
         };
-        match consumer.poll(wait) {
+        let polled = consumer.poll(wait);
+        if rebalanced() {
+            let held = match polled {
+                Some(Ok(m)) => Some(m),
+                _ => None,
+            };
+            return (messages, true, held);
+        }
+        match polled {
             Some(Ok(m)) => {
                 if guard.admit(consumer, &m) {
                     changed |= at_end.remove(&m.partition()).is_some();
@@ -1045,7 +1071,7 @@ fn poll_batch<'c>(
             None => break,
         }
     }
-    (messages, changed)
+    (messages, changed, None)
 }
 
 /// For each (partition, offset) in delivery order, whether it is delivered for the first time:

@@ -15,8 +15,10 @@
 //!    them, so an old offset cannot overwrite the new owner's progress.
 //! 3. A lost assignment (the session timed out: another member may own the partition already)
 //!    is dropped the same way, without a checkpoint or a commit.
-//! 4. On assign, the resume point is the later of the group's committed offset and what this
-//!    server processed itself (`IngestLoop::follow_assignment`).
+//! 4. On assign (librdkafka's callback after it), the resume point is the later of the
+//!    group's committed offset and what this server processed itself; the consumer loop arms
+//!    it before it admits any message of the new partitions (`IngestLoop::arm_assigned`), so
+//!    a broker that resumes past it (tansu 0.6 mid record batch) is sought back, not believed.
 //!
 //! Every commit goes through [`CommitGate`]: only partitions assigned at that moment, and never
 //! below an offset committed before, whichever thread commits.
@@ -104,6 +106,8 @@ pub(crate) struct Handover {
     fence: std::sync::Arc<super::paused::PauseFence>,
     /// Partitions given up since the consumer loop last looked.
     revoked: Mutex<BTreeSet<i32>>,
+    /// Partitions assigned since the consumer loop last looked.
+    assigned: Mutex<Option<Vec<i32>>>,
     /// Revokes whose checkpoint did not commit in time, and lost assignments.
     pub(crate) unclean: std::sync::atomic::AtomicU64,
 }
@@ -121,6 +125,7 @@ impl Handover {
             engine: Mutex::new(Some(engine)),
             gate,
             revoked: Mutex::default(),
+            assigned: Mutex::default(),
             unclean: Default::default(),
         }
     }
@@ -128,6 +133,31 @@ impl Handover {
     /// The consumer loop ended: no more markers (and the engine's input can end).
     pub(crate) fn close(&self) {
         self.engine.lock().expect("engine sender").take();
+    }
+
+    /// A rebalance happened that the consumer loop has not taken in yet.
+    pub(crate) fn rebalanced(&self) -> bool {
+        !self.revoked.lock().expect("revoked").is_empty()
+            || self.assigned.lock().expect("assigned").is_some()
+    }
+
+    /// Partitions assigned since the last call (None: no assignment since).
+    pub(crate) fn take_assigned(&self) -> Option<Vec<i32>> {
+        self.assigned.lock().expect("assigned").take()
+    }
+
+    /// librdkafka has assigned `rebalance`'s partitions: the consumer loop arms their resume
+    /// points before it admits any of their messages.
+    pub(crate) fn after(&self, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl
+                .elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            let mut assigned = self.assigned.lock().expect("assigned");
+            assigned.get_or_insert_with(Vec::new).extend(partitions);
+        }
     }
 
     /// Partitions revoked since the last call.
