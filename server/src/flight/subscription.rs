@@ -228,28 +228,26 @@ impl Forwarder {
             }
         }
         for m in msgs {
-            let sent = if replaying {
-                match tokio::time::timeout(REPLAY_PATIENCE, self.tx.send(Ok(m))).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => return false,
-                    Err(_) => Err(mpsc::error::TrySendError::Full(())),
+            // Whether the buffer stayed full; a closed channel is a client gone.
+            let full = if replaying {
+                match self.tx.send_timeout(Ok(m), REPLAY_PATIENCE).await {
+                    Ok(()) => false,
+                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => true,
+                    Err(mpsc::error::SendTimeoutError::Closed(_)) => return false,
                 }
             } else {
-                self.tx.try_send(Ok(m)).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-                    mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-                })
-            };
-            match sent {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    let capacity = self.state.subscriber_buffer;
-                    self.drop_with(Status::resource_exhausted(format!(
-                        "subscriber too slow: {capacity} messages were waiting to be read; dropped (resubscribe to continue)"
-                    )));
-                    return false;
+                match self.tx.try_send(Ok(m)) {
+                    Ok(()) => false,
+                    Err(mpsc::error::TrySendError::Full(_)) => true,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            };
+            if full {
+                let capacity = self.state.subscriber_buffer;
+                self.drop_with(Status::resource_exhausted(format!(
+                    "subscriber too slow: {capacity} messages were waiting to be read; dropped (resubscribe to continue)"
+                )));
+                return false;
             }
         }
         true

@@ -592,8 +592,9 @@ impl IngestLoop {
         // A rebalance ended the batch: what was polled before it is settled first, then the
         // new partitions' resume points are armed, and only then is the message that came
         // after it admitted (it may be past the resume point).
-        self.forget_revoked(&mut messages);
-        self.arm_assigned();
+        let changes = self.handover.take();
+        self.forget_revoked(&mut messages, &changes.revoked);
+        self.arm_assigned(changes.assigned);
         if let Some(m) = held
             && self.guard.admit(&consumer, &m)
         {
@@ -642,13 +643,12 @@ impl IngestLoop {
     /// Partitions a rebalance took away (see [`handover`]): their messages polled but not
     /// sent are dropped, and what this consumer knew of them forgotten, so that the next time
     /// one is assigned it resumes where its last owner's commit says.
-    fn forget_revoked(&mut self, messages: &mut Vec<BorrowedMessage<'_>>) {
-        let revoked = self.handover.take_revoked();
+    fn forget_revoked(&mut self, messages: &mut Vec<BorrowedMessage<'_>>, revoked: &BTreeSet<i32>) {
         if revoked.is_empty() {
             return;
         }
         messages.retain(|m| !revoked.contains(&m.partition()));
-        for p in &revoked {
+        for p in revoked {
             self.processed.remove(p);
             self.at_end.remove(p);
             self.last_message.remove(p);
@@ -662,8 +662,8 @@ impl IngestLoop {
     /// Arms the resume guard for the partitions just assigned (before any of their messages
     /// is admitted), at the later of the group's committed offset and this consumer's own
     /// progress.
-    fn arm_assigned(&mut self) {
-        let Some(new) = self.handover.take_assigned() else {
+    fn arm_assigned(&mut self, assigned: Option<Vec<i32>>) {
+        let Some(new) = assigned else {
             return;
         };
         let points = handover::resume_points(

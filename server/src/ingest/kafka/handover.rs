@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -99,17 +100,24 @@ impl CommitGate {
 
 /// The consumer context's side of a rebalance.
 pub(crate) struct Handover {
-    pub(crate) topic: String,
+    topic: String,
     /// None once the consumer loop ended: the engine then sees its input end.
     engine: Mutex<Option<mpsc::Sender<MicroBatch>>>,
     pub(crate) gate: std::sync::Arc<CommitGate>,
     fence: std::sync::Arc<super::paused::PauseFence>,
-    /// Partitions given up since the consumer loop last looked.
-    revoked: Mutex<BTreeSet<i32>>,
-    /// Partitions assigned since the consumer loop last looked.
-    assigned: Mutex<Option<Vec<i32>>>,
-    /// Revokes whose checkpoint did not commit in time, and lost assignments.
-    pub(crate) unclean: std::sync::atomic::AtomicU64,
+    /// What rebalances changed since the consumer loop last looked.
+    changes: Mutex<Rebalanced>,
+    /// `changes` holds something (read after every poll: no lock on that path).
+    pending: AtomicBool,
+}
+
+/// What rebalances changed that the consumer loop has not taken in yet.
+#[derive(Default)]
+pub(crate) struct Rebalanced {
+    /// Partitions given up.
+    pub(crate) revoked: BTreeSet<i32>,
+    /// Partitions assigned (None: no assignment).
+    pub(crate) assigned: Option<Vec<i32>>,
 }
 
 impl Handover {
@@ -124,9 +132,8 @@ impl Handover {
             topic,
             engine: Mutex::new(Some(engine)),
             gate,
-            revoked: Mutex::default(),
-            assigned: Mutex::default(),
-            unclean: Default::default(),
+            changes: Mutex::default(),
+            pending: AtomicBool::new(false),
         }
     }
 
@@ -137,13 +144,20 @@ impl Handover {
 
     /// A rebalance happened that the consumer loop has not taken in yet.
     pub(crate) fn rebalanced(&self) -> bool {
-        !self.revoked.lock().expect("revoked").is_empty()
-            || self.assigned.lock().expect("assigned").is_some()
+        self.pending.load(Ordering::Relaxed)
     }
 
-    /// Partitions assigned since the last call (None: no assignment since).
-    pub(crate) fn take_assigned(&self) -> Option<Vec<i32>> {
-        self.assigned.lock().expect("assigned").take()
+    /// What rebalances changed since the last call.
+    pub(crate) fn take(&self) -> Rebalanced {
+        let mut changes = self.changes.lock().expect("rebalance changes");
+        self.pending.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *changes)
+    }
+
+    fn record(&self, change: impl FnOnce(&mut Rebalanced)) {
+        let mut changes = self.changes.lock().expect("rebalance changes");
+        change(&mut changes);
+        self.pending.store(true, Ordering::Relaxed);
     }
 
     /// librdkafka has assigned `rebalance`'s partitions: the consumer loop arms their resume
@@ -155,14 +169,8 @@ impl Handover {
                 .iter()
                 .map(|e| e.partition())
                 .collect();
-            let mut assigned = self.assigned.lock().expect("assigned");
-            assigned.get_or_insert_with(Vec::new).extend(partitions);
+            self.record(|c| c.assigned.get_or_insert_with(Vec::new).extend(partitions));
         }
-    }
-
-    /// Partitions revoked since the last call.
-    pub(crate) fn take_revoked(&self) -> BTreeSet<i32> {
-        std::mem::take(&mut *self.revoked.lock().expect("revoked"))
     }
 
     /// librdkafka is about to take `rebalance`'s partitions away (see the module doc).
@@ -182,10 +190,7 @@ impl Handover {
         if partitions.is_empty() {
             return;
         }
-        self.revoked
-            .lock()
-            .expect("revoked")
-            .extend(partitions.iter().copied());
+        self.record(|c| c.revoked.extend(partitions.iter().copied()));
         let lost = consumer.assignment_lost();
         let (reply, answer) = if lost {
             (None, None)
@@ -205,8 +210,6 @@ impl Handover {
             return;
         }
         let Some(answer) = answer else {
-            self.unclean
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
                 ?partitions,
                 "assignment lost (session timed out): partitions dropped without a final checkpoint; rows processed since the last one are archived here and by the next owner"
@@ -223,15 +226,11 @@ impl Handover {
                 match self.gate.commit(consumer, &revoked) {
                     Ok(()) => tracing::info!(offsets = ?revoked, "partitions handed over"),
                     Err(e) => {
-                        self.unclean
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!(error = %e, ?partitions, "handover commit failed: the next owner starts at the previous commit");
                     }
                 }
             }
             Err(_) => {
-                self.unclean
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     ?partitions,
                     timeout_s = HANDOVER_TIMEOUT.as_secs(),
