@@ -268,6 +268,7 @@ fn micro_batch(rows: RecordBatch, offset: i64) -> MicroBatch {
             first_offset: offset,
             last_offset: offset + rows.num_rows() as i64 - 1,
             max_ts,
+            drivers: Vec::new(),
         }],
         rows,
         assigned: None,

@@ -148,6 +148,7 @@ fn micro_batch(rows: RecordBatch, offset: i64, max_ts: i64, now: Instant) -> Mic
             first_offset: offset,
             last_offset: offset + n - 1,
             max_ts: Some(max_ts),
+            drivers: Vec::new(),
         }],
         assigned: None,
         caught_up: vec![0],

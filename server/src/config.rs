@@ -206,6 +206,12 @@ pub struct StorageArgs {
     /// Where the archive and dead letters live: a local path or s3://bucket/prefix.
     #[arg(long, env = "PITWALL_DATA_DIR", default_value = "pitwall-data")]
     pub data_dir: String,
+    /// The data dir is shared by the servers of a consumer group (a local or network-mounted
+    /// directory): each writes its own part, queries read all of it, and partitions moving
+    /// between servers take their cars' state with them. Implies `--members-dir DATA_DIR/_members`.
+    #[arg(long)]
+    #[serde(default)]
+    pub shared_archive: bool,
     /// How often the engine checkpoints and the archive writes its files, in ms.
     #[arg(long, default_value_t = archive_defaults().checkpoint_interval.as_millis() as u64)]
     pub checkpoint_ms: u64,
@@ -328,6 +334,8 @@ pub struct Config {
     /// `--members-dir`; None = this server lists only itself.
     pub members_dir: Option<PathBuf>,
     pub data_dir: String,
+    /// `--shared-archive` (see `archive::shared`).
+    pub shared_archive: bool,
     pub archive: ArchiveConfig,
     /// Where to listen for F1 game telemetry (UDP); None = not.
     pub udp: Option<SocketAddr>,
@@ -377,10 +385,25 @@ impl Config {
             subscriber_buffer: f.subscriber_buffer,
             archive: archive_config(&args.storage)?,
             data_dir: args.storage.data_dir,
+            shared_archive: args.storage.shared_archive,
             udp: args.udp.listen,
         };
+        if config.shared_archive && config.data_dir.contains("://") {
+            return Err(Error::Config(format!(
+                "--shared-archive needs a directory (local or network-mounted), not {}",
+                config.data_dir
+            )));
+        }
+        if config.shared_archive && config.members_dir.is_none() {
+            config.members_dir = Some(PathBuf::from(&config.data_dir).join("_members"));
+        }
         if let Some(kafka) = &mut config.kafka {
-            let id = instance_id(args.kafka.instance_id, &config.data_dir, &kafka.options)?;
+            // Servers sharing one data dir cannot derive distinct static ids from it.
+            let given = match args.kafka.instance_id {
+                None if config.shared_archive => Some("off".to_string()),
+                given => given,
+            };
+            let id = instance_id(given, &config.data_dir, &kafka.options)?;
             kafka.instance_id = id;
         }
         config.check_ranges()?;
@@ -779,6 +802,7 @@ mod tests {
             (&["--max-dashboards", "7"], &[], "[flight]\nmax_dashboards = 7"),
             (&["--advertise-addr", "grpc://h:7"], &[], "[flight]\nadvertise_addr = 'grpc://h:7'"),
             (&["--members-dir", "/m7"], &[], "[flight]\nmembers_dir = '/m7'"),
+            (&["--shared-archive"], &[], "[storage]\nshared_archive = true"),
             (&["--data-dir", "/d7"], &[], "[storage]\ndata_dir = '/d7'"),
             (&["--checkpoint-ms", "70"], &[], "[storage]\ncheckpoint_ms = 70"),
             (&["--retention-days", "7"], &[], "[storage]\nretention_days = 7.0"),

@@ -94,6 +94,8 @@ pub struct App {
     store: Store,
     next_seq: u64,
     last_commit: Option<archive::CommitRecord>,
+    /// The archive shared with the group's other servers (`--shared-archive`).
+    group: Option<Arc<dyn engine::handover::GroupArchive>>,
 }
 
 /// A server running in the background (tests start one in-process).
@@ -116,7 +118,22 @@ impl App {
     /// archive consistent and restores the last checkpoint.
     pub async fn build(config: Config) -> Result<Self> {
         let mut engine = Engine::new(config.engine.clone())?;
-        let store = Store::open(&config.data_dir)?;
+        let mut group: Option<Arc<dyn engine::handover::GroupArchive>> = None;
+        let store = if config.shared_archive {
+            let session = config.kafka.as_ref().map_or(Duration::from_secs(45), |k| {
+                ingest::kafka::session_timeout(&k.options)
+            });
+            let shared = Arc::new(archive::shared::SharedArchive::claim(
+                std::path::Path::new(&config.data_dir),
+                session,
+            )?);
+            let root = shared.writer_root();
+            engine.set_group_archive(shared.clone());
+            group = Some(shared);
+            Store::open(&root.to_string_lossy())?
+        } else {
+            Store::open(&config.data_dir)?
+        };
         let recovered = archive::recover(&store).await?;
         // What ran before the restart, run-time changes included, unless a query file was
         // edited since (see `engine::snapshot::resume`).
@@ -174,6 +191,7 @@ impl App {
             store,
             next_seq: recovered.next_seq,
             last_commit: recovered.last,
+            group,
         })
     }
 
@@ -190,6 +208,7 @@ impl App {
             store,
             next_seq,
             last_commit,
+            group,
         } = self;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (handle, commands) = engine.handle();
@@ -216,6 +235,7 @@ impl App {
             next_seq,
             last_commit,
             committer,
+            group,
         )?;
         let sink = archive.sink(&config.archive);
         let archive_stats = archive.stats.clone();
@@ -231,7 +251,11 @@ impl App {
             subscriber_buffer: config.subscriber_buffer,
             subscribers_dropped: Default::default(),
             adhoc: flight::adhoc::AdhocLimits::default(),
-            archive: Some(Arc::new(ArchiveCatalog::written_here(store)?)),
+            archive: Some(Arc::new(if config.shared_archive {
+                ArchiveCatalog::shared(Store::open(&config.data_dir)?)?
+            } else {
+                ArchiveCatalog::written_here(store)?
+            })),
             archive_stats: Some(archive_stats.clone()),
             started: std::time::Instant::now(),
             members: match (&config.members_dir, &config.kafka) {

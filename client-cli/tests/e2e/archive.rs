@@ -46,6 +46,15 @@ impl Drop for LogOnPanic {
 
 /// Reads an archived table straight from its Parquet files (as DuckDB or pyarrow would).
 pub(crate) async fn read_archive(data: &Path, dir: &str, partitions: &[&str]) -> Vec<RecordBatch> {
+    try_read_archive(data, dir, partitions).await.unwrap()
+}
+
+/// [`read_archive`], or the error (a file merged away while it is read).
+pub(crate) async fn try_read_archive(
+    data: &Path,
+    dir: &str,
+    partitions: &[&str],
+) -> datafusion::error::Result<Vec<RecordBatch>> {
     let ctx = SessionContext::new();
     let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
@@ -57,14 +66,8 @@ pub(crate) async fn read_archive(data: &Path, dir: &str, partitions: &[&str]) ->
         );
     let url = format!("{}/{dir}/", data.display());
     ctx.register_listing_table("t", &url, opts, None, None)
-        .await
-        .unwrap();
-    ctx.sql("SELECT * FROM t")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap()
+        .await?;
+    ctx.sql("SELECT * FROM t").await?.collect().await
 }
 
 /// Per driver: (row count, sorted canonical rows) of telemetry, from the archive or the source.
@@ -192,9 +195,26 @@ async fn finish(server: ServerProcess, rows: u64) {
 }
 
 async fn assert_results_equal_batch(data: &Path, rows: &RecordBatch) {
+    assert_results_equal(
+        &[data],
+        &["lap_anomaly", "lap_stats", "speed_1s", "lock_up"],
+        rows,
+    )
+    .await;
+}
+
+/// The results of `names` archived in `archives` together are those of the queries run once
+/// over `rows` in batch.
+pub(crate) async fn assert_results_equal(archives: &[&Path], names: &[&str], rows: &RecordBatch) {
     let queries = pitwall_server::initial_queries(None).unwrap();
-    for q in ["lap_anomaly", "lap_stats", "speed_1s", "lock_up"] {
-        let archived = read_archive(data, &format!("results/query={q}"), &["session"]).await;
+    for q in names.iter().copied() {
+        let mut archived = Vec::new();
+        for data in archives
+            .iter()
+            .filter(|d| d.join(format!("results/query={q}")).exists())
+        {
+            archived.extend(read_archive(data, &format!("results/query={q}"), &["session"]).await);
+        }
         // Put `session` back where the query has it, for comparison.
         let batch = batch_result(&queries, q, rows).await.unwrap();
         let names: Vec<String> = batch[0]

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray, RecordBatch};
 
 use crate::archive::{
-    LogOnPanic, assert_archive_holds_exactly, committed_offsets, one_at_a_time, read_archive,
+    LogOnPanic, assert_archive_holds_exactly, assert_results_equal, committed_offsets,
+    one_at_a_time, read_archive, try_read_archive,
 };
 use crate::engine::stats;
 use crate::support::*;
@@ -193,6 +194,8 @@ impl Pair {
 async fn servers_in_one_group_hand_partitions_over_and_archive_each_row_once() {
     let _serial = one_at_a_time().await;
     let (mut pair, a, b) = Pair::start().await;
+    // Long enough for the watch to find B and C (it looks every 5 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     b.kill9();
     println!("B killed with SIGKILL");
     // A takes B's partitions back once B's session times out.
@@ -406,5 +409,265 @@ async fn watch_follows_every_server(a: &ServerProcess, b: &ServerProcess) {
         "pitwall watch over_rev on A: {} rows, {} of them B's",
         watched.len(),
         in_b.len()
+    );
+}
+
+/// The writers' parts of a shared archive.
+fn writer_roots(shared: &Path) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = std::fs::read_dir(shared.join("writers"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    roots.sort();
+    roots
+}
+
+/// Raw rows in every writer's part of a shared archive (None while a merge replaces files
+/// under the listing).
+async fn shared_rows(shared: &Path) -> Option<usize> {
+    let mut n = 0;
+    for root in writer_roots(shared) {
+        if root.join("telemetry").exists() {
+            let rows = try_read_archive(&root, "telemetry", &["session", "driver"]).await;
+            n += rows.ok()?.iter().map(|b| b.num_rows()).sum::<usize>();
+        }
+    }
+    Some(n)
+}
+
+/// Until the shared archive holds `rows` raw rows and no server has a window open.
+async fn settle(shared: &Path, servers: &[&ServerProcess], rows: usize) {
+    let started = Instant::now();
+    loop {
+        let archived = shared_rows(shared).await.unwrap_or(0);
+        let mut open = 0;
+        for s in servers {
+            let mut c = s.client().await;
+            open += stats(&mut c)
+                .await
+                .queries
+                .iter()
+                .map(|q| q.open_windows)
+                .sum::<u64>();
+        }
+        if archived >= rows && open == 0 {
+            println!(
+                "settled after {:?}: {archived} rows archived, no window open",
+                started.elapsed()
+            );
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            println!("after 180 s: {archived} of {rows} rows archived, {open} windows open");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Three servers sharing one archive (`--shared-archive`) on a 6-partition topic while the
+/// race is replayed: A, then B and C join; B is killed with SIGKILL; C is paused with SIGSTOP
+/// past the session timeout and continued (it stops, status 75); D joins and B starts again.
+/// Partitions move with their cars' state (open laps, the previous lap `lap_anomaly`
+/// compares with) and the watermark waits for partitions without an owner. Afterwards the
+/// archive's `lap_stats` and `lap_anomaly` (all writers together) are the rows one process
+/// computes over the same input, every raw row is archived once, and the group's committed
+/// offsets are the ends of the logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_servers_sharing_an_archive_compute_what_one_does_under_churn() {
+    let _serial = one_at_a_time().await;
+    let bootstrap = broker();
+    let (topic, group) = (unique("churn"), unique("churn"));
+    create_topic(&bootstrap, &topic, 6).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    let mut settings: Vec<&str> = GROUP_SETTINGS.to_vec();
+    settings.push("--shared-archive");
+    // Every server appends to one log beside the archive (`shared.log`).
+    let _log = LogOnPanic(vec![shared.with_extension("log")]);
+    let start = |_name: &str| ServerProcess::start(&bootstrap, &topic, &group, &shared, &settings);
+    let a = start("a");
+    println!("A owns {:?}", owns_some(&a, "A").await);
+    // `pitwall watch` on A, from before the first row to the end, following every server.
+    let watches: Vec<(&str, std::process::Child, PathBuf)> = ["lap_stats", "lap_anomaly"]
+        .into_iter()
+        .map(|q| {
+            let out = dir.path().join(format!("{q}.csv"));
+            let child = pitwall()
+                .args(["--server", &format!("http://127.0.0.1:{}", a.port)])
+                .args(["watch", q, "--format", "csv"])
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(std::fs::File::create(out.with_extension("err")).unwrap())
+                .spawn()
+                .unwrap();
+            (q, child, out)
+        })
+        .collect();
+    let replay = {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        std::thread::spawn(move || replay_paced(&bootstrap, &topic))
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = start("b");
+    println!("B joined and owns {:?}", owns_some(&b, "B").await);
+    let mut c = start("c");
+    println!("C joined and owns {:?}", owns_some(&c, "C").await);
+    // A lists both, and the watch (which looks every 5 s) follows them: rows of a server
+    // killed before any watch found it are in the archive only.
+    listed_by(&a, &[&b, &c]).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    b.kill9();
+    println!("B killed with SIGKILL");
+    c.signal(rustix::process::Signal::STOP);
+    println!("C paused; A owns all 6 after {:?}", owns_all(&a).await);
+    c.signal(rustix::process::Signal::CONT);
+    let status = c
+        .exited(Duration::from_secs(20))
+        .expect("C stops after the pause");
+    println!("C continued: exit status {:?}", status.code());
+    assert_eq!(status.code(), Some(75));
+    let d = start("d");
+    println!("D joined and owns {:?}", owns_some(&d, "D").await);
+    let b = start("b2");
+    println!("B restarted and owns {:?}", owns_some(&b, "B again").await);
+    let produced = replay.join().unwrap();
+    settle(&shared, &[&a, &b, &d], produced.num_rows()).await;
+    for s in [&a, &b, &d] {
+        let n = archived_rows(s).await;
+        println!("archive.telemetry on {}: {n} rows", s.port);
+        assert_eq!(
+            n,
+            produced.num_rows() as i64,
+            "archive.* read from any server"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (q, mut child, out) in watches {
+        let _ = child.kill();
+        let _ = child.wait();
+        println!(
+            "{q} watch stderr: {}",
+            std::fs::read_to_string(out.with_extension("err")).unwrap()
+        );
+        assert_watched_as_batch(q, &std::fs::read_to_string(out).unwrap(), &produced).await;
+    }
+    let taken = log_lines(&shared, "taken over from its last checkpoint");
+    println!("partitions taken over with their cars' state: {taken}");
+    a.stop();
+    b.stop();
+    d.stop();
+    let roots = writer_roots(&shared);
+    println!("writers: {}", roots.len());
+    let roots: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
+    assert_each_row_once(&roots, &produced, &bootstrap, &topic, &group).await;
+    assert_results_equal(&roots, &["lap_stats", "lap_anomaly"], &produced).await;
+    assert!(taken > 0, "no partition was taken over with its state");
+}
+
+/// Until `server` lists every one of `others` as an endpoint of its queries.
+async fn listed_by(server: &ServerProcess, others: &[&ServerProcess]) {
+    let mut c = server.client().await;
+    let started = Instant::now();
+    loop {
+        let listed = c.other_endpoints("lap_stats").await.unwrap();
+        if others
+            .iter()
+            .all(|o| listed.contains(&format!("grpc://127.0.0.1:{}", o.port)))
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "listed: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The rows `pitwall watch` printed (CSV) are the batch result's, each at least once (a row a
+/// killed server emitted after its last checkpoint comes again from the server that took its
+/// partition over from that checkpoint); prints how many came twice.
+async fn assert_watched_as_batch(query: &str, csv: &str, produced: &RecordBatch) {
+    let queries = pitwall_server::initial_queries(None).unwrap();
+    let batch = pitwall_server::engine::oracle::batch_result(&queries, query, produced)
+        .await
+        .unwrap();
+    // Compared on the key and one value, rounded as CSV prints it.
+    let value = if query == "lap_stats" {
+        "mean_speed"
+    } else {
+        "anomaly_score"
+    };
+    let mut want: Vec<String> = batch
+        .iter()
+        .flat_map(|b| {
+            let d = arrow::compute::cast(
+                b.column_by_name("driver").unwrap(),
+                &arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            let l = arrow::compute::cast(
+                b.column_by_name("lap").unwrap(),
+                &arrow::datatypes::DataType::Int64,
+            )
+            .unwrap();
+            let v = arrow::compute::cast(
+                b.column_by_name(value).unwrap(),
+                &arrow::datatypes::DataType::Float64,
+            )
+            .unwrap();
+            let (d, l, v) = (
+                d.as_string::<i32>().clone(),
+                l.as_primitive::<arrow::datatypes::Int64Type>().clone(),
+                v.as_primitive::<arrow::datatypes::Float64Type>().clone(),
+            );
+            (0..b.num_rows()).map(move |i| {
+                let v = if v.is_null(i) {
+                    String::new()
+                } else {
+                    format!("{:.3}", v.value(i))
+                };
+                format!("{},{},{v}", d.value(i), l.value(i))
+            })
+        })
+        .collect();
+    want.sort();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let column = |name: &str| header.iter().position(|c| *c == name).unwrap();
+    let (d, l, v) = (column("driver"), column("lap"), column(value));
+    let mut seen: Vec<String> = lines
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let v = f[v]
+                .parse::<f64>()
+                .map_or(String::new(), |v| format!("{v:.3}"));
+            format!("{},{},{v}", f[d], f[l])
+        })
+        .collect();
+    seen.sort();
+    let printed = seen.len();
+    seen.dedup();
+    println!(
+        "pitwall watch {query} on A: {printed} rows printed, {} distinct, {} twice; batch {}",
+        seen.len(),
+        printed - seen.len(),
+        want.len()
+    );
+    let missing: Vec<&String> = want
+        .iter()
+        .filter(|w| seen.binary_search(w).is_err())
+        .collect();
+    let extra: Vec<&String> = seen
+        .iter()
+        .filter(|s| want.binary_search(s).is_err())
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{query} watched: missing {missing:?}, not in the batch result {extra:?}"
     );
 }

@@ -350,14 +350,14 @@ fn compose_publishes_on_loopback_with_health_checks_and_a_retention() {
         !server.contains("--token"),
         "no token: loopback only (checked above)"
     );
-    // Two servers share the topic: one group, one members directory, each advertising the
-    // host address its Flight port is published on.
+    // Two servers share the topic: one group, one archive (the same volume), each advertising
+    // the host address its Flight port is published on.
     let second = service("pitwall-server-b");
     for (s, port) in [(&server, "50051"), (&second, "50052")] {
         for arg in [
             "--group\n      - pitwall",
-            "--members-dir\n      - /members",
-            "- pitwall-members:/members",
+            "--shared-archive",
+            "- pitwall-data:/data",
         ] {
             assert!(s.contains(arg), "{arg} missing: {s}");
         }

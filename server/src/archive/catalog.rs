@@ -38,6 +38,8 @@ pub struct ArchiveCatalog {
     listings: Arc<Listings>,
     /// Whether this server writes the archive (see [`View::of`]).
     written_here: bool,
+    /// A shared archive (`super::shared`): its tables are the union of the writers' parts.
+    shared: bool,
 }
 
 /// Bounds of the caches above: a footer of an archive file is a few KB to a few tens of KB.
@@ -56,6 +58,15 @@ fn options(partitions: &[&str]) -> ListingOptions {
                 .map(|p| (p.to_string(), DataType::Utf8View))
                 .collect(),
         )
+}
+
+/// `dir` inside `part` (the root when empty).
+fn join(part: &str, dir: &str) -> String {
+    if part.is_empty() {
+        dir.to_string()
+    } else {
+        format!("{part}/{dir}")
+    }
 }
 
 /// A partition value as written by [`super::writer::escape`].
@@ -86,6 +97,36 @@ impl ArchiveCatalog {
         })
     }
 
+    /// The catalog of a shared archive (`--shared-archive`, its root): every writer's part
+    /// as of that writer's newest commit, one table over all of them.
+    pub(crate) fn shared(store: Store) -> Result<Self> {
+        Ok(Self {
+            shared: true,
+            ..Self::new(store)?
+        })
+    }
+
+    /// What a query sees now.
+    async fn view(&self) -> Result<View> {
+        if self.shared {
+            View::of_shared(&self.store).await
+        } else {
+            View::of(&self.store, self.written_here).await
+        }
+    }
+
+    /// The directories holding an archive's layout: the root, or each writer's part.
+    async fn parts(&self) -> Result<Vec<String>> {
+        if !self.shared {
+            return Ok(vec![String::new()]);
+        }
+        let writers = self.store.subdirs(super::shared::WRITERS).await?;
+        Ok(writers
+            .iter()
+            .map(|n| format!("{}/{n}", super::shared::WRITERS))
+            .collect())
+    }
+
     /// The catalog of any archive in Pitwall's layout; one without commit records (copied
     /// without `_pitwall/`, written by another tool) shows every file.
     pub fn new(store: Store) -> Result<Self> {
@@ -99,6 +140,7 @@ impl ArchiveCatalog {
             caches,
             listings: Arc::default(),
             written_here: false,
+            shared: false,
         })
     }
 
@@ -117,29 +159,33 @@ impl ArchiveCatalog {
     /// from two directory listings; each table is built only when a query names it (the
     /// private `ArchiveSchema` below).
     pub async fn register(&self, ctx: &SessionContext, catalog: &str) -> Result<()> {
-        let view = View::of(&self.store, self.written_here).await?;
+        let view = self.view().await?;
         self.store
             .register(ctx, view.clone(), self.listings.clone())?;
-        let top = self.store.subdirs("").await?;
+        let parts = self.parts().await?;
         let mut tables = BTreeMap::new();
-        if top.iter().any(|d| d == "telemetry") {
-            tables.insert("telemetry".to_string(), TableDef::Telemetry);
-        }
-        if top.iter().any(|d| d == "dead_letters") {
-            tables.insert("dead_letters".to_string(), TableDef::DeadLetters);
-        }
-        if top.iter().any(|d| d == "results") {
-            for dir in self.store.subdirs("results").await? {
-                if let Some(q) = dir.strip_prefix("query=") {
-                    tables.insert(
-                        format!("results_{}", decode(q)),
-                        TableDef::Results(format!("results/{dir}")),
-                    );
+        for part in &parts {
+            let top = self.store.subdirs(part).await?;
+            if top.iter().any(|d| d == "telemetry") {
+                tables.insert("telemetry".to_string(), TableDef::Telemetry);
+            }
+            if top.iter().any(|d| d == "dead_letters") {
+                tables.insert("dead_letters".to_string(), TableDef::DeadLetters);
+            }
+            if top.iter().any(|d| d == "results") {
+                for dir in self.store.subdirs(&join(part, "results")).await? {
+                    if let Some(q) = dir.strip_prefix("query=") {
+                        tables.insert(
+                            format!("results_{}", decode(q)),
+                            TableDef::Results(format!("results/{dir}")),
+                        );
+                    }
                 }
             }
         }
         let schema = ArchiveSchema {
             store: self.store.clone(),
+            parts,
             view,
             config: ctx.copied_config(),
             runtime: ctx.runtime_env(),
@@ -159,17 +205,17 @@ impl ArchiveCatalog {
         // A listed file went: if the kept listing still had it (another writer, a hand on
         // the directory), listing afresh is what finds the archive as it is.
         self.listings.clear();
-        self.store.register(
-            ctx,
-            View::of(&self.store, self.written_here).await?,
-            self.listings.clone(),
-        )
+        self.store
+            .register(ctx, self.view().await?, self.listings.clone())
     }
 
     /// One row per archived session: drivers, rows, time range, files and bytes on disk.
     pub async fn sessions(&self, ctx: &SessionContext) -> Result<RecordBatch> {
-        let files = self.store.list("telemetry").await?;
-        let view = View::of(&self.store, self.written_here).await?;
+        let mut files = Vec::new();
+        for part in self.parts().await? {
+            files.extend(self.store.list(&join(&part, "telemetry")).await?);
+        }
+        let view = self.view().await?;
         let mut disk: BTreeMap<String, (BTreeSet<String>, i64, i64)> = BTreeMap::new();
         for f in files
             .iter()
@@ -278,6 +324,8 @@ enum TableDef {
 #[derive(Debug)]
 struct ArchiveSchema {
     store: Store,
+    /// Where the archive's layout is: the root, or each writer's part of a shared archive.
+    parts: Vec<String>,
     /// What this query sees of the archive.
     view: View,
     config: SessionConfig,
@@ -309,22 +357,38 @@ impl ArchiveSchema {
         // `session` column (then results are partitioned by it). Fixed-schema tables list
         // their files only when scanned (partition-pruned, by DataFusion).
         let mut partitions = partitions;
-        if let TableDef::Results(_) = def {
-            let files = self.store.list(dir).await?;
-            let parquet: Vec<&str> = files
-                .iter()
-                .map(|f| f.path.as_str())
-                .filter(|p| is_data_file(p) && self.view.shows(p))
-                .collect();
-            if parquet.is_empty() {
-                return Ok(None);
-            }
-            if parquet.iter().any(|p| part_value(p, "session").is_some()) {
-                partitions = &["session"];
+        let mut dirs = Vec::new();
+        for part in &self.parts {
+            let d = join(part, dir);
+            if let TableDef::Results(_) = def {
+                let files = self.store.list(&d).await?;
+                let parquet: Vec<&str> = files
+                    .iter()
+                    .map(|f| f.path.as_str())
+                    .filter(|p| is_data_file(p) && self.view.shows(p))
+                    .collect();
+                if parquet.is_empty() {
+                    continue;
+                }
+                if parquet.iter().any(|p| part_value(p, "session").is_some()) {
+                    partitions = &["session"];
+                }
+                dirs.push(d);
+            } else if self.parts.len() == 1
+                || self.store.subdirs(part).await?.iter().any(|x| x == dir)
+            {
+                dirs.push(d);
             }
         }
-        let url = ListingTableUrl::parse(self.store.table_url(dir))?;
-        let mut config = ListingTableConfig::new(url).with_listing_options(options(partitions));
+        if dirs.is_empty() {
+            return Ok(None);
+        }
+        let urls = dirs
+            .iter()
+            .map(|d| ListingTableUrl::parse(self.store.table_url(d)))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let mut config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options(partitions));
         config = match schema {
             Some(s) => config.with_schema(s),
             None => {

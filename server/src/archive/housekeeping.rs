@@ -290,6 +290,7 @@ mod tests {
             },
             stats: Arc::default(),
             committer: None,
+            group: None,
             next_seq: 1,
             open: Segment::default(),
             pending: None,
@@ -329,6 +330,7 @@ mod tests {
             state: Bytes::from(bytes),
             consumed: state.consumed.clone(),
             watermark_ms: None,
+            clocks: Vec::new(),
             acks: Vec::new(),
         };
         (seg, cp)

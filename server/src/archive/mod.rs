@@ -29,11 +29,12 @@ pub(crate) mod catalog;
 pub(crate) mod housekeeping;
 #[cfg(unix)]
 pub(crate) mod local;
+pub(crate) mod shared;
 pub(crate) mod store;
 pub(crate) mod visible;
 pub mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -152,6 +153,13 @@ fn commit_path(seq: u64) -> String {
     format!("{COMMITS}/commit-{seq:010}.json")
 }
 
+/// States of checkpoints taken to hand partitions over (see `shared`).
+const HANDOFFS: &str = "_pitwall/handoff";
+
+fn handoff_path(seq: u64) -> String {
+    format!("{HANDOFFS}/state-{seq:010}.bin")
+}
+
 fn state_path(seq: u64) -> String {
     format!("{STATES}/state-{seq:010}.bin")
 }
@@ -233,6 +241,9 @@ enum Message {
         state: Bytes,
         consumed: BTreeMap<String, i64>,
         watermark_ms: Option<i64>,
+        /// Per topic, the event time of each partition owned (published once committed, with a
+        /// shared archive: `shared`).
+        clocks: Vec<(String, BTreeMap<i32, Option<i64>>)>,
         /// Told the Kafka offsets once this checkpoint (or a later one) is committed: the
         /// consumer waits for it to hand partitions over (`ingest::kafka::handover`).
         acks: Vec<std::sync::mpsc::SyncSender<Offsets>>,
@@ -276,6 +287,8 @@ pub(crate) struct Archive {
     tx: SyncSender<Message>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub stats: Arc<ArchiveStats>,
+    /// The archive is shared (`shared`): partitions' event time is published at commits.
+    shared: bool,
 }
 
 struct WriterState {
@@ -283,6 +296,8 @@ struct WriterState {
     config: ArchiveConfig,
     stats: Arc<ArchiveStats>,
     committer: Option<Committer>,
+    /// The archive shared with a group's other servers (`shared`).
+    group: Option<Arc<dyn crate::engine::handover::GroupArchive>>,
     next_seq: u64,
     open: Segment,
     /// Closed segments waiting to be written, merged, with the latest checkpoint.
@@ -347,14 +362,17 @@ impl Archive {
         next_seq: u64,
         last_record: Option<CommitRecord>,
         committer: Option<Committer>,
+        group: Option<Arc<dyn crate::engine::handover::GroupArchive>>,
     ) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(256);
         let stats = Arc::new(ArchiveStats::default());
+        let shared = group.is_some();
         let mut w = WriterState {
             store,
             config,
             stats: stats.clone(),
             committer,
+            group,
             next_seq,
             open: Segment::default(),
             pending: None,
@@ -377,6 +395,7 @@ impl Archive {
             tx,
             thread: Some(thread),
             stats,
+            shared,
         })
     }
 
@@ -389,6 +408,8 @@ impl Archive {
             last: Instant::now(),
             rows_since: 0,
             dirty: false,
+            shared: self.shared,
+            quiet: BTreeSet::new(),
         }
     }
 
@@ -510,6 +531,7 @@ impl WriterState {
                 state,
                 consumed,
                 watermark_ms,
+                clocks,
                 acks,
             },
         )) = self.pending.as_ref()
@@ -603,6 +625,14 @@ impl WriterState {
                 t != crate::ingest::embedded::TOPIC && t != crate::ingest::udp::TOPIC
             })
             .collect();
+        if !acks.is_empty() {
+            self.keep_handoff(seq, state.clone()).await;
+        }
+        if let Some(g) = &self.group {
+            for (topic, own) in clocks {
+                g.publish_clock(topic, own);
+            }
+        }
         for ack in acks {
             let _ = ack.try_send(offsets.clone());
         }
@@ -706,6 +736,26 @@ impl WriterState {
         }
     }
 
+    /// Keeps the state of a checkpoint taken to hand partitions over (committed as `seq`)
+    /// where the next owner finds it (`shared`): later checkpoints of this writer no longer
+    /// cover those partitions, and only the last two are kept. The last eight stay.
+    async fn keep_handoff(&self, seq: u64, state: Bytes) {
+        if let Err(e) = self.store.put(&handoff_path(seq), state).await {
+            tracing::warn!(seq, error = %e, "the state handed over was not kept: the next owner takes the partitions' cars from an older checkpoint");
+        }
+        if let Ok(files) = self.store.list(HANDOFFS).await {
+            let mut seqs: Vec<u64> = files
+                .iter()
+                .filter_map(|f| seq_of(&f.path, "state-"))
+                .collect();
+            seqs.sort_unstable();
+            let keep = seqs.len().saturating_sub(8);
+            for old in &seqs[..keep] {
+                let _ = self.store.delete(&handoff_path(*old)).await;
+            }
+        }
+    }
+
     /// Keeps the last two commit records and state files.
     async fn prune_checkpoints(&self, seq: u64) {
         for (dir, prefix) in [(COMMITS, "commit-"), (STATES, "state-")] {
@@ -728,6 +778,23 @@ pub(crate) struct ArchiveSink {
     last: Instant,
     rows_since: usize,
     dirty: bool,
+    /// The archive is shared: a partition that went quiet (or woke) since the last checkpoint
+    /// calls for one, so that its owner publishes it (a stale clock holds everyone back).
+    shared: bool,
+    /// The partitions quiet at the last checkpoint.
+    quiet: BTreeSet<(String, i32)>,
+}
+
+/// The partitions `clocks` says are quiet.
+fn quiet(clocks: &[(String, BTreeMap<i32, Option<i64>>)]) -> BTreeSet<(String, i32)> {
+    clocks
+        .iter()
+        .flat_map(|(t, ps)| {
+            ps.iter()
+                .filter(|(_, ts)| ts.is_none())
+                .map(|(p, _)| (t.clone(), *p))
+        })
+        .collect()
 }
 
 impl ArchiveSink {
@@ -738,11 +805,14 @@ impl ArchiveSink {
 
     fn checkpoint(&mut self, engine: &Engine, acks: Vec<std::sync::mpsc::SyncSender<Offsets>>) {
         let (state, batches) = engine.snapshot();
+        let clocks = engine.partition_clocks();
+        self.quiet = quiet(&clocks);
         match snapshot::encode(&state, &batches) {
             Ok(bytes) => self.send(Message::Checkpoint {
                 state: Bytes::from(bytes),
                 consumed: state.consumed.clone(),
                 watermark_ms: engine.watermark(),
+                clocks,
                 acks,
             }),
             Err(e) => tracing::error!(error = %e, "cannot encode a checkpoint"),
@@ -766,6 +836,13 @@ impl StepSink for ArchiveSink {
                 dead_letters,
                 results: outputs.clone(),
             });
+        }
+        if self.shared
+            && !self.dirty
+            && self.last.elapsed() >= self.interval
+            && quiet(&engine.partition_clocks()) != self.quiet
+        {
+            self.dirty = true;
         }
         // Partitions handed over: a checkpoint now, whose commit the consumer waits for.
         if let Some(reply) = batch.and_then(|b| b.handover.as_ref()?.reply.clone()) {

@@ -41,6 +41,29 @@ fn archive_err(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Store {
+    /// The store of the directory `dir` inside this one.
+    pub(crate) fn within(&self, dir: &str) -> Result<Self> {
+        let dir = dir.trim_matches('/');
+        Ok(match self {
+            Store::Local { root } => Store::Local {
+                root: root.join(dir),
+            },
+            Store::Remote {
+                store,
+                base,
+                prefix,
+            } => Store::Remote {
+                store: store.clone(),
+                base: base.clone(),
+                prefix: if prefix.is_empty() {
+                    dir.to_string()
+                } else {
+                    format!("{prefix}/{dir}")
+                },
+            },
+        })
+    }
+
     /// A local path, or `s3://bucket/prefix` (also `memory://name` for tests).
     pub fn open(location: &str) -> Result<Self> {
         if let Some(rest) = location.strip_prefix("s3://") {

@@ -45,6 +45,9 @@ pub struct View {
     committed: Option<u64>,
     /// Inputs of merges, still on disk (paths relative to the archive root).
     replaced: HashSet<String>,
+    /// A shared archive (`super::shared`): each writer's part (`writers/N`, by N) as of its
+    /// own newest commit. A part not listed (a writer that started since) shows nothing.
+    parts: Option<Arc<std::collections::BTreeMap<String, View>>>,
 }
 
 impl View {
@@ -64,6 +67,7 @@ impl View {
                 return Ok(Self {
                     committed: written_here.then_some(0),
                     replaced: HashSet::new(),
+                    parts: None,
                 });
             };
             let bytes = match store.get(&super::commit_path(seq)).await {
@@ -80,12 +84,35 @@ impl View {
             return Ok(Self {
                 committed: Some(seq),
                 replaced: record.replaces.into_iter().collect(),
+                parts: None,
             });
         }
     }
 
+    /// A shared archive as of each writer's newest commit (see [`Self::of`]).
+    pub(crate) async fn of_shared(store: &Store) -> Result<Self> {
+        let mut parts = std::collections::BTreeMap::new();
+        for n in store.subdirs(super::shared::WRITERS).await? {
+            let part = store.within(&format!("{}/{n}", super::shared::WRITERS))?;
+            parts.insert(n, View::of(&part, true).await?);
+        }
+        Ok(Self {
+            parts: Some(Arc::new(parts)),
+            ..Self::default()
+        })
+    }
+
     /// Whether a query sees the file at `rel` (relative to the archive root).
     pub fn shows(&self, rel: &str) -> bool {
+        if let Some(parts) = &self.parts {
+            let mut at = rel.splitn(3, '/');
+            return match (at.next(), at.next(), at.next()) {
+                (Some(super::shared::WRITERS), Some(n), Some(rest)) => {
+                    parts.get(n).is_some_and(|v| v.shows(rest))
+                }
+                _ => !is_data_file(rel),
+            };
+        }
         let Some(committed) = self.committed else {
             return true;
         };
@@ -325,6 +352,7 @@ mod tests {
         let view = View {
             committed: Some(committed),
             replaced: HashSet::new(),
+            parts: None,
         };
         let store = ViewStore::new(inner.clone(), Path::from(""), view, listings.clone());
         let prefix = Path::from("telemetry");

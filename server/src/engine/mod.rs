@@ -10,6 +10,7 @@ pub(crate) mod compile;
 pub(crate) mod definition;
 pub(crate) mod functions;
 pub(crate) mod guard;
+pub(crate) mod handover;
 #[cfg(any(test, feature = "testing"))]
 pub mod oracle;
 pub(crate) mod pipeline;
@@ -200,6 +201,14 @@ pub struct Engine {
     traces: Arc<ResultStream>,
     /// The query files the server started from (name -> SQL), kept in every checkpoint.
     query_files: BTreeMap<String, String>,
+    /// Car (driver) -> the (topic, partition) its rows come from (see [`handover`]).
+    cars: HashMap<String, (String, i32)>,
+    /// The archive shared with the other servers of a group (see [`handover`]).
+    group: Option<Arc<dyn handover::GroupArchive>>,
+    /// When the partitions' event time was last exchanged with the group.
+    clock_at: Option<Instant>,
+    /// "topic/partition" -> its epoch in a shared archive (see [`handover`]).
+    epochs: BTreeMap<String, u64>,
 }
 
 impl Engine {
@@ -226,7 +235,16 @@ impl Engine {
             task_ctx,
             consumed: BTreeMap::new(),
             query_files: BTreeMap::new(),
+            cars: HashMap::new(),
+            group: None,
+            clock_at: None,
+            epochs: BTreeMap::new(),
         })
+    }
+
+    /// Shares state and event time with the other servers of a group through `archive`.
+    pub(crate) fn set_group_archive(&mut self, archive: Arc<dyn handover::GroupArchive>) {
+        self.group = Some(archive);
     }
 
     /// Records the query files the server started from (see `snapshot::resume`).
@@ -534,7 +552,9 @@ impl Engine {
                     p.last_offset + 1,
                 );
             }
+            self.note_cars(&b.topic, &b.partitions);
         }
+        self.exchange_clock(now);
         let wm = self.watermarks.advance(now);
         let idle = self.watermarks.input_idle(now);
         if let Some(wm) = wm {
@@ -638,6 +658,8 @@ impl Engine {
             consumed: self.consumed.clone(),
             queries,
             files: Some(self.query_files.clone()),
+            cars: self.cars_by_partition(),
+            epochs: self.epochs.clone(),
         };
         (state, batches)
     }
@@ -647,11 +669,17 @@ impl Engine {
         &self.consumed
     }
 
-    /// Partitions handed to another server: their offsets leave the next checkpoints (see
-    /// `ingest::kafka::handover`). Their cars' open windows stay until released as silent.
+    /// Partitions handed to another server (the checkpoint that hands them over is taken):
+    /// their offsets leave the next checkpoints (see `ingest::kafka::handover`). With a shared
+    /// archive their cars' state goes too: the next owner goes on with it from that checkpoint,
+    /// and a window closed here as well would be emitted twice. Without one it stays until the
+    /// next assignment says which partitions are kept (see [`handover`]).
     fn forget_partitions(&mut self, topic: &str, partitions: &[i32]) {
         for p in partitions {
             self.consumed.remove(&snapshot::offset_key(topic, *p));
+        }
+        if self.group.is_some() {
+            self.drop_cars(topic, &partitions.iter().copied().collect());
         }
     }
 
@@ -688,6 +716,8 @@ impl Engine {
         self.watermarks
             .restore(&state.watermark, legacy_topic.as_deref());
         self.consumed = state.consumed.clone();
+        self.restore_cars(&state.cars);
+        self.epochs = state.epochs.clone();
         Ok(report)
     }
 }
@@ -834,6 +864,10 @@ impl Engine {
                         }
                         if let Some(h) = &b.handover {
                             self.forget_partitions(&b.topic, &h.partitions);
+                            if let Some(a) = &h.adopt {
+                                let resume = self.adopt(&b.topic, a, Instant::now());
+                                let _ = a.reply.send(resume);
+                            }
                         }
                     }
                     None => {

@@ -241,6 +241,7 @@ pub fn micro_batch(
             first_offset: pos as i64,
             last_offset: end as i64 - 1,
             max_ts: ts.values()[pos..end].iter().copied().max(),
+            drivers: Vec::new(),
         }],
         assigned: None,
         caught_up: vec![0],

@@ -22,6 +22,8 @@ use super::compile::{
 use super::windows::{LapWindows, RELEASE_IDLE_MS, TimeWindows, WindowKind};
 use crate::error::{Error, Result};
 
+mod moving;
+
 #[derive(Debug, Default)]
 struct AggregateState {
     time: Option<TimeWindows>,

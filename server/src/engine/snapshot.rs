@@ -127,6 +127,14 @@ pub struct EngineState {
     /// edited since wins. None in checkpoints written before it existed.
     #[serde(default)]
     pub files: Option<BTreeMap<String, String>>,
+    /// "topic/partition" -> the cars (drivers) whose rows came from it, so that another
+    /// server taking the partition over can cut their state out (`engine::handover`).
+    #[serde(default)]
+    pub cars: BTreeMap<String, Vec<String>>,
+    /// "topic/partition" -> how many times the partition was taken over in a shared archive
+    /// (`engine::handover`): of two checkpoints at the same offset, the later owner's wins.
+    #[serde(default)]
+    pub epochs: BTreeMap<String, u64>,
 }
 
 pub(crate) fn offset_key(topic: &str, partition: i32) -> String {
@@ -308,6 +316,8 @@ mod tests {
                 paused: true,
             }],
             files: Some([("q".to_string(), "SELECT 1".to_string())].into()),
+            cars: [(offset_key("t", 3), vec!["VER".to_string()])].into(),
+            epochs: [(offset_key("t", 3), 2)].into(),
         };
         let bytes = encode(&state, &batches).unwrap();
         let (s2, b2) = decode(&bytes).unwrap();
@@ -353,6 +363,8 @@ mod tests {
                 ran("submitted", "SELECT lap FROM telemetry", &[], false),
             ],
             files: Some(baseline.clone()),
+            cars: BTreeMap::new(),
+            epochs: BTreeMap::new(),
             ..EngineState::default()
         };
         let mut files: Vec<QueryDef> = baseline.iter().map(|(n, s)| def(n, s)).collect();
@@ -380,6 +392,8 @@ mod tests {
         // A checkpoint from before run-time changes were kept: the files as they are.
         let old = EngineState {
             files: None,
+            cars: BTreeMap::new(),
+            epochs: BTreeMap::new(),
             ..state
         };
         let r = resume(files.clone(), Some(&old));

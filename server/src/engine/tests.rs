@@ -305,6 +305,7 @@ async fn behind_the_watermark_is_not_dropped_until_its_window_closed() {
                 first_offset: offset - n,
                 last_offset: offset - 1,
                 max_ts,
+                drivers: Vec::new(),
             }],
             assigned: None,
             caught_up: vec![],

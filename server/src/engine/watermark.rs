@@ -68,6 +68,10 @@ pub(crate) struct Watermarks {
     current: Option<i64>,
     /// When rows first arrived on any partition.
     first_arrival: Option<Instant>,
+    /// The lowest event time (minus the lateness) of the partitions another server of the
+    /// group owns, or that wait for an owner: the watermark stays at or behind it
+    /// (`engine::handover`).
+    held: Option<i64>,
 }
 
 impl Watermarks {
@@ -78,6 +82,7 @@ impl Watermarks {
             assigned: None,
             current: None,
             first_arrival: None,
+            held: None,
         }
     }
 
@@ -237,6 +242,10 @@ impl Watermarks {
                 }
             }
         };
+        let candidate = match (candidate, self.held) {
+            (Some(c), Some(h)) => Some(c.min(h)),
+            (c, _) => c,
+        };
         if let Some(c) = candidate {
             if self.current.is_none_or(|w| c > w) {
                 tracing::trace!(watermark = c, ?relevant, partitions = ?self.partitions, assigned = ?self.assigned, "watermark advanced");
@@ -249,6 +258,20 @@ impl Watermarks {
     /// Highest event time seen on any partition.
     pub(crate) fn max_event_time(&self) -> Option<i64> {
         self.partitions.values().filter_map(|c| c.max_ts).max()
+    }
+
+    /// The event time of each partition owned: None when quiet or nothing delivered yet.
+    fn partition_clocks(&self, now: Instant) -> BTreeMap<i32, Option<i64>> {
+        let relevant = self.relevant();
+        let newest = self.newest_arrival(&relevant);
+        relevant
+            .iter()
+            .map(|p| {
+                let c = self.partitions.get(p).copied().unwrap_or_default();
+                let t = c.max_ts.filter(|_| !self.is_idle(&c, newest, now));
+                (*p, t)
+            })
+            .collect()
     }
 
     /// True when every partition is at the end of its log and quiet for the idle timeout.
@@ -285,6 +308,26 @@ impl StreamWatermarks {
             sources: BTreeMap::new(),
             current: None,
         }
+    }
+
+    /// The event time of every partition owned here, per topic: None for one that is quiet
+    /// (it holds nothing back), or that delivered nothing yet.
+    pub(crate) fn partition_clocks(
+        &self,
+        now: Instant,
+    ) -> Vec<(String, BTreeMap<i32, Option<i64>>)> {
+        self.sources
+            .iter()
+            .filter(|(t, _)| !in_process(t))
+            .map(|(t, s)| (t.clone(), s.partition_clocks(now)))
+            .collect()
+    }
+
+    /// Holds `topic`'s part of the watermark at `floor` (event time reached elsewhere, minus
+    /// the lateness as for a partition owned here); None releases it.
+    pub(crate) fn hold_at(&mut self, topic: &str, floor: Option<i64>) {
+        let lateness = self.config.lateness_ms;
+        self.source(topic).held = floor.map(|f| f - lateness);
     }
 
     fn source(&mut self, topic: &str) -> &mut Watermarks {
@@ -325,6 +368,8 @@ impl StreamWatermarks {
         let mut marks = Vec::with_capacity(self.sources.len());
         for (topic, s) in self.sources.iter_mut() {
             match s.advance(now) {
+                // Held at another server's partition: not idle, whatever this server's are.
+                Some(w) if s.held.is_some_and(|h| h <= w) => marks.push((w, false)),
                 Some(w) => marks.push((w, s.input_idle(now))),
                 // Nothing delivered yet: an in-process source (the game not running) or a
                 // topic quiet at its end (empty) holds nothing back.

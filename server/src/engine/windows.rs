@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use datafusion::arrow::array::RecordBatch;
 
+use crate::error::Result;
+
 /// What a stage's window is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WindowKind {
@@ -100,7 +102,38 @@ impl TimeWindows {
     pub(crate) fn crowded(&mut self, min: usize) -> Vec<&mut Vec<RecordBatch>> {
         self.open.values_mut().filter(|b| b.len() >= min).collect()
     }
+
+    /// Takes out of every open window the rows `split` says are taken (`split` answers
+    /// (taken, kept)): some cars' share, handed to another server.
+    pub(crate) fn take_rows(&mut self, split: &mut Splitter<'_>) -> Result<TimeWindows> {
+        let mut taken = TimeWindows::new(self.size_ms);
+        for (start, rows) in self.open.iter_mut() {
+            let mut kept = Vec::new();
+            for b in rows.drain(..) {
+                let (t, k) = split(&b)?;
+                if t.num_rows() > 0 {
+                    taken.open.entry(*start).or_default().push(t);
+                }
+                if k.num_rows() > 0 {
+                    kept.push(k);
+                }
+            }
+            *rows = kept;
+        }
+        self.open.retain(|_, rows| !rows.is_empty());
+        Ok(taken)
+    }
+
+    /// Adds windows taken from another pipeline of the same query.
+    pub(crate) fn absorb(&mut self, other: TimeWindows) {
+        for (start, rows) in other.open {
+            self.open.entry(start).or_default().extend(rows);
+        }
+    }
 }
+
+/// Splits a batch into the rows taken and the rows kept.
+pub(crate) type Splitter<'a> = dyn FnMut(&RecordBatch) -> Result<(RecordBatch, RecordBatch)> + 'a;
 
 /// One lap of one car: its partial rows and the event-time span of its samples.
 #[derive(Debug, Default)]
@@ -248,6 +281,36 @@ impl LapWindows {
             .map(|w| &mut w.rows)
             .filter(|b| b.len() >= min)
             .collect()
+    }
+
+    /// Takes out the cars whose open laps' rows `split` takes (whole cars: a car's rows are
+    /// all of one driver). A car with no rows in any open lap stays: nothing says whose it is,
+    /// and the next owner learns its laps from the rows it reads.
+    pub(crate) fn take_cars(&mut self, split: &mut Splitter<'_>) -> Result<LapWindows> {
+        let mut taken = LapWindows::new(self.gap_ms);
+        let mut moving = Vec::new();
+        for (car, c) in &self.cars {
+            let first = c
+                .open
+                .values()
+                .flat_map(|w| &w.rows)
+                .find(|b| b.num_rows() > 0);
+            if let Some(b) = first
+                && split(&b.slice(0, 1))?.0.num_rows() == 1
+            {
+                moving.push(car.clone());
+            }
+        }
+        for car in moving {
+            let c = self.cars.remove(&car).expect("car listed");
+            taken.cars.insert(car, c);
+        }
+        Ok(taken)
+    }
+
+    /// Adds cars taken from another pipeline of the same query (replacing this one's, if any).
+    pub(crate) fn absorb(&mut self, other: LapWindows) {
+        self.cars.extend(other.cars);
     }
 }
 

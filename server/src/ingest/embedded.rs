@@ -109,6 +109,7 @@ pub(crate) async fn run(
                     first_offset: offset,
                     last_offset: offset + (end - pos) as i64 - 1,
                     max_ts: Some(max_ts),
+                    drivers: Vec::new(),
                 }],
                 assigned: None,
                 caught_up: vec![0],

@@ -433,6 +433,8 @@ pub fn spawn(
         tx.clone(),
         gate.clone(),
         fence.clone(),
+        // Taking partitions over may wait a session timeout for their previous owner.
+        AssignmentWatch::session_timeout(&config.options) + Duration::from_secs(30),
     ));
     let consumer: Arc<BaseConsumer> = Arc::new(
         consumer_config(&config)
@@ -666,12 +668,15 @@ impl IngestLoop {
         let Some(new) = assigned else {
             return;
         };
+        let owned = assignment(&self.consumer, &self.config.topic).unwrap_or_default();
+        let adopted = self.handover.adopt(owned, new.clone());
         let points = handover::resume_points(
             &self.consumer,
             &self.handover.gate,
             &self.config.topic,
             &new,
             &mut self.processed,
+            &adopted,
         );
         for (p, next) in points {
             self.guard.arm(p, next);
@@ -755,6 +760,11 @@ impl IngestLoop {
         batch.caught_up_confirmed = self.at_end.values().min().copied();
         self.tx.blocking_send(batch).is_ok()
     }
+}
+
+/// The consumer group's session timeout the `options` give (librdkafka's default unless set).
+pub(crate) fn session_timeout(options: &[(String, String)]) -> Duration {
+    AssignmentWatch::session_timeout(options)
 }
 
 /// Notices a consumer that owns no partition for longer than a rebalance can take (the
@@ -1175,6 +1185,7 @@ fn decode_batch(
             first_offset: m.offset,
             last_offset: m.offset,
             max_ts: None,
+            drivers: Vec::new(),
         });
         s.first_offset = s.first_offset.min(m.offset);
         s.last_offset = s.last_offset.max(m.offset);
@@ -1189,6 +1200,7 @@ fn decode_batch(
             s.max_ts = Some(s.max_ts.map_or(t, |m| m.max(t)));
         }
     }
+    note_drivers(&decoded, &raw, &mut slices);
     Ok(MicroBatch {
         topic: config.topic.clone(),
         rows: decoded.rows,
@@ -1200,6 +1212,38 @@ fn decode_batch(
         ready_at: Instant::now(),
         handover: None,
     })
+}
+
+/// Which cars each partition delivered: a car's window state moves with its partition when
+/// servers hand partitions over (`engine::handover`).
+fn note_drivers(
+    decoded: &crate::ingest::decode::Decoded,
+    raw: &[RawMessage<'_>],
+    slices: &mut BTreeMap<i32, PartitionSlice>,
+) {
+    use datafusion::arrow::array::Array;
+    let Some(drivers) = decoded
+        .rows
+        .column_by_name(col::DRIVER)
+        .and_then(|d| d.as_string_opt::<i32>())
+    else {
+        return;
+    };
+    let mut last: Option<(i32, &str)> = None;
+    for (row, &msg) in decoded.row_message.iter().enumerate() {
+        if drivers.is_null(row) {
+            continue;
+        }
+        let seen = (raw[msg].partition, drivers.value(row));
+        if last == Some(seen) {
+            continue;
+        }
+        last = Some(seen);
+        let s = slices.get_mut(&seen.0).expect("slice per partition");
+        if !s.drivers.iter().any(|d| d == seen.1) {
+            s.drivers.push(seen.1.to_string());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub struct PartitionSlice {
     pub last_offset: i64,
     /// Highest event time among its valid rows (None if all were bad).
     pub max_ts: Option<i64>,
+    /// The cars (`driver`) among its rows: a car's state follows its partition from one
+    /// server to another (Kafka only; empty for other sources).
+    pub drivers: Vec<String>,
 }
 
 /// A batch of decoded rows from one poll cycle.

@@ -125,6 +125,7 @@ impl Pending {
                 first_offset,
                 last_offset: self.next_offset - 1,
                 max_ts,
+                drivers: Vec::new(),
             }],
             assigned: None,
             caught_up: vec![0],

@@ -14,17 +14,19 @@
 //!    the consumer forget the partition's offsets: a later checkpoint or commit never carries
 //!    them, so an old offset cannot overwrite the new owner's progress.
 //! 3. A lost assignment (the session timed out: another member may own the partition already)
-//!    is dropped the same way, without a checkpoint or a commit.
-//! 4. On assign (librdkafka's callback after it), the resume point is the later of the
-//!    group's committed offset and what this server processed itself; the consumer loop arms
-//!    it before it admits any message of the new partitions (`IngestLoop::arm_assigned`), so
-//!    a broker that resumes past it (tansu 0.6 mid record batch) is sought back, not believed.
+//!    stops the server (exit status 75, as `paused` does): what it processed since its last
+//!    checkpoint is being read again by the next owner, and archiving it here too would count
+//!    it twice. A restart resumes from the last checkpoint.
+//! 4. On assign (librdkafka's callback after it), a marker makes the engine drop the cars of
+//!    the partitions it no longer owns and take over those of the new ones from the newest
+//!    checkpoint covering them (`engine::handover`, with a shared archive); the resume point is
+//!    the latest of that checkpoint's offset, the group's committed offset and what this server
+//!    processed itself. The consumer loop arms it before it admits any message of the new
+//!    partitions (`IngestLoop::arm_assigned`), so a broker that resumes past it (tansu 0.6 mid
+//!    record batch) is sought back, not believed.
 //!
 //! Every commit goes through [`CommitGate`]: only partitions assigned at that moment, and never
 //! below an offset committed before, whichever thread commits.
-//!
-//! What is not handed over: window state. The cars of a moved partition start their open
-//! windows afresh on the new owner (see README, "Running several servers").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -48,6 +50,9 @@ pub(crate) const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HandoverRequest {
     pub(crate) partitions: Vec<i32>,
     pub(crate) reply: Option<std::sync::mpsc::SyncSender<Offsets>>,
+    /// An assignment (the marker of librdkafka's assign callback): the cars of the partitions
+    /// owned now are taken over (`engine::handover`).
+    pub(crate) adopt: Option<crate::engine::handover::AdoptRequest>,
 }
 
 /// Serialises every offset commit of one consumer and keeps them owned and monotonic.
@@ -109,6 +114,8 @@ pub(crate) struct Handover {
     changes: Mutex<Rebalanced>,
     /// `changes` holds something (read after every poll: no lock on that path).
     pending: AtomicBool,
+    /// How long an assignment waits for the engine to take the new partitions' cars over.
+    adopt_timeout: Duration,
 }
 
 /// What rebalances changed that the consumer loop has not taken in yet.
@@ -126,8 +133,10 @@ impl Handover {
         engine: mpsc::Sender<MicroBatch>,
         gate: std::sync::Arc<CommitGate>,
         fence: std::sync::Arc<super::paused::PauseFence>,
+        adopt_timeout: Duration,
     ) -> Self {
         Self {
+            adopt_timeout,
             fence,
             topic,
             engine: Mutex::new(Some(engine)),
@@ -173,6 +182,33 @@ impl Handover {
         }
     }
 
+    /// The consumer loop took in an assignment (`assigned`, of which `new` are newly owned):
+    /// the engine drops the cars of the partitions gone and takes over those of the new ones
+    /// from their newest checkpoint; the answer is where each of those resumes.
+    pub(crate) fn adopt(&self, assigned: Vec<i32>, new: Vec<i32>) -> BTreeMap<i32, i64> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let marker = MicroBatch::handover(
+            &self.topic,
+            HandoverRequest {
+                partitions: Vec::new(),
+                reply: None,
+                adopt: Some(crate::engine::handover::AdoptRequest {
+                    assigned,
+                    new,
+                    reply: tx,
+                }),
+            },
+        );
+        let engine = self.engine.lock().expect("engine sender").clone();
+        if engine.is_none_or(|e| e.blocking_send(marker).is_err()) {
+            return BTreeMap::new();
+        }
+        rx.recv_timeout(self.adopt_timeout).unwrap_or_else(|_| {
+            tracing::warn!("the engine did not take the new partitions over in time; they resume at the group's commit");
+            BTreeMap::new()
+        })
+    }
+
     /// librdkafka is about to take `rebalance`'s partitions away (see the module doc).
     pub(crate) fn before(
         &self,
@@ -203,17 +239,23 @@ impl Handover {
             HandoverRequest {
                 partitions: partitions.clone(),
                 reply,
+                adopt: None,
             },
         );
+        if lost {
+            // What was processed since the last checkpoint is being read again by the
+            // partitions' next owner: archiving it here too would count it twice.
+            tracing::error!(
+                ?partitions,
+                "assignment lost (the group's session timed out): this server stops without archiving or committing anything more; start it again to resume from its last checkpoint"
+            );
+            std::process::exit(super::paused::EXIT_PAUSED);
+        }
         let engine = self.engine.lock().expect("engine sender").clone();
         if engine.is_none_or(|e| e.blocking_send(marker).is_err()) {
             return;
         }
         let Some(answer) = answer else {
-            tracing::warn!(
-                ?partitions,
-                "assignment lost (session timed out): partitions dropped without a final checkpoint; rows processed since the last one are archived here and by the next owner"
-            );
             return;
         };
         match answer.recv_timeout(HANDOVER_TIMEOUT) {
@@ -251,6 +293,7 @@ pub(crate) fn resume_points<C: ConsumerContext>(
     topic: &str,
     partitions: &[i32],
     processed: &mut BTreeMap<i32, i64>,
+    adopted: &BTreeMap<i32, i64>,
 ) -> BTreeMap<i32, i64> {
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
@@ -272,6 +315,7 @@ pub(crate) fn resume_points<C: ConsumerContext>(
                 _ => None,
             });
         let own = processed.get(p).copied();
+        let checkpoint = adopted.get(p).copied();
         if let Some(g) = group {
             gate.raise_floor(topic, *p, g);
         }
@@ -285,7 +329,17 @@ pub(crate) fn resume_points<C: ConsumerContext>(
                 "another server went on with this partition; resuming at its commit"
             );
         }
-        if let Some(next) = group.into_iter().chain(own).max() {
+        if let (Some(g), Some(c)) = (group, checkpoint)
+            && g > c
+        {
+            tracing::warn!(
+                partition = p,
+                group = g,
+                checkpoint = c,
+                "the group's commit is past every checkpoint of the shared archive (a server outside it?): resuming at the commit"
+            );
+        }
+        if let Some(next) = group.into_iter().chain(own).chain(checkpoint).max() {
             processed.insert(*p, next);
             points.insert(*p, next);
         }
