@@ -4,6 +4,8 @@
   scripts/scale-bench.py throughput [--cars 200] [--laps 1-20]
   scripts/scale-bench.py pause [--kills 10]
 
+The servers of a group share one archive (`--shared-archive`), as in docker-compose.yml.
+
 throughput: 1, 2 and 3 release `pitwall-server`s in one group on a 6-partition topic, each
 pinned to one core with taskset (servers 1 and 3 share core 0 on a 2-core machine). Once the
 group is stable, `pitwall replay --max` publishes the race with --cars cars; the figure is the
@@ -52,6 +54,8 @@ def free_port():
 
 
 class Server:
+    """A server of `group`, writing its part of the group's shared archive (`--shared-archive`)."""
+
     def __init__(self, work, name, broker, topic, group, core):
         self.port = free_port()
         self.log = open(os.path.join(work, f"{name}.log"), "ab")
@@ -59,7 +63,7 @@ class Server:
             os.path.join(BIN, "pitwall-server"),
             "--brokers", broker, "--topic", topic, "--group", group,
             "--flight-addr", f"127.0.0.1:{self.port}", "--http-addr", "off",
-            "--data-dir", os.path.join(work, name), *GROUP_OPTS,
+            "--data-dir", os.path.join(work, f"archive-{group}"), "--shared-archive", *GROUP_OPTS,
         ]
         if core is not None:
             argv = ["taskset", "-c", str(core)] + argv
