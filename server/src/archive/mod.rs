@@ -602,22 +602,7 @@ impl WriterState {
         };
         tracing::debug!(seq, consumed = ?record.consumed, files = record.files.len(), "checkpoint committed");
         self.last_record = Some(record);
-        let raw_rows: usize = seg.raw.iter().map(|b| b.num_rows()).sum();
-        self.stats
-            .rows
-            .fetch_add(raw_rows as u64, Ordering::Relaxed);
-        self.stats
-            .files
-            .fetch_add(files.len() as u64, Ordering::Relaxed);
-        self.stats.bytes.fetch_add(
-            files.iter().map(|f| f.bytes.len() as u64).sum(),
-            Ordering::Relaxed,
-        );
-        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        self.stats.last_seq.store(seq, Ordering::Relaxed);
-        self.stats
-            .last_commit_ms
-            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.count_commit(seq, &seg.raw, &files);
         let offsets: Offsets = consumed
             .iter()
             .filter_map(|(k, v)| snapshot::parse_offset_key(k).map(|tp| (tp, *v)))
@@ -644,6 +629,20 @@ impl WriterState {
         self.settle_uncertain();
         self.prune_checkpoints(seq).await;
         Ok(())
+    }
+
+    /// Counts a committed checkpoint `seq` (its raw rows and files) in the stats.
+    fn count_commit(&self, seq: u64, raw: &[RecordBatch], files: &[writer::EncodedFile]) {
+        let raw_rows: usize = raw.iter().map(|b| b.num_rows()).sum();
+        let s = &self.stats;
+        s.rows.fetch_add(raw_rows as u64, Ordering::Relaxed);
+        s.files.fetch_add(files.len() as u64, Ordering::Relaxed);
+        let bytes = files.iter().map(|f| f.bytes.len() as u64).sum();
+        s.bytes.fetch_add(bytes, Ordering::Relaxed);
+        s.checkpoints.fetch_add(1, Ordering::Relaxed);
+        s.last_seq.store(seq, Ordering::Relaxed);
+        s.last_commit_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
     /// Adds dead letters to the open segment within the checkpoint's bounds (see

@@ -108,17 +108,10 @@ impl TimeWindows {
     pub(crate) fn take_rows(&mut self, split: &mut Splitter<'_>) -> Result<TimeWindows> {
         let mut taken = TimeWindows::new(self.size_ms);
         for (start, rows) in self.open.iter_mut() {
-            let mut kept = Vec::new();
-            for b in rows.drain(..) {
-                let (t, k) = split(&b)?;
-                if t.num_rows() > 0 {
-                    taken.open.entry(*start).or_default().push(t);
-                }
-                if k.num_rows() > 0 {
-                    kept.push(k);
-                }
+            let t = split_batches(rows, split)?;
+            if !t.is_empty() {
+                taken.open.insert(*start, t);
             }
-            *rows = kept;
         }
         self.open.retain(|_, rows| !rows.is_empty());
         Ok(taken)
@@ -134,6 +127,26 @@ impl TimeWindows {
 
 /// Splits a batch into the rows taken and the rows kept.
 pub(crate) type Splitter<'a> = dyn FnMut(&RecordBatch) -> Result<(RecordBatch, RecordBatch)> + 'a;
+
+/// Splits every batch of `rows` with `split`: the rows kept stay in `rows`, the rows taken are
+/// returned (empty batches left out of both).
+pub(crate) fn split_batches(
+    rows: &mut Vec<RecordBatch>,
+    split: &mut Splitter<'_>,
+) -> Result<Vec<RecordBatch>> {
+    let (mut taken, mut kept) = (Vec::new(), Vec::new());
+    for b in rows.drain(..) {
+        let (t, k) = split(&b)?;
+        if t.num_rows() > 0 {
+            taken.push(t);
+        }
+        if k.num_rows() > 0 {
+            kept.push(k);
+        }
+    }
+    *rows = kept;
+    Ok(taken)
+}
 
 /// One lap of one car: its partial rows and the event-time span of its samples.
 #[derive(Debug, Default)]

@@ -11,6 +11,7 @@ use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, not}
 use datafusion::arrow::datatypes::{DataType, UInt64Type};
 
 use super::{Pipeline, StageState, WindowFnState};
+use crate::engine::windows::{Splitter, split_batches};
 use crate::error::Result;
 
 /// Some cars' share of every stage of one query.
@@ -93,21 +94,11 @@ impl Pipeline {
     }
 }
 
-type Cut<'a> = dyn FnMut(&RecordBatch) -> Result<(RecordBatch, RecordBatch)> + 'a;
-
-fn take_window_fn(w: &mut WindowFnState, cut: &mut Cut<'_>) -> Result<WindowFnState> {
-    let mut taken = WindowFnState::default();
-    let mut kept = Vec::new();
-    for b in w.held.drain(..) {
-        let (t, k) = cut(&b)?;
-        if t.num_rows() > 0 {
-            taken.held.push(t);
-        }
-        if k.num_rows() > 0 {
-            kept.push(k);
-        }
-    }
-    w.held = kept;
+fn take_window_fn(w: &mut WindowFnState, cut: &mut Splitter<'_>) -> Result<WindowFnState> {
+    let mut taken = WindowFnState {
+        held: split_batches(&mut w.held, cut)?,
+        ..WindowFnState::default()
+    };
     if let Some(r) = w.retained.take() {
         let (t, k) = cut(&r)?;
         let seqs = t.column(t.num_columns() - 1).as_primitive::<UInt64Type>();
